@@ -1,0 +1,264 @@
+"""The one typed schema of ``params.yaml``.
+
+Every stage loads its parameters through :func:`load_config`, which rejects an
+unknown key, a wrong type or an out-of-range value with one message naming the
+key, the bad value and what is allowed, before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "npz", "image_folder")
+
+
+class ConfigError(ValueError):
+    """A parameter in params.yaml is not acceptable."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"min": lo, "max": hi, "min_open": lo_open}
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A schema field: its default, a one-line description and optional range metadata."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["digits", "mnist", "fashion_mnist", "binarized_mnist", "npz", "image_folder"] = _f(
+        "digits", "which dataset the download stage fetches"
+    )
+    mirror: str | None = _f(
+        None, "local directory consulted before any remote source (env DGM_DATA_MIRROR overrides)"
+    )
+    path: str | None = _f(None, "the user's .npz file (dataset npz) or image directory (dataset image_folder)")
+    image_size: int = _f(28, "side length images of an image_folder are resized to", **_range(4, 512))
+    channels: Literal[1, 3] = _f(1, "channels of an image_folder dataset (1 = grey, 3 = RGB)")
+    binarize: Literal["none", "static", "dynamic"] = _f(
+        "dynamic", "none: grey values; static: one seeded Bernoulli draw stored; dynamic: a fresh draw each epoch"
+    )
+    validation_fraction: float = _f(
+        0.1, "share of the training split held out for validation when the dataset has none", **_range(0.0, 0.5, lo_open=True)
+    )
+    timeout_s: float = _f(30.0, "network timeout of one request, seconds", **_range(0.0, 3600, lo_open=True))
+    retries: int = _f(3, "attempts per source before moving to the next mirror", **_range(1, 20))
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    arch: Literal["mlp", "conv"] = _f("mlp", "encoder/decoder architecture")
+    hidden_sizes: list[int] = _f([256, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
+    conv_channels: list[int] = _f([32, 64], "channels of the conv architecture's stride-2 blocks", **_range(1, 4096))
+    likelihood: Literal["bernoulli", "gaussian"] = _f("bernoulli", "decoder distribution p(x|z) (11.1-11.4)")
+    gaussian_variance: Literal["learned", "fixed"] = _f("learned", "gaussian decoder: per-pixel learned or fixed variance")
+    gaussian_std: float = _f(
+        0.1, "gaussian decoder: the fixed std, or the floor of the learned one", **_range(0.0, 10.0, lo_open=True)
+    )
+    conditional: bool = _f(False, "condition encoder and decoder on the class label (Fig. 11.2b)")
+    mc_samples: int = _f(1, "M, samples of z per x in the ELBO's reconstruction term (11.32)", **_range(1, 1024))
+    iwae_k: int = _f(1, "importance samples of the training bound; 1 is the ELBO", **_range(1, 4096))
+    kl_warmup_epochs: int = _f(0, "epochs over which the KL weight rises linearly from 0 to 1", **_range(0, 100000))
+    free_bits: float = _f(0.0, "minimum KL per latent dimension, nats (0 disables)", **_range(0.0, 100.0))
+    epochs: int = _f(30, "training epochs", **_range(1, 100000))
+    batch_size: int = _f(128, "training batch size", **_range(1, 1 << 20))
+    lr: float = _f(1e-3, "Adam learning rate", **_range(0.0, 1.0, lo_open=True))
+    bf16: bool = _f(False, "bf16 autocast on CUDA (ignored elsewhere)")
+    resume: bool = _f(False, "continue from the last checkpoint if one exists")
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    arch: Literal["mlp", "dcgan"] = _f("mlp", "generator/discriminator architecture")
+    hidden_sizes: list[int] = _f([256, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
+    base_channels: int = _f(64, "channel width of the dcgan architecture", **_range(1, 4096))
+    loss: Literal["minimax", "non_saturating", "hinge"] = _f("non_saturating", "adversarial objective")
+    spectral_norm: bool = _f(True, "spectral normalization of the discriminator's layers")
+    label_smoothing: float = _f(0.0, "one-sided label smoothing: real target is 1 - this", **_range(0.0, 0.5))
+    feature_matching: bool = _f(False, "generator matches discriminator features (Salimans et al. 2016)")
+    ema_decay: float = _f(0.999, "decay of the generator's weight EMA used for sampling and export", **_range(0.0, 1.0))
+    conditional: bool = _f(False, "feed the class label to both networks (Mirza & Osindero 2014)")
+    epochs: int = _f(50, "training epochs", **_range(1, 100000))
+    batch_size: int = _f(128, "training batch size", **_range(1, 1 << 20))
+    lr_g: float = _f(2e-4, "generator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
+    lr_d: float = _f(2e-4, "discriminator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
+    beta1: float = _f(0.5, "Adam beta1", **_range(0.0, 1.0))
+    beta2: float = _f(0.999, "Adam beta2", **_range(0.0, 1.0))
+    d_steps: int = _f(1, "discriminator updates per generator update", **_range(1, 100))
+    sample_every_epochs: int = _f(5, "epochs between logged sample grids and metrics", **_range(1, 100000))
+    bf16: bool = _f(False, "bf16 autocast on CUDA (ignored elsewhere)")
+    resume: bool = _f(False, "continue from the last checkpoint if one exists")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    num_samples: int = _f(1000, "K, importance samples per test point (the literature uses 5000)", **_range(1, 1 << 24))
+    curve_ks: list[int] = _f([1, 10, 100], "K values of the convergence curve (num_samples is added)", **_range(1, 1 << 24))
+    max_points: int | None = _f(None, "evaluate at most this many test points (null: all)", **_range(1, 1 << 30))
+    memory_budget_mb: int = _f(512, "working memory the estimators may use", **_range(16, 1 << 20))
+    ais_steps: int = _f(200, "AIS intermediate distributions", **_range(1, 1 << 20))
+    ais_chains: int = _f(8, "AIS chains per test point", **_range(1, 4096))
+    ais_leapfrog_steps: int = _f(5, "HMC leapfrog steps per AIS transition", **_range(1, 1000))
+    ais_points: int = _f(100, "test points evaluated by AIS", **_range(1, 1 << 30))
+    classifier_epochs: int = _f(10, "epochs of the feature classifier for sample metrics", **_range(1, 10000))
+    num_generated: int = _f(1000, "generated images per model for the sample metrics", **_range(10, 1 << 24))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = _f(18, "ONNX opset version", **_range(13, 23))
+    parity_atol: float = _f(1e-5, "max abs error allowed between onnxruntime and torch (float32)", **_range(0.0, 1.0, lo_open=True))
+    quantize: list[Literal["fp16", "int8"]] = _f([], "reduced-size variants to export besides float32")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = _f(0, "seed of every random draw", **_range(0, 2**31 - 1))
+    latent_dim: int = _f(16, "size of z, shared by the VAE and the GAN", **_range(1, 4096))
+    device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "auto: CUDA, else Apple MPS, else CPU")
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of ({_describe(typing.get_args(tp)[0])})"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _check_range(key: str, value: float, meta: dict) -> None:
+    lo, hi, lo_open = meta.get("min"), meta.get("max"), meta.get("min_open", False)
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    if too_low or (hi is not None and value > hi):
+        left = "(" if lo_open else "["
+        raise ConfigError(f"{key}: {value!r} is out of range; allowed: {left}{lo}, {hi}]")
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, meta)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} is not {_describe(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) is type(allowed[0]):
+            return value
+        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{key}: {value!r} is not allowed{did_you_mean}; allowed: {_describe(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: {value!r} is not {_describe(tp)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: {value!r} is not an integer")
+        _check_range(key, value, meta)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: {value!r} is not a number")
+        _check_range(key, float(value), meta)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: {value!r} is not a string")
+        return value
+    raise TypeError(f"schema type {tp!r} of {key} is not supported")
+
+
+def _build(cls: type, raw: Any, prefix: str = "") -> Any:
+    where = prefix or "params"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            name = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{name}: unknown key{did_you_mean}; allowed keys: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name in raw:
+            key = f"{prefix}.{name}" if prefix else name
+            values[name] = _coerce(key, raw[name], hints[name], dict(f.metadata))
+    return cls(**values)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a params mapping against the schema; raise ConfigError naming the first bad key."""
+    config = _build(Config, raw)
+    data = config.data
+    if data.dataset in ("npz", "image_folder") and not data.path:
+        raise ConfigError(f"data.path: null is not allowed with data.dataset {data.dataset!r}; give the file or folder")
+    return config
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such parameters file; run from the project root or pass --params") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return config_from_dict(raw or {})
+
+
+def schema_help(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per parameter: dotted key, default and description (for --help and the README)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
+            lines += schema_help(typing.get_type_hints(cls)[f.name], f"{key}.")
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(f"{key} = {default!r}: {f.metadata.get('help', '')}")
+    return lines

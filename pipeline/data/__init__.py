@@ -1,0 +1,1 @@
+"""Datasets: the registry and fetching (download), parsers and preprocessing, and the processed format."""

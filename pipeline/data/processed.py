@@ -1,0 +1,76 @@
+"""The processed-data format every training and evaluation stage reads.
+
+``data/processed/`` holds ``arrays.npz`` with ``x_train``, ``x_valid``, ``x_test`` as
+N×C×H×W arrays (uint8 where possible: grey levels 0..255, or 0/1 after static
+binarization; float32 in [0, 1] otherwise), optional ``y_*`` int64 labels, and
+``stats.json`` with counts, image shape, the binarization mode and the class count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_path, read_json, write_json
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    """Images as float32 N×C×H×W in [0, 1] and optional int64 labels, per split."""
+
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray] | None
+    binarize: str
+    num_classes: int | None
+    dataset: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x["train"].shape[1:])
+
+    @property
+    def binary(self) -> bool:
+        """True if the data are 0/1 values, or are binarized afresh at training time."""
+        return self.binarize in ("static", "dynamic")
+
+
+def _to_unit(x: np.ndarray, levels: int) -> np.ndarray:
+    return x.astype(np.float32) / levels if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def save_processed(
+    directory: str | Path,
+    x: dict[str, np.ndarray],
+    y: dict[str, np.ndarray] | None,
+    *,
+    binarize: str,
+    dataset: str,
+    num_classes: int | None,
+    stats: dict,
+) -> None:
+    """Write arrays.npz and stats.json atomically (arrays first, so stats.json marks a complete write)."""
+    directory = Path(directory)
+    arrays = {f"x_{s}": x[s] for s in SPLITS}
+    if y is not None:
+        arrays.update({f"y_{s}": y[s].astype(np.int64) for s in SPLITS})
+    levels = 1 if binarize == "static" else 255
+    meta = {"binarize": binarize, "dataset": dataset, "num_classes": num_classes, "levels": levels}
+    with atomic_path(directory / "arrays.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    write_json(directory / "stats.json", {**stats, **meta})
+
+
+def load_processed(directory: str | Path = "data/processed") -> ProcessedData:
+    """Read what the preprocess stage wrote; a clear error if it is missing."""
+    directory = Path(directory)
+    if not (directory / "stats.json").exists() or not (directory / "arrays.npz").exists():
+        raise FileNotFoundError(f"{directory}: no processed data; run `dvc repro preprocess` first")
+    meta = read_json(directory / "stats.json")
+    with np.load(directory / "arrays.npz") as arrays:
+        x = {s: _to_unit(arrays[f"x_{s}"], meta["levels"]) for s in SPLITS}
+        y = {s: arrays[f"y_{s}"] for s in SPLITS} if "y_train" in arrays else None
+    return ProcessedData(x=x, y=y, binarize=meta["binarize"], num_classes=meta["num_classes"], dataset=meta["dataset"])

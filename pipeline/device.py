@@ -1,0 +1,35 @@
+"""The one device-selection helper: CUDA, else Apple MPS, else CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """Return the torch device for ``name`` (auto|cpu|cuda|mps); error if the asked-for one is absent."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if name == "cuda" and not cuda:
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; set device: auto or cpu")
+    if name == "mps" and not mps:
+        raise RuntimeError("device 'mps' was asked for but torch sees no Apple MPS; set device: auto or cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked for; a no-op context everywhere else (same code path)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; make CPU kernels deterministic; return a CPU generator."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,1 @@
+"""Networks only (no training procedures): VAE, GAN, feature classifier."""

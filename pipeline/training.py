@@ -1,0 +1,143 @@
+"""What every training stage shares: data on the device, batching, checkpoints, resume, NaN guard, logging.
+
+One checkpoint format for every model: a dict of state dicts, tensors and plain
+values plus the exact config, saved atomically with ``torch.save`` and loadable
+with ``torch.load(weights_only=True)`` (no arbitrary pickle).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.io import atomic_path
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Save ``state`` (state dicts, tensors, plain values, the config dict) atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint; train the model first (dvc repro)")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
+    """Raise :class:`NonFiniteLossError` naming the step if ``loss`` is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(
+            f"{what} is {loss.detach().float().mean().item()} at step {step}; training stopped and the last good "
+            "checkpoint is kept. Lower the learning rate, enable a KL warm-up or check the data for bad values."
+        )
+
+
+def to_device_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move whole splits to the device once; batches are then taken by index (no per-sample Python work)."""
+    return {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()}
+
+
+@dataclass
+class IndexBatches:
+    """Shuffled index batches whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+
+    size: int
+    batch_size: int
+    seed: int
+    device: torch.device
+    shuffle: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+    def __len__(self) -> int:
+        return math.ceil(self._shard_size() / self.batch_size)
+
+    def _shard_size(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+    def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+        else:
+            order = torch.arange(self.size)
+        order = order[self.rank :: self.world_size].to(self.device)
+        yield from order.split(self.batch_size)
+
+
+def binarize_dynamically(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh Bernoulli draw of grey values in [0, 1] (dynamic binarization)."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A seeded generator living on ``device`` (its state goes into checkpoints for exact resume)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@dataclass
+class EpochLoop:
+    """Runs epochs with per-epoch logging, last/best checkpoints and resume.
+
+    ``train_epoch(epoch)`` trains one epoch and returns metrics; ``validate(epoch)`` returns
+    validation metrics including ``monitor``; ``state()`` returns the checkpoint dict and
+    ``restore(state)`` loads it back. The last checkpoint is written after every epoch, the
+    best (by ``monitor``, higher is better) beside it.
+    """
+
+    epochs: int
+    checkpoint_dir: Path
+    monitor: str
+    train_epoch: Callable[[int], dict[str, float]]
+    validate: Callable[[int], dict[str, float]]
+    state: Callable[[], dict[str, Any]]
+    restore: Callable[[dict[str, Any]], None]
+    log: Callable[[int, dict[str, float]], None]
+    is_writer: bool = True
+    progress: bool = True
+
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train to ``epochs``; returns a summary with the best epoch and its metrics."""
+        start, best = 0, {"epoch": -1, "value": -math.inf, "metrics": {}}
+        if resume and self.last_path.exists():
+            saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
+            self.restore(saved)
+            start, best = saved["epoch"] + 1, saved["best"]
+        bar = tqdm(range(start, self.epochs), desc=self.checkpoint_dir.name, disable=not (self.progress and self.is_writer))
+        for epoch in bar:
+            metrics = {f"train/{k}": v for k, v in self.train_epoch(epoch).items()}
+            metrics |= {f"valid/{k}": v for k, v in self.validate(epoch).items()}
+            value = metrics[f"valid/{self.monitor}"]
+            improved = value > best["value"]
+            if improved:
+                best = {"epoch": epoch, "value": value, "metrics": metrics}
+            bar.set_postfix({self.monitor: f"{value:.3f}"})
+            if self.is_writer:
+                self.log(epoch, metrics)
+                state = self.state() | {"epoch": epoch, "best": best}
+                save_checkpoint(self.last_path, state)
+                if improved:
+                    save_checkpoint(self.best_path, state)
+        return best
