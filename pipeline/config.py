@@ -40,9 +40,7 @@ class DataConfig:
     dataset: Literal["digits", "mnist", "fashion_mnist", "binarized_mnist", "npz", "image_folder"] = _f(
         "digits", "which dataset the download stage fetches"
     )
-    mirror: str | None = _f(
-        None, "local directory consulted before any remote source (env DGM_DATA_MIRROR overrides)"
-    )
+    mirror: str | None = _f(None, "local directory consulted before any remote source (env DGM_DATA_MIRROR overrides)")
     path: str | None = _f(None, "the user's .npz file (dataset npz) or image directory (dataset image_folder)")
     image_size: int = _f(28, "side length images of an image_folder are resized to", **_range(4, 512))
     channels: Literal[1, 3] = _f(1, "channels of an image_folder dataset (1 = grey, 3 = RGB)")
@@ -50,7 +48,9 @@ class DataConfig:
         "dynamic", "none: grey values; static: one seeded Bernoulli draw stored; dynamic: a fresh draw each epoch"
     )
     validation_fraction: float = _f(
-        0.1, "share of the training split held out for validation when the dataset has none", **_range(0.0, 0.5, lo_open=True)
+        0.1,
+        "share of the training split held out for validation when the dataset has none",
+        **_range(0.0, 0.5, lo_open=True),
     )
     timeout_s: float = _f(30.0, "network timeout of one request, seconds", **_range(0.0, 3600, lo_open=True))
     retries: int = _f(3, "attempts per source before moving to the next mirror", **_range(1, 20))
@@ -62,7 +62,9 @@ class VaeConfig:
     hidden_sizes: list[int] = _f([256, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
     conv_channels: list[int] = _f([32, 64], "channels of the conv architecture's stride-2 blocks", **_range(1, 4096))
     likelihood: Literal["bernoulli", "gaussian"] = _f("bernoulli", "decoder distribution p(x|z) (11.1-11.4)")
-    gaussian_variance: Literal["learned", "fixed"] = _f("learned", "gaussian decoder: per-pixel learned or fixed variance")
+    gaussian_variance: Literal["learned", "fixed"] = _f(
+        "learned", "gaussian decoder: per-pixel learned or fixed variance"
+    )
     gaussian_std: float = _f(
         0.1, "gaussian decoder: the fixed std, or the floor of the learned one", **_range(0.0, 10.0, lo_open=True)
     )
@@ -104,7 +106,9 @@ class GanConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     num_samples: int = _f(1000, "K, importance samples per test point (the literature uses 5000)", **_range(1, 1 << 24))
-    curve_ks: list[int] = _f([1, 10, 100], "K values of the convergence curve (num_samples is added)", **_range(1, 1 << 24))
+    curve_ks: list[int] = _f(
+        [1, 10, 100], "K values of the convergence curve (num_samples is added)", **_range(1, 1 << 24)
+    )
     max_points: int | None = _f(None, "evaluate at most this many test points (null: all)", **_range(1, 1 << 30))
     memory_budget_mb: int = _f(512, "working memory the estimators may use", **_range(16, 1 << 20))
     ais_steps: int = _f(200, "AIS intermediate distributions", **_range(1, 1 << 20))
@@ -118,7 +122,9 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = _f(18, "ONNX opset version", **_range(13, 23))
-    parity_atol: float = _f(1e-5, "max abs error allowed between onnxruntime and torch (float32)", **_range(0.0, 1.0, lo_open=True))
+    parity_atol: float = _f(
+        1e-5, "max abs error allowed between onnxruntime and torch (float32)", **_range(0.0, 1.0, lo_open=True)
+    )
     quantize: list[Literal["fp16", "int8"]] = _f([], "reduced-size variants to export besides float32")
 
 

@@ -125,7 +125,9 @@ class EpochLoop:
             saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
             self.restore(saved)
             start, best = saved["epoch"] + 1, saved["best"]
-        bar = tqdm(range(start, self.epochs), desc=self.checkpoint_dir.name, disable=not (self.progress and self.is_writer))
+        bar = tqdm(
+            range(start, self.epochs), desc=self.checkpoint_dir.name, disable=not (self.progress and self.is_writer)
+        )
         for epoch in bar:
             metrics = {f"train/{k}": v for k, v in self.train_epoch(epoch).items()}
             metrics |= {f"valid/{k}": v for k, v in self.validate(epoch).items()}

@@ -14,7 +14,7 @@ STAGES = {
     "evaluate_vae": "stages.evaluate_vae",
     "train_classifier": "stages.train_classifier",
     "train_gan": "stages.train_gan",
-    "evaluate_gan": "stages.evaluate_gan",
+    "evaluate_samples": "stages.evaluate_samples",
     "export": "stages.export",
     "sample": "stages.sample",
     "bench": "stages.bench",

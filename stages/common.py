@@ -11,7 +11,11 @@ import click
 from pipeline.config import Config, ConfigError, load_config
 
 params_option = click.option(
-    "--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
+    "--params",
+    "params_path",
+    default="params.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
     help="parameters file validated against the schema in pipeline/config.py",
 )
 

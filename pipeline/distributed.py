@@ -1,0 +1,66 @@
+"""Data-parallel training under ``torchrun``: one process per device, NCCL on GPUs, Gloo on CPU.
+
+Without torchrun (no WORLD_SIZE in the environment) everything here degrades to a
+single process, so the one training code path serves both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pipeline.device import select_device
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_writer(self) -> bool:
+        """Only rank 0 logs and writes checkpoints and outputs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Join the process group torchrun set up (if any) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = select_device(device_name)
+    if world_size == 1:
+        return DistContext(0, 1, device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(rank, world_size, device)
+
+
+def all_reduce_mean(metrics: dict[str, float], ctx: DistContext) -> dict[str, float]:
+    """Average scalar metrics over ranks (identity in a single process)."""
+    if not ctx.distributed or not metrics:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(values)
+    return {k: v / ctx.world_size for k, v in zip(keys, values.tolist(), strict=True)}
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,1 @@
+"""Training objectives: the VAE bounds (vae.py) and the adversarial losses (gan.py)."""
