@@ -1,0 +1,285 @@
+"""Sample from exported models with numpy and onnxruntime alone (no torch, no training code).
+
+A deployment copies the ``.onnx`` files of ``export/`` and this file. Each model
+describes itself in its ONNX metadata (written by ``pipeline.export``), so
+
+    model = GenerativeModel("export/vae_decoder.onnx", encoder_path="export/vae_encoder.onnx")
+    images = model.sample(64, seed=0)            # 64×C×H×W float32 in [0, 1]
+
+draws z ~ N(0, T² I) and decodes it: the VAE decoder gives Bernoulli probabilities
+or Gaussian means (11.1-11.4), the GAN generator g(z) its image (§11.2). One
+instance (one onnxruntime session) may be shared by many threads: onnxruntime's
+``run`` is thread-safe and no method here keeps per-call state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+KINDS = ("vae_decoder", "vae_encoder", "gan_generator")
+METADATA_KEYS = (
+    "kind",
+    "variant",
+    "latent_dim",
+    "image_shape",
+    "channels",
+    "likelihood",
+    "conditional",
+    "num_classes",
+    "dataset",
+    "params_hash",
+    "git_revision",
+)
+# input and output names of each kind; conditional models take "label" (int64, B) as a second input
+INPUT_NAMES = {"vae_decoder": "z", "gan_generator": "z", "vae_encoder": "image"}
+OUTPUT_NAMES = {"vae_decoder": ("image",), "gan_generator": ("image",), "vae_encoder": ("mu", "logvar")}
+LABEL_NAME = "label"
+
+
+class ModelFileError(ValueError):
+    """A file is not an exported model of this project (not ONNX, or its metadata is missing or wrong)."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What an exported model says about itself (ONNX ``metadata_props``)."""
+
+    kind: str
+    variant: str
+    latent_dim: int
+    image_shape: tuple[int, int, int]
+    likelihood: str
+    conditional: bool
+    num_classes: int | None
+    dataset: str
+    params_hash: str
+    git_revision: str
+
+    def to_props(self) -> dict[str, str]:
+        """The string key/value pairs stored in the ONNX file."""
+        return {
+            "kind": self.kind,
+            "variant": self.variant,
+            "latent_dim": str(self.latent_dim),
+            "image_shape": json.dumps(list(self.image_shape)),
+            "channels": str(self.image_shape[0]),
+            "likelihood": self.likelihood,
+            "conditional": json.dumps(self.conditional),
+            "num_classes": json.dumps(self.num_classes),
+            "dataset": self.dataset,
+            "params_hash": self.params_hash,
+            "git_revision": self.git_revision,
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
+        """Parse and check the metadata of ``source``; raise :class:`ModelFileError` naming what is wrong."""
+        missing = [key for key in METADATA_KEYS if key not in props]
+        if missing:
+            raise ModelFileError(
+                f"{source}: ONNX metadata lacks {', '.join(missing)}; it was not written by this project's export "
+                "stage. Export the model with `python -m stages export`."
+            )
+        try:
+            image_shape = tuple(int(v) for v in json.loads(props["image_shape"]))
+            num_classes = json.loads(props["num_classes"])
+            meta = cls(
+                kind=props["kind"],
+                variant=props["variant"],
+                latent_dim=int(props["latent_dim"]),
+                image_shape=image_shape,  # type: ignore[arg-type]
+                likelihood=props["likelihood"],
+                conditional=bool(json.loads(props["conditional"])),
+                num_classes=None if num_classes is None else int(num_classes),
+                dataset=props["dataset"],
+                params_hash=props["params_hash"],
+                git_revision=props["git_revision"],
+            )
+        except (ValueError, TypeError) as err:
+            raise ModelFileError(f"{source}: malformed ONNX metadata ({err}); re-export the model") from None
+        if meta.kind not in KINDS:
+            raise ModelFileError(f"{source}: metadata kind {meta.kind!r} is not one of {', '.join(KINDS)}")
+        if len(meta.image_shape) != 3 or meta.latent_dim < 1 or (meta.conditional and not meta.num_classes):
+            raise ModelFileError(f"{source}: inconsistent ONNX metadata {props}; re-export the model")
+        return meta
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it, else CPU."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def open_session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    """An onnxruntime session with full graph optimization; ``threads`` caps intra-op threads (None: all cores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file; run `python -m stages export` first")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable files
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({str(err).strip()[:300]})") from None
+
+
+def read_metadata(session: ort.InferenceSession, source: str = "model") -> ModelMetadata:
+    """The metadata of an open session, checked against the inputs and outputs its kind must have."""
+    meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map), source)
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    expected_inputs = [INPUT_NAMES[meta.kind]] + ([LABEL_NAME] if meta.conditional else [])
+    if inputs != expected_inputs or outputs != list(OUTPUT_NAMES[meta.kind]):
+        raise ModelFileError(
+            f"{source}: a {meta.kind} must have inputs {expected_inputs} and outputs {list(OUTPUT_NAMES[meta.kind])}, "
+            f"this file has {inputs} and {outputs}; re-export the model"
+        )
+    return meta
+
+
+class GenerativeModel:
+    """A VAE decoder or GAN generator (plus, optionally, the VAE encoder) run by onnxruntime.
+
+    ``path``: ``vae_decoder*.onnx`` or ``gan_generator*.onnx``; ``encoder_path``: the matching
+    ``vae_encoder*.onnx`` for :meth:`encode` and :meth:`reconstruct`. Images are float32 N×C×H×W in
+    [0, 1]; latents float32 N×D; labels integers in [0, num_classes) for conditional models.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        encoder_path: str | Path | None = None,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._session = open_session(path, providers, threads)
+        self.metadata = read_metadata(self._session, str(path))
+        if self.metadata.kind == "vae_encoder":
+            raise ModelFileError(
+                f"{path}: this is a VAE encoder; pass the decoder as the model and this file as encoder_path"
+            )
+        self._encoder = None
+        if encoder_path is not None:
+            self._encoder = open_session(encoder_path, providers, threads)
+            encoder_meta = read_metadata(self._encoder, str(encoder_path))
+            mine = self.metadata
+            if encoder_meta.kind != "vae_encoder" or mine.kind != "vae_decoder":
+                raise ModelFileError(
+                    f"{encoder_path}: an encoder pairs a vae_encoder with a vae_decoder, got {encoder_meta.kind} "
+                    f"with {mine.kind}"
+                )
+            same = ("latent_dim", "image_shape", "conditional", "num_classes", "params_hash")
+            if any(getattr(encoder_meta, key) != getattr(mine, key) for key in same):
+                raise ModelFileError(
+                    f"{encoder_path} and {path} come from different models (compare their {', '.join(same)}); "
+                    "use the files of one export"
+                )
+
+    @property
+    def latent_dim(self) -> int:
+        return self.metadata.latent_dim
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.metadata.image_shape
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.metadata.num_classes
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers()
+
+    def sample(
+        self, n: int, seed: int = 0, labels: int | np.ndarray | None = None, temperature: float = 1.0
+    ) -> np.ndarray:
+        """Decode ``n`` draws z ~ N(0, temperature² I) under ``seed``.
+
+        Conditional models: ``labels`` is one class for all, or ``n`` classes; None cycles 0, 1, ..., K-1, 0, ...
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if labels is None and self.metadata.conditional:
+            labels = np.arange(n) % self.metadata.num_classes
+        elif labels is not None and np.ndim(labels) == 0:
+            labels = np.full(n, labels)
+        z = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
+        return self.decode(z * np.float32(temperature), labels)
+
+    def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Images for latents ``z`` (float32 N×D): Bernoulli probabilities or Gaussian means, or g(z)."""
+        z = self._check_array("z", z, (self.latent_dim,))
+        feeds = {INPUT_NAMES[self.metadata.kind]: z, **self._label_feed(labels, len(z))}
+        return self._session.run(None, feeds)[0]
+
+    def encode(self, x: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The approximate posterior q(z|x) = N(mu, diag exp(logvar)) (11.18) of images ``x`` (float32 N×C×H×W)."""
+        if self._encoder is None:
+            raise ValueError("encode needs the VAE encoder: pass encoder_path=export/vae_encoder.onnx")
+        x = self._check_array("x", x, self.image_shape)
+        if x.min() < 0.0 or x.max() > 1.0:
+            raise ValueError(
+                f"x must lie in [0, 1], got values from {x.min()} to {x.max()}; divide 8-bit images by 255"
+            )
+        mu, logvar = self._encoder.run(None, {"image": x, **self._label_feed(labels, len(x))})
+        return mu, logvar
+
+    def reconstruct(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Decode the posterior mean of each image: x -> mu(x) -> decoder."""
+        mu, _ = self.encode(x, labels)
+        return self.decode(mu, labels)
+
+    def interpolate(
+        self, z0: np.ndarray, z1: np.ndarray, steps: int, labels: int | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Images along the straight line from ``z0`` to ``z1`` (each float32 of size D), ``steps`` ≥ 2 points."""
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
+            raise ValueError(f"steps must be an integer ≥ 2, got {steps!r}")
+        z0 = self._check_array("z0", np.asarray(z0)[None], (self.latent_dim,))
+        z1 = self._check_array("z1", np.asarray(z1)[None], (self.latent_dim,))
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+        if labels is not None and np.ndim(labels) == 0:
+            labels = np.full(steps, labels)
+        return self.decode((1 - t) * z0 + t * z1, labels)
+
+    def _check_array(self, name: str, a: np.ndarray, item_shape: tuple[int, ...]) -> np.ndarray:
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array of float32, got {type(a).__name__}")
+        if a.dtype != np.float32:
+            raise ValueError(f"{name} has dtype {a.dtype}; the model takes float32 (use {name}.astype(np.float32))")
+        if a.ndim != 1 + len(item_shape) or tuple(a.shape[1:]) != tuple(item_shape) or len(a) == 0:
+            expected = "N×" + "×".join(str(s) for s in item_shape)
+            raise ValueError(f"{name} has shape {a.shape}; this model takes {expected} with N ≥ 1")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        return np.ascontiguousarray(a)
+
+    def _label_feed(self, labels: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
+        k = self.metadata.num_classes
+        if not self.metadata.conditional:
+            if labels is not None:
+                raise ValueError("this model is unconditional; do not pass labels")
+            return {}
+        if labels is None:
+            raise ValueError(f"this model is conditional on the class label: pass labels in [0, {k})")
+        labels = np.asarray(labels)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels have dtype {labels.dtype}; pass integer class indices in [0, {k})")
+        if labels.shape != (n,):
+            raise ValueError(f"labels have shape {labels.shape}; expected one label per item, shape ({n},)")
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"labels must lie in [0, {k}), got values from {labels.min()} to {labels.max()}")
+        return {LABEL_NAME: labels.astype(np.int64)}
