@@ -1,0 +1,82 @@
+"""The params schema: defaults round-trip, every kind of bad value is rejected with a message naming it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, config_from_dict, load_config, schema_help
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_are_valid_and_cover_every_section() -> None:
+    config = load_config(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw) == set(Config().to_dict())
+    assert config.to_dict()["data"].keys() == raw["data"].keys()
+
+
+def test_defaults_round_trip() -> None:
+    assert config_from_dict(Config().to_dict()) == Config()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"latent_dim": 0}, r"latent_dim: 0 is out of range; allowed: \[1, 4096\]"),
+        ({"data": {"dataset": "mnsit"}}, r"data.dataset: 'mnsit' is not allowed \(did you mean 'mnist'\?\)"),
+        ({"latnt_dim": 2}, r"latnt_dim: unknown key \(did you mean 'latent_dim'\?\)"),
+        ({"vae": {"epocs": 2}}, r"vae.epocs: unknown key \(did you mean 'epochs'\?\)"),
+        ({"vae": {"lr": "fast"}}, r"vae.lr: 'fast' is not a number"),
+        ({"vae": {"lr": 0}}, r"vae.lr: 0.0 is out of range; allowed: \(0.0, 1.0\]"),
+        ({"vae": {"epochs": 2.5}}, r"vae.epochs: 2.5 is not an integer"),
+        ({"vae": {"epochs": True}}, r"vae.epochs: True is not an integer"),
+        ({"vae": {"conditional": "yes"}}, r"vae.conditional: 'yes' is not true or false"),
+        ({"vae": {"hidden_sizes": [64, 0]}}, r"vae.hidden_sizes\[1\]: 0 is out of range"),
+        ({"vae": {"hidden_sizes": 64}}, r"vae.hidden_sizes: 64 is not a list"),
+        ({"data": {"channels": 2}}, r"data.channels: 2 is not allowed; allowed: one of 1, 3"),
+        ({"data": "digits"}, r"data: expected a mapping"),
+        ({"data": {"dataset": "npz"}}, r"data.path: null is not allowed with data.dataset 'npz'"),
+        ({"export": {"quantize": ["int4"]}}, r"export.quantize\[0\]: 'int4' is not allowed"),
+    ],
+)
+def test_bad_values_are_named(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        config_from_dict(raw)
+
+
+def test_int_accepted_where_float_expected() -> None:
+    assert config_from_dict({"vae": {"lr": 1}}).vae.lr == 1.0
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such parameters file"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("latent_dim: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_schema_help_lists_every_leaf_key() -> None:
+    keys = {line.split(" = ")[0] for line in schema_help()}
+    assert {"seed", "latent_dim", "data.dataset", "vae.iwae_k", "export.opset"} <= keys
+
+
+def test_stage_rejects_bad_params_with_exit_code_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("latent_dim: 0\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stages", "download"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "latent_dim: 0 is out of range" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
