@@ -56,6 +56,15 @@ def all_reduce_mean(metrics: dict[str, float], ctx: DistContext) -> dict[str, fl
     return {k: v / ctx.world_size for k, v in zip(keys, values.tolist(), strict=True)}
 
 
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum a tensor over ranks (returned unchanged in a single process); e.g. per-rank sums and counts."""
+    if not ctx.distributed:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

@@ -1,0 +1,215 @@
+"""The variational autoencoder of §11.1: prior N(0, I), Gaussian q(z|x) (11.18), Bernoulli or Gaussian p(x|z).
+
+Networks only; the bounds that train them live in ``pipeline/objectives/vae.py`` and the
+training procedure in ``pipeline/vae_trainer.py``. Two architectures adapt to any C×H×W:
+``mlp`` (flattened pixels through ``vae.hidden_sizes``) and ``conv`` (stride-2 convolutions
+with ``vae.conv_channels``, mirrored by transposed convolutions). A conditional model
+(Fig. 11.2b) feeds the one-hot class label to both encoder and decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import Config, config_from_dict
+from pipeline.training import load_checkpoint
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class LabelError(ValueError):
+    """A conditional model was given no labels, or labels it cannot use."""
+
+
+def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot rows from integer labels with plain comparison ops (ONNX-exportable)."""
+    return (y[:, None] == torch.arange(num_classes, device=y.device)).to(dtype)
+
+
+def reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """K×B×D samples z = mu + sigma * eps with eps ~ N(0, I) (11.37), differentiable in mu and logvar."""
+    eps = torch.randn((num_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _conv_shapes(height: int, width: int, depth: int) -> list[tuple[int, int]]:
+    """Spatial sizes after each stride-2 block (kernel 4, padding 1 halves a side, rounding down)."""
+    shapes = [(height, width)]
+    for _ in range(depth):
+        h, w = shapes[-1]
+        if h < 2 or w < 2:
+            raise ValueError(
+                f"vae.conv_channels has {depth} stride-2 blocks, too many for {height}×{width} images; "
+                "use fewer conv_channels or arch: mlp"
+            )
+        shapes.append((h // 2, w // 2))
+    return shapes
+
+
+class VAE(nn.Module):
+    """p(z) = N(0, I), q(z|x) = N(mu(x), diag exp(logvar(x))) (11.18), p(x|z) Bernoulli (11.1-11.3) or Gaussian (11.4).
+
+    Shapes: ``x`` B×C×H×W in [0, 1], ``y`` B integer labels (conditional models only), ``z`` B×D or K×B×D.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        latent_dim: int,
+        *,
+        arch: str = "mlp",
+        hidden_sizes: list[int] | tuple[int, ...] = (256, 256),
+        conv_channels: list[int] | tuple[int, ...] = (32, 64),
+        likelihood: str = "bernoulli",
+        gaussian_variance: str = "learned",
+        gaussian_std: float = 0.1,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood {likelihood!r} is not 'bernoulli' or 'gaussian'")
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self.likelihood = likelihood
+        self.arch = arch
+        self.gaussian_variance = gaussian_variance
+        self.gaussian_std = gaussian_std
+        c, h, w = self.image_shape
+        n_labels = num_classes or 0
+        if arch == "mlp":
+            pixels = c * h * w
+            hidden = list(hidden_sizes)
+            self.encoder = nn.Sequential(_mlp([pixels + n_labels, *hidden]), nn.ReLU())
+            self.encoder_head = nn.Linear(hidden[-1], 2 * latent_dim)
+            self.decoder = _mlp([latent_dim + n_labels, *reversed(hidden), pixels])
+        elif arch == "conv":
+            channels = [c, *conv_channels]
+            shapes = _conv_shapes(h, w, len(conv_channels))
+            blocks: list[nn.Module] = []
+            for n_in, n_out in zip(channels[:-1], channels[1:], strict=True):
+                blocks += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), nn.ReLU()]
+            self.encoder = nn.Sequential(*blocks, nn.Flatten())
+            self._bottom = (channels[-1], *shapes[-1])
+            features = math.prod(self._bottom)
+            self.encoder_head = nn.Linear(features + n_labels, 2 * latent_dim)
+            up: list[nn.Module] = [nn.Linear(latent_dim + n_labels, features), nn.ReLU(), nn.Unflatten(1, self._bottom)]
+            for i in range(len(conv_channels), 0, -1):
+                target_h, target_w = shapes[i - 1]
+                source_h, source_w = shapes[i]
+                pad = (target_h - 2 * source_h, target_w - 2 * source_w)
+                up.append(nn.ConvTranspose2d(channels[i], channels[i - 1], 4, stride=2, padding=1, output_padding=pad))
+                if i > 1:
+                    up.append(nn.ReLU())
+            self.decoder = nn.Sequential(*up)
+        else:
+            raise ValueError(f"arch {arch!r} is not 'mlp' or 'conv'")
+        if likelihood == "gaussian" and gaussian_variance == "learned":
+            # per-pixel std = floor + softplus(raw), starting at twice the floor (softplus(raw) = floor)
+            start = math.log(math.expm1(gaussian_std))
+            self.decoder_std_raw = nn.Parameter(torch.full(self.image_shape, start))
+
+    def _labels(self, y: torch.Tensor | None, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.num_classes is None:
+            return None
+        if y is None:
+            raise LabelError(
+                "this VAE is conditional (vae.conditional: true) and needs class labels, but none were given; "
+                "use a labelled dataset or set vae.conditional: false"
+            )
+        if y.shape[0] != batch:
+            raise LabelError(f"{y.shape[0]} labels for a batch of {batch}")
+        return one_hot(y, self.num_classes, dtype)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameters (mu, logvar) of q(z|x) (11.18), each B×D."""
+        labels = self._labels(y, x.shape[0], x.dtype)
+        if self.arch == "mlp":
+            inputs = x.flatten(1)
+            if labels is not None:
+                inputs = torch.cat([inputs, labels], dim=1)
+            features = self.encoder(inputs)
+        else:
+            features = self.encoder(x)
+            if labels is not None:
+                features = torch.cat([features, labels], dim=1)
+        mu, logvar = self.encoder_head(features).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's raw output for B×D latents: Bernoulli logits or pre-sigmoid Gaussian means, B×C×H×W."""
+        labels = self._labels(y, z.shape[0], z.dtype)
+        if labels is not None:
+            z = torch.cat([z, labels], dim=1)
+        return self.decoder(z).reshape(z.shape[0], *self.image_shape)
+
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z] in [0, 1], B×C×H×W: Bernoulli probabilities (11.1) or Gaussian means (11.4)."""
+        return torch.sigmoid(self.decode_logits(z, y))
+
+    def decoder_std(self) -> torch.Tensor:
+        """Per-pixel standard deviation of the Gaussian decoder, C×H×W (learned, floored at gaussian_std)."""
+        if self.gaussian_variance == "learned":
+            return self.gaussian_std + F.softplus(self.decoder_std_raw)
+        return torch.full(self.image_shape, self.gaussian_std, device=self.encoder_head.weight.device)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x|z) summed over pixels, K×B, for x B×C×H×W and z K×B×D (11.3 or 11.4)."""
+        k, b, d = z.shape
+        y_rep = None if y is None else y.repeat(k)
+        out = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, *self.image_shape)
+        target = x.expand_as(out)
+        if self.likelihood == "bernoulli":
+            # x log sigma(l) + (1 - x) log(1 - sigma(l)) computed stably on the logits l (11.2-11.3)
+            log_px = -F.binary_cross_entropy_with_logits(out, target, reduction="none")
+        else:
+            std = self.decoder_std()
+            log_px = -0.5 * ((target - torch.sigmoid(out)) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI
+        return log_px.flatten(2).sum(-1)
+
+
+def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
+    """The VAE ``config.vae`` describes for data of ``image_shape`` with ``num_classes`` labels (None: unlabelled)."""
+    vae = config.vae
+    if vae.conditional and not num_classes:
+        raise LabelError(
+            "vae.conditional is true but the dataset has no labels; "
+            "set vae.conditional: false or use a labelled dataset"
+        )
+    return VAE(
+        tuple(image_shape),
+        config.latent_dim,
+        arch=vae.arch,
+        hidden_sizes=vae.hidden_sizes,
+        conv_channels=vae.conv_channels,
+        likelihood=vae.likelihood,
+        gaussian_variance=vae.gaussian_variance,
+        gaussian_std=vae.gaussian_std,
+        num_classes=num_classes if vae.conditional else None,
+    )
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """The VAE stored in a checkpoint written by the train_vae stage, in eval mode on ``device``."""
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"])
+    model = build_vae(config, tuple(state["data"]["image_shape"]), state["data"]["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()

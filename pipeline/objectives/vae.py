@@ -1,0 +1,146 @@
+"""The VAE's training bounds: the ELBO (11.30) and the importance-weighted bound (Burda et al. 2015).
+
+Also the shared pieces: Gaussian log densities (used by the likelihood estimators too), the
+analytic KL to the prior (11.36), KL warm-up and free bits, uniform dequantization and bits/dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.models.vae import VAE, reparameterize
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag exp(logvar)) summed over the last dimension (z may carry extra leading sample dims)."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension: the prior p(z)."""
+    return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) per latent dimension, B×D, in closed form (11.36)."""
+    return 0.5 * (mu**2 + torch.exp(logvar) - 1.0 - logvar)
+
+
+@dataclass
+class BoundTerms:
+    """Per-example terms of a bound (each B), and the scalar loss that training minimizes."""
+
+    bound: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+    loss: torch.Tensor
+    mu: torch.Tensor
+
+
+def elbo(
+    model: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    num_samples: int = 1,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> BoundTerms:
+    """ELBO (11.30): an M-sample Monte Carlo reconstruction term (11.32-11.33) minus the analytic KL (11.36).
+
+    ``bound`` is the true ELBO per example; ``loss`` is the batch mean of -(reconstruction - beta * KL),
+    where with free bits each dimension's batch-averaged KL counts as at least ``free_bits`` nats.
+    """
+    mu, logvar = model.encode(x, y)
+    z = reparameterize(mu, logvar, num_samples, generator)
+    reconstruction = model.log_likelihood(x, z, y).mean(0)
+    kl_per_dim = kl_to_standard_normal(mu, logvar)
+    kl = kl_per_dim.sum(-1)
+    penalty = torch.clamp(kl_per_dim.mean(0), min=free_bits).sum() if free_bits > 0 else kl.mean()
+    loss = -(reconstruction.mean() - beta * penalty)
+    return BoundTerms(bound=reconstruction - kl, reconstruction=reconstruction, kl=kl, loss=loss, mu=mu)
+
+
+def iwae_bound(
+    model: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    k: int,
+    num_samples: int = 1,
+    beta: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> BoundTerms:
+    """Importance-weighted bound log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x) (Burda et al. 2015).
+
+    Averaged over ``num_samples`` independent k-sample estimates; k = 1 is the ELBO with a sampled KL.
+    ``loss`` uses weights p(x|z) (p(z) / q(z|x))^beta for the KL warm-up.
+    """
+    mu, logvar = model.encode(x, y)
+    z = reparameterize(mu, logvar, num_samples * k, generator)
+    log_px = model.log_likelihood(x, z, y)
+    log_prior_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+    batch = x.shape[0]
+
+    def bound_at(weight: float) -> torch.Tensor:
+        log_w = (log_px + weight * log_prior_ratio).reshape(num_samples, k, batch)
+        return (torch.logsumexp(log_w, dim=1) - math.log(k)).mean(0)
+
+    bound = bound_at(1.0)
+    loss = -(bound if beta == 1.0 else bound_at(beta)).mean()
+    kl = kl_to_standard_normal(mu, logvar).sum(-1)
+    return BoundTerms(bound=bound, reconstruction=log_px.mean(0), kl=kl, loss=loss, mu=mu)
+
+
+def training_bound(
+    model: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    iwae_k: int = 1,
+    mc_samples: int = 1,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> BoundTerms:
+    """The bound ``vae.iwae_k`` selects: the ELBO for k = 1, else the k-sample IWAE bound."""
+    if iwae_k == 1:
+        return elbo(model, x, y, num_samples=mc_samples, beta=beta, free_bits=free_bits, generator=generator)
+    if free_bits > 0:
+        raise ValueError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
+    return iwae_bound(model, x, y, k=iwae_k, num_samples=mc_samples, beta=beta, generator=generator)
+
+
+def kl_warmup_beta(step: int, steps_per_epoch: int, warmup_epochs: int) -> float:
+    """KL weight rising linearly from 0 to 1 over ``warmup_epochs`` (1 throughout when it is 0)."""
+    if warmup_epochs == 0:
+        return 1.0
+    return min(1.0, step / (warmup_epochs * steps_per_epoch))
+
+
+def count_active_units(posterior_mean_variance: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across the data: Cov_x(E_q[z_d]) > threshold (Burda et al.)."""
+    return int((posterior_mean_variance > threshold).sum().item())
+
+
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None, levels: int = 256) -> torch.Tensor:
+    """Uniform dequantization of grey levels: x = k/(levels-1) becomes (k + u)/levels with u ~ U[0, 1)."""
+    k = torch.round(x * (levels - 1))
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (k + u) / levels
+
+
+def discrete_log_likelihood(log_density: torch.Tensor, num_dims: int, levels: int = 256) -> torch.Tensor:
+    """Lower bound on log P(discrete x) from a density on dequantized data in [0, 1]^D: subtract D log(levels)."""
+    return log_density - num_dims * math.log(levels)
+
+
+def bits_per_dim(log_likelihood: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
+    """-log p(x) in nats converted to bits per dimension; pass a discrete log-likelihood for grey data."""
+    return -log_likelihood / (num_dims * math.log(2))

@@ -1,0 +1,90 @@
+"""The VAE network: shapes on every architecture and image size, conditioning, checkpoint loading, ONNX export."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from pipeline.config import Config
+from pipeline.models.vae import VAE, LabelError, build_vae, load_vae
+from pipeline.training import save_checkpoint
+
+
+def _config(**vae) -> Config:
+    vae = {"hidden_sizes": [16], "conv_channels": [4, 8]} | vae
+    return Config(latent_dim=3, vae=dataclasses.replace(Config().vae, **vae))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 7, 9)])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_every_architecture_adapts_to_the_image_shape(arch: str, shape: tuple, likelihood: str) -> None:
+    model = build_vae(_config(arch=arch, likelihood=likelihood), shape, None)
+    x = torch.rand(5, *shape)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (5, 3)
+    mean = model.decode_mean(torch.randn(5, 3))
+    assert mean.shape == (5, *shape) and mean.min() >= 0 and mean.max() <= 1
+    assert model.log_likelihood(x, torch.randn(4, 5, 3)).shape == (4, 5)
+    assert (model.latent_dim, model.image_shape, model.num_classes, model.likelihood) == (3, shape, None, likelihood)
+
+
+def test_too_many_conv_blocks_for_the_image_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="too many for 4×4"):
+        build_vae(_config(arch="conv", conv_channels=[4, 4, 4]), (1, 4, 4), None)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_conditional_model_uses_the_label_in_encoder_and_decoder(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_vae(_config(arch=arch, conditional=True), (1, 8, 8), 10)
+    assert model.num_classes == 10
+    x, z = torch.rand(2, 1, 8, 8), torch.randn(2, 3)
+    zeros, ones = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    assert not torch.equal(model.encode(x, zeros)[0], model.encode(x, ones)[0])
+    assert not torch.equal(model.decode_mean(z, zeros), model.decode_mean(z, ones))
+    assert model.log_likelihood(x, torch.randn(3, 2, 3), ones).shape == (3, 2)
+    with pytest.raises(LabelError, match="needs class labels"):
+        model.encode(x)
+
+
+def test_conditional_config_without_labels_is_rejected() -> None:
+    with pytest.raises(LabelError, match="no labels"):
+        build_vae(_config(conditional=True), (1, 8, 8), None)
+    assert build_vae(_config(conditional=False), (1, 8, 8), 10).num_classes is None
+
+
+def test_load_vae_restores_a_checkpoint_in_eval_mode(tmp_path) -> None:
+    config = _config(arch="conv", likelihood="gaussian", conditional=True)
+    model = build_vae(config, (1, 8, 8), 10)
+    data = {"image_shape": [1, 8, 8], "num_classes": 10, "dataset": "digits", "binarize": "none"}
+    save_checkpoint(tmp_path / "best.pt", {"config": config.to_dict(), "data": data, "model": model.state_dict()})
+    loaded = load_vae(tmp_path / "best.pt")
+    assert not loaded.training and loaded.num_classes == 10
+    z, y = torch.randn(4, 3), torch.arange(4)
+    torch.testing.assert_close(loaded.decode_mean(z, y), model.decode_mean(z, y), rtol=0, atol=0)
+
+
+def test_conditional_conv_decoder_exports_to_onnx_and_matches_onnxruntime(tmp_path) -> None:
+    class DecodeMean(torch.nn.Module):
+        def __init__(self, vae: VAE) -> None:
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode_mean(z, y)
+
+    model = build_vae(_config(arch="conv", conditional=True), (1, 28, 28), 10).eval()
+    z, y = torch.randn(3, 3), torch.tensor([0, 4, 9])
+    batch = torch.export.Dim("batch")
+    program = torch.onnx.export(
+        DecodeMean(model).eval(), (z, y), input_names=["z", "y"], dynamo=True, dynamic_shapes=({0: batch}, {0: batch})
+    )
+    program.save(str(tmp_path / "decoder.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"z": z.numpy(), "y": y.numpy()})
+    np.testing.assert_allclose(got, model.decode_mean(z, y).detach().numpy(), atol=1e-5)
