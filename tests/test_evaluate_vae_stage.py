@@ -1,0 +1,137 @@
+"""The evaluate_vae stage as users run it, on a VAE trained for a few steps on real 8×8 digits."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import config_from_dict
+from pipeline.data.processed import load_processed, save_processed
+from pipeline.io import read_json
+from pipeline.likelihood import evaluate_vae
+from pipeline.models.vae import build_vae
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = REPO / ".venv" / "bin" / "python" if (REPO / ".venv" / "bin" / "python").exists() else Path(sys.executable)
+EVALUATE = {
+    "num_samples": 64,
+    "curve_ks": [1, 8],
+    "memory_budget_mb": 16,
+    "ais_steps": 30,
+    "ais_chains": 4,
+    "ais_points": 10,
+}
+SMALL_VAE = {"hidden_sizes": [32], "epochs": 2, "batch_size": 50}
+
+
+def write_params(workdir: Path, vae: dict | None = None, evaluate: dict | None = None) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(latent_dim=2, device="cpu")
+    params["vae"].update(SMALL_VAE | (vae or {}))
+    params["evaluate"].update(EVALUATE | (evaluate or {}))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+def run_stage(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # single-threaded like the in-process tests (shared cores)
+    return subprocess.run(
+        [str(PYTHON), "-m", "stages", *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, digits_processed_dir: Path) -> Path:
+    """A working directory holding params.yaml and checkpoints/vae/best.pt from the train_vae stage."""
+    workdir = tmp_path_factory.mktemp("evaluate_vae")
+    write_params(workdir)
+    train = run_stage(workdir, "train_vae", "--data-dir", str(digits_processed_dir))
+    assert train.returncode == 0, train.stderr
+    assert (workdir / "checkpoints" / "vae" / "best.pt").exists()
+    return workdir
+
+
+def test_stage_writes_consistent_metrics_and_curve(trained: Path, digits_processed_dir: Path) -> None:
+    result = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
+    assert result.returncode == 0, result.stderr
+    assert "test log p(x)" in result.stdout
+    metrics = read_json(trained / "metrics" / "vae_likelihood.json")
+    curve = read_json(trained / "plots" / "vae_likelihood_curve.json")
+    test, valid, ais = metrics["test"], metrics["valid"], metrics["ais"]
+    assert test["points"] == 50 and valid["points"] == 50 and metrics["num_samples"] == 64
+    # ELBO below the estimate, the gap its difference, bits/dim its conversion (8×8 = 64 dimensions)
+    assert test["elbo"] < test["log_px"] < 0 and test["gap"] == pytest.approx(test["log_px"] - test["elbo"])
+    assert test["bits_per_dim"] == pytest.approx(-test["log_px"] / (64 * math.log(2)))
+    assert 0 < test["log_px_stderr"] < 5 and 0 < test["sampling_stderr"] < test["log_px_stderr"]
+    # the convergence curve rises with K and ends at the reported estimate
+    assert [row["k"] for row in curve] == [1, 8, 64]
+    bounds = [row["bound"] for row in curve]
+    assert bounds == sorted(bounds) and bounds[-1] == pytest.approx(test["log_px"])
+    assert bounds[0] == pytest.approx(test["elbo"], abs=3 * test["log_px_stderr"])
+    # AIS on the first 10 test points agrees with importance sampling on the same points to within a nat
+    assert ais["points"] == 10 and ais["chain_spread"] >= 0 and 0 < ais["acceptance"] <= 1
+    assert abs(ais["log_px"] - ais["importance_sampled_log_px"]) < 1.0, ais
+    assert set(metrics["seconds"]) == {"test", "valid", "ais"}
+
+    # the same seed reproduces the numbers exactly
+    first = (trained / "metrics" / "vae_likelihood.json").read_text()
+    again = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
+    assert again.returncode == 0, again.stderr
+    strip = {"seconds"}
+    assert {k: v for k, v in read_json(trained / "metrics" / "vae_likelihood.json").items() if k not in strip} == {
+        k: v for k, v in json.loads(first).items() if k not in strip
+    }
+
+
+def test_bad_checkpoint_or_data_fail_cleanly_and_write_nothing(trained: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    shutil.copy(trained / "params.yaml", workdir / "params.yaml")
+    missing = run_stage(workdir, "evaluate_vae", "--checkpoint", "nope.pt", "--data-dir", "data/processed")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "no processed data" in missing.stderr or "no checkpoint" in missing.stderr
+    # a checkpoint trained on other data: 1×8×8 digits versus 1×4×4 images
+    small = np.zeros((5, 1, 4, 4), dtype=np.uint8)
+    save_processed(
+        workdir / "data" / "processed", {s: small for s in ("train", "valid", "test")}, None,
+        binarize="dynamic", dataset="npz", num_classes=None, stats={"image_shape": [1, 4, 4]},
+    )  # fmt: skip
+    wrong = run_stage(workdir, "evaluate_vae", "--checkpoint", str(trained / "checkpoints" / "vae" / "best.pt"))
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert "retrain it on these data" in wrong.stderr
+    assert not (workdir / "metrics").exists() and not (workdir / "plots").exists()
+
+
+def test_conditional_gaussian_vae_on_dequantized_grey_data(digits_processed_dir: Path, tmp_path: Path) -> None:
+    grey = load_processed(digits_processed_dir)
+    save_processed(
+        tmp_path, {s: np.round(x * 255).astype(np.uint8) for s, x in grey.x.items()}, grey.y,
+        binarize="none", dataset="digits", num_classes=10, stats={"image_shape": [1, 8, 8]},
+    )  # fmt: skip
+    data = load_processed(tmp_path)
+    params = write_params(tmp_path, vae={"likelihood": "gaussian", "conditional": True}, evaluate={"max_points": 20})
+    config = config_from_dict(params)
+    torch.manual_seed(0)
+    model = build_vae(config, data.image_shape, data.num_classes).eval()
+    metrics, curve = evaluate_vae(model, data, config.evaluate, config.seed, progress=False)
+    test = metrics["test"]
+    assert test["points"] == 20 and metrics["ais"]["points"] == 10
+    # a bound on the discrete data: density on [0, 1]^64 minus 64 log 256, so bits/dim is that of 8-bit pixels
+    assert test["bits_per_dim"] == pytest.approx(-test["log_px"] / (64 * math.log(2)))
+    assert test["log_px"] < -64 * math.log(256) + 64 * 3 and test["bits_per_dim"] > 0
+    assert test["elbo"] < test["log_px"] and [row["k"] for row in curve] == [1, 8, 64]
+    # the labels matter: other labels give other numbers
+    shuffled = load_processed(tmp_path)
+    shuffled.y["test"][:] = (shuffled.y["test"] + 1) % 10
+    other, _ = evaluate_vae(model, shuffled, config.evaluate, config.seed, progress=False)
+    assert other["test"]["log_px"] != test["log_px"]
