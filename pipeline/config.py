@@ -121,7 +121,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = _f(18, "ONNX opset version", **_range(13, 23))
+    opset: int = _f(18, "ONNX opset of the exported models (the dynamo exporter emits 18 or newer)", **_range(18, 23))
     parity_atol: float = _f(
         1e-5, "max abs error allowed between onnxruntime and torch (float32)", **_range(0.0, 1.0, lo_open=True)
     )
