@@ -47,6 +47,18 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
         )
 
 
+def changed_config_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two ``Config.to_dict()`` dicts (to refuse an unsafe resume)."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_config_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
 def to_device_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """Move whole splits to the device once; batches are then taken by index (no per-sample Python work)."""
     return {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()}
@@ -86,9 +98,13 @@ class IndexBatches:
 def binarize_dynamically(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A fresh Bernoulli draw of grey values in [0, 1] (dynamic binarization).
 
-    Compares uniforms with ``x`` (P(u < x) = x), which is 3x faster on CPU than ``torch.bernoulli``.
+    A pixel is 1 when a uniform 16-bit integer u in [0, 65536) has u < 65536 x, so P(1) = ceil(65536 x) / 65536:
+    x to within 2e-5, exact at 0 and 1. Four pixels share one 64-bit draw: 3x faster on CPU than ``torch.bernoulli``.
     """
-    return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < x).to(x.dtype)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None, generator=generator)
+    centred = bits.view(torch.int16)[:n].reshape(x.shape).to(x.dtype)  # u - 32768
+    return (centred < x * 65536 - 32768).to(x.dtype)
 
 
 def device_generator(device: torch.device, seed: int) -> torch.Generator:

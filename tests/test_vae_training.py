@@ -1,0 +1,157 @@
+"""Training the VAE: overfitting, exact resume, NaN handling, label checks, checkpoints and the train_vae stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import Config, ConfigError
+from pipeline.data.processed import ProcessedData, load_processed
+from pipeline.distributed import DistContext
+from pipeline.models.vae import LabelError, load_vae
+from pipeline.training import NonFiniteLossError
+from pipeline.vae_trainer import VaeOutputs, VaeTrainer, train_vae
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = DistContext(0, 1, torch.device("cpu"))
+
+
+def _config(latent_dim: int = 4, **vae) -> Config:
+    vae = {"hidden_sizes": [32], "batch_size": 32, "epochs": 2, "lr": 3e-3} | vae
+    return Config(latent_dim=latent_dim, device="cpu", vae=dataclasses.replace(Config().vae, **vae))
+
+
+def _outputs(root: Path) -> VaeOutputs:
+    return VaeOutputs(root / "checkpoints", root / "dvclive", root / "outputs", root / "metrics.json")
+
+
+def _grey(data: ProcessedData) -> ProcessedData:
+    return dataclasses.replace(data, binarize="none")
+
+
+def test_tiny_model_overfits_a_handful_of_images(digits_processed_dir: Path) -> None:
+    x = (load_processed(digits_processed_dir).x["train"][:8] > 0.5).astype(np.float32)
+    data = ProcessedData(
+        x={s: x for s in ("train", "valid", "test")}, y=None, binarize="static", num_classes=None, dataset="d"
+    )
+    trainer = VaeTrainer(_config(latent_dim=8, hidden_sizes=[64], batch_size=8), data, CPU)
+    before = trainer.evaluate("test")
+    for epoch in range(300):
+        trainer.train_epoch(epoch)
+    after = trainer.evaluate("test")
+    assert before["reconstruction"] < -40
+    assert after["reconstruction"] > -4 and after["bound"] > -12, after
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resumed_run_ends_with_bit_identical_weights(digits_processed_dir: Path, tmp_path: Path) -> None:
+    data = load_processed(digits_processed_dir)
+    straight = _outputs(tmp_path / "straight")
+    train_vae(_config(epochs=4, kl_warmup_epochs=2, mc_samples=2), data, straight, progress=False)
+    interrupted = _outputs(tmp_path / "interrupted")
+    train_vae(_config(epochs=2, kl_warmup_epochs=2, mc_samples=2), data, interrupted, progress=False)
+    resumed = _config(epochs=4, kl_warmup_epochs=2, mc_samples=2, resume=True)
+    train_vae(resumed, data, interrupted, progress=False)
+    a, b = _weights(straight.checkpoint_dir / "last.pt"), _weights(interrupted.checkpoint_dir / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(straight.metrics_path.read_text()) == json.loads(interrupted.metrics_path.read_text())
+    steps = json.loads((interrupted.live_dir / "metrics.json").read_text())["step"]
+    assert steps == 3
+
+
+def test_resume_refuses_a_checkpoint_trained_with_other_params(digits_processed_dir: Path, tmp_path: Path) -> None:
+    data, outputs = load_processed(digits_processed_dir), _outputs(tmp_path)
+    train_vae(_config(epochs=1), data, outputs, progress=False)
+    with pytest.raises(ConfigError, match="vae.lr"):
+        train_vae(_config(epochs=2, lr=1e-4, resume=True), data, outputs, progress=False)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    data, outputs = _grey(load_processed(digits_processed_dir)), _outputs(tmp_path)
+    config = _config(epochs=2, likelihood="gaussian")
+    train_vae(config, data, outputs, progress=False)
+    last = (outputs.checkpoint_dir / "last.pt").read_bytes()
+    corrupted = data.x["train"].copy()
+    corrupted[:, 0, 3, 3] = np.inf
+    bad = dataclasses.replace(data, x=data.x | {"train": corrupted})
+    steps_per_epoch = -(-200 // 32)
+    resumed = dataclasses.replace(config, vae=dataclasses.replace(config.vae, epochs=3, resume=True))
+    with pytest.raises(NonFiniteLossError, match=f"at step {2 * steps_per_epoch + 1};"):
+        train_vae(resumed, bad, outputs, progress=False)
+    assert (outputs.checkpoint_dir / "last.pt").read_bytes() == last
+    assert load_vae(outputs.checkpoint_dir / "last.pt").latent_dim == 4
+
+
+def test_conditional_model_rejects_unlabelled_data(digits_processed_dir: Path) -> None:
+    data = dataclasses.replace(load_processed(digits_processed_dir), y=None, num_classes=None)
+    with pytest.raises(LabelError, match="has no labels"):
+        VaeTrainer(_config(conditional=True), data, CPU)
+
+
+def test_gaussian_decoder_on_binarized_data_is_rejected(digits_processed_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="data.binarize: none"):
+        VaeTrainer(_config(likelihood="gaussian"), load_processed(digits_processed_dir), CPU)
+
+
+def test_conditional_gaussian_run_writes_weights_only_checkpoints_and_figures(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    data, outputs = _grey(load_processed(digits_processed_dir)), _outputs(tmp_path)
+    config = _config(latent_dim=2, arch="conv", conv_channels=[8, 16], likelihood="gaussian", conditional=True)
+    summary = train_vae(config, data, outputs, progress=False)
+    state = torch.load(outputs.checkpoint_dir / "best.pt", weights_only=True)
+    assert state["config"] == config.to_dict()
+    assert state["data"] == {"image_shape": [1, 8, 8], "num_classes": 10, "dataset": "digits", "binarize": "none"}
+    model = load_vae(outputs.checkpoint_dir / "best.pt")
+    assert (model.num_classes, model.likelihood, model.latent_dim) == (10, "gaussian", 2)
+    names = sorted(p.name for p in outputs.image_dir.iterdir())
+    assert names == ["interpolation.png", "manifold.png", "reconstructions.png", "samples.png"]
+    from PIL import Image
+
+    samples = Image.open(outputs.image_dir / "samples.png")
+    assert samples.height == (10 * 9 + 1) * 7  # one row of 8×8 images per class, scaled 7×
+    assert summary["test_bits_per_dim"] > 0 and summary["bound"] == "elbo"
+
+
+def test_train_vae_stage_runs_as_a_subprocess(digits_processed_dir: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["vae"] |= {"epochs": 3, "iwae_k": 3, "hidden_sizes": [32]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "stages", "train_vae", "--data-dir", str(digits_processed_dir)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "test iwae_3" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "checkpoints/vae").iterdir()) == ["best.pt", "last.pt"]
+    metrics = json.loads((tmp_path / "metrics/vae_train.json").read_text())
+    assert metrics["bound"] == "iwae_3" and metrics["test_bound"] >= metrics["test_elbo"] - 1.0
+    live = json.loads((tmp_path / "dvclive/vae/metrics.json").read_text())
+    assert set(live["valid"]) >= {"bound", "elbo", "reconstruction", "kl", "active_units"} and live["step"] == 2
+    assert len((tmp_path / "dvclive/vae/plots/metrics/valid/elbo.tsv").read_text().splitlines()) == 4
+    assert (tmp_path / "outputs/vae/samples.png").exists()
+
+    params["vae"]["conditional"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    unlabelled = tmp_path / "unlabelled"
+    data = load_processed(digits_processed_dir)
+    from pipeline.data.processed import save_processed
+
+    save_processed(unlabelled, data.x, None, binarize="dynamic", dataset="digits", num_classes=None, stats={})
+    command[-1] = str(unlabelled)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "vae.conditional is true" in done.stderr and "Traceback" not in done.stderr
