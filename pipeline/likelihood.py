@@ -45,7 +45,7 @@ NOISE_SAMPLES = 256  # samples per noise tile
 # the temporaries of its log-density. Rows per chunk = budget / (4 bytes * this * data size + latent terms).
 ACTIVATIONS_PER_ROW = 8
 # On CPU a chunk beyond this many rows falls out of cache and runs slower; GPUs use the whole budget.
-CPU_ROWS_PER_CHUNK = 4096
+CPU_ROWS_PER_CHUNK = 2048
 
 
 @dataclass

@@ -216,3 +216,24 @@ def test_bad_inputs_are_refused_with_a_clear_message(ppca, data):
         importance_sampled_log_likelihood(ppca, ExactPosterior(ppca), data, torch.zeros(3, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="sigma must be positive"):
         GaussianObservationModel(ppca, 0.0)
+
+
+def test_gaussian_observation_model_wraps_the_projects_conditional_generator():
+    from pipeline.config import Config, GanConfig
+    from pipeline.models.gan import build_generator
+
+    torch.manual_seed(0)
+    config = Config(latent_dim=3, gan=GanConfig(hidden_sizes=[16], conditional=True))
+    generator = build_generator(config, (1, 4, 4), 3).eval()
+    y = torch.arange(NOISE_POINTS) % 3
+    x = torch.rand(NOISE_POINTS, 1, 4, 4)
+    model = GaussianObservationModel(generator, 0.2)
+    z = torch.randn(5, NOISE_POINTS, 3)
+    expected = torch.stack([
+        torch.distributions.Normal(generator(z[i], y), 0.2).log_prob(x).flatten(1).sum(-1) for i in range(5)
+    ])  # fmt: skip
+    torch.testing.assert_close(model.log_likelihood(x, z, y), expected)
+    ais = annealed_importance_sampling(model, x, y, num_steps=10, num_chains=2)
+    assert torch.isfinite(ais.log_px).all() and ais.acceptance > 0
+    choice = choose_observation_sigma(generator, x, [0.01, 0.3, 10.0], y, num_samples=50)
+    assert choice.sigma == 0.3 and set(choice.log_px) == {0.01, 0.3, 10.0}

@@ -1,0 +1,137 @@
+"""`python -m stages bench likelihood`: speed of the importance-sampled log-likelihood against the matmul rate.
+
+Evaluates K importance samples for each of ``--points`` binary MNIST-size images with an MLP VAE
+(pixels-hidden-latent, the IWAE paper's evaluation setting is 10,000 test images, K = 5000) through
+:func:`pipeline.likelihood.importance_sampled_log_likelihood`, the code the evaluate_vae stage runs.
+It reports decoder evaluations per second, the decoder's matrix-multiply FLOP rate, and that rate as a
+fraction of this machine's float32 ``torch.mm`` rate, measured here on large products. A plain batched
+implementation (sample all K, decode, logsumexp) runs on a few points of the same model for comparison.
+Timings on shared CPUs are provisional.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import click
+import torch
+from torch import nn
+
+from pipeline.config import Config, VaeConfig
+from pipeline.device import select_device
+from pipeline.likelihood import importance_sampled_log_likelihood
+from pipeline.models.vae import VAE, build_vae
+from pipeline.objectives.vae import gaussian_log_density, reparameterize, standard_normal_log_density
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, repeats: int = 5) -> dict[str, float]:
+    """Best float32 torch.mm rate (FLOP/s) over a few large products, each the best of ``repeats`` runs."""
+    shapes = {"4096x4096x4096": (4096, 4096, 4096), "8192x1024x1024": (8192, 1024, 1024)}
+    rates = {}
+    for name, (m, k, n) in shapes.items():
+        a = torch.randn(m, k, device=device)
+        b = torch.randn(k, n, device=device)
+        torch.mm(a, b)
+        best = math.inf
+        for _ in range(repeats):
+            _synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b)
+            _synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        rates[name] = 2 * m * k * n / best
+    return rates
+
+
+def decoder_flops(model: VAE) -> int:
+    """Multiply-add FLOPs of one decoder evaluation: 2 × Σ in × out over its linear layers."""
+    return sum(2 * layer.in_features * layer.out_features for layer in model.decoder if isinstance(layer, nn.Linear))
+
+
+@torch.no_grad()
+def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: int) -> torch.Tensor:
+    """The usual batched estimator: draw all K samples for a batch, decode them, logsumexp over K."""
+    out = []
+    for xb in x.split(batch):
+        mu, logvar = model.encode(xb)
+        z = reparameterize(mu, logvar, num_samples)
+        log_w = model.log_likelihood(xb, z) + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+        out.append(torch.logsumexp(log_w.double(), 0) - math.log(num_samples))
+    return torch.cat(out)
+
+
+@click.command()
+@click.option("--points", default=10000, show_default=True, help="test images (the literature: 10,000)")
+@click.option("--samples", default=5000, show_default=True, help="K, importance samples per image")
+@click.option("--hidden", default=400, show_default=True, help="hidden width of the MLP VAE")
+@click.option("--latent", default=20, show_default=True, help="latent dimensions")
+@click.option("--side", default=28, show_default=True, help="image side (28: MNIST)")
+@click.option("--memory-budget-mb", default=512, show_default=True)
+@click.option("--baseline-points", default=20, show_default=True, help="points for the plain implementation (0: skip)")
+@click.option("--device", "device_name", default="auto", show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: torch's default, all cores)")
+def main(
+    points: int,
+    samples: int,
+    hidden: int,
+    latent: int,
+    side: int,
+    memory_budget_mb: int,
+    baseline_points: int,
+    device_name: str,
+    threads: int,
+) -> None:
+    """Decoder evaluations per second and the fraction of the float32 matmul rate they achieve."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device(device_name)
+    torch.manual_seed(0)
+    config = Config(latent_dim=latent, vae=VaeConfig(hidden_sizes=[hidden]))
+    model = build_vae(config, (1, side, side), None).to(device).eval()
+    x = torch.bernoulli(torch.rand(points, 1, side, side, device=device) * 0.3)
+    flops = decoder_flops(model)
+    click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
+    rates = matmul_rate(device)
+    rate = max(rates.values())
+    for name, value in rates.items():
+        click.echo(f"torch.mm {name}: {value / 1e9:.1f} GFLOP/s")
+
+    importance_sampled_log_likelihood(model, model, x[:16], None, 256, memory_budget_mb=memory_budget_mb)  # warm-up
+    _synchronize(device)
+    start = time.perf_counter()
+    result = importance_sampled_log_likelihood(
+        model, model, x, None, samples, (1, 10, 100, 1000), memory_budget_mb=memory_budget_mb, progress=True
+    )
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    evaluations = points * samples
+    achieved = evaluations * flops / seconds
+    click.echo(
+        f"{points} points × K={samples} (decoder {latent}-{hidden}-{side * side}, "
+        f"{flops / 1e6:.3f} MFLOP each): {seconds:.1f} s, {evaluations / seconds:,.0f} decoder evaluations/s"
+    )
+    click.echo(f"decoder matmul rate {achieved / 1e9:.1f} GFLOP/s = {achieved / rate:.1%} of the torch.mm rate")
+    if points != 10000:
+        click.echo(f"projected for 10,000 points: {seconds * 10000 / points:.0f} s")
+    click.echo(f"mean log p(x) {result.log_px.mean().item():.3f} nats (random weights; a speed test only)")
+
+    if baseline_points:
+        xb = x[:baseline_points]
+        batch = max(1, (memory_budget_mb * 2**20) // (4 * 8 * side * side * samples))
+        _synchronize(device)
+        start = time.perf_counter()
+        plain_log_likelihood(model, xb, samples, batch)
+        _synchronize(device)
+        plain = time.perf_counter() - start
+        plain_achieved = baseline_points * samples * flops / plain
+        click.echo(
+            f"plain batched implementation on {baseline_points} points: {plain_achieved / 1e9:.1f} GFLOP/s = "
+            f"{plain_achieved / rate:.1%} of the rate (projected {plain * 10000 / baseline_points:.0f} s "
+            "for 10,000 points)"
+        )
