@@ -119,12 +119,14 @@ class EpochLoop:
     ``train_epoch(epoch)`` trains one epoch and returns metrics; ``validate(epoch)`` returns
     validation metrics including ``monitor``; ``state()`` returns the checkpoint dict and
     ``restore(state)`` loads it back. The last checkpoint is written after every epoch, the
-    best (by ``monitor``, higher is better) beside it.
+    best (by ``monitor``, higher is better unless ``higher_is_better`` is false) beside it.
+    An epoch whose validation metrics lack ``monitor`` (not evaluated that epoch) does not
+    compete for best; with ``monitor`` None the latest epoch is always the best.
     """
 
     epochs: int
     checkpoint_dir: Path
-    monitor: str
+    monitor: str | None
     train_epoch: Callable[[int], dict[str, float]]
     validate: Callable[[int], dict[str, float]]
     state: Callable[[], dict[str, Any]]
@@ -132,6 +134,7 @@ class EpochLoop:
     log: Callable[[int, dict[str, float]], None]
     is_writer: bool = True
     progress: bool = True
+    higher_is_better: bool = True
 
     @property
     def last_path(self) -> Path:
@@ -154,11 +157,12 @@ class EpochLoop:
         for epoch in bar:
             metrics = {f"train/{k}": v for k, v in self.train_epoch(epoch).items()}
             metrics |= {f"valid/{k}": v for k, v in self.validate(epoch).items()}
-            value = metrics[f"valid/{self.monitor}"]
-            improved = value > best["value"]
+            value = metrics.get(f"valid/{self.monitor}")
+            improved = self._improves(value, best)
             if improved:
                 best = {"epoch": epoch, "value": value, "metrics": metrics}
-            bar.set_postfix({self.monitor: f"{value:.3f}"})
+            if value is not None:
+                bar.set_postfix({self.monitor: f"{value:.3f}"})
             if self.is_writer:
                 self.log(epoch, metrics)
                 state = self.state() | {"epoch": epoch, "best": best}
@@ -166,3 +170,12 @@ class EpochLoop:
                 if improved:
                     save_checkpoint(self.best_path, state)
         return best
+
+    def _improves(self, value: float | None, best: dict[str, Any]) -> bool:
+        if self.monitor is None:
+            return True
+        if value is None:
+            return False
+        if best["epoch"] < 0:
+            return True
+        return value > best["value"] if self.higher_is_better else value < best["value"]
