@@ -1,0 +1,97 @@
+"""The GAN's networks: shapes, range, determinism, conditioning, spectral norm and ONNX export."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from pipeline.config import Config, GanConfig
+from pipeline.export import InputSpec, to_onnx
+from pipeline.models.gan import build_discriminator, build_generator, stride2_stages
+
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+
+
+def gan_config(**gan: object) -> Config:
+    base = {"hidden_sizes": [32, 32], "base_channels": 8}
+    return dataclasses.replace(Config(), gan=dataclasses.replace(GanConfig(), **(base | gan)))
+
+
+def test_stride2_stages_adapt_to_the_image_size() -> None:
+    assert [stride2_stages(h, w) for h, w in [(8, 8), (28, 28), (32, 32), (7, 7), (64, 48)]] == [1, 2, 3, 0, 3]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_generator_shape_range_and_determinism(arch: str, shape: tuple[int, int, int]) -> None:
+    config = gan_config(arch=arch)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        generator = build_generator(config, shape, None).eval()
+        z = torch.randn(5, config.latent_dim, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            outputs.append(generator(z))
+    images = outputs[0]
+    assert images.shape == (5, *shape)
+    assert images.min() >= 0 and images.max() <= 1
+    assert images.std() > 0  # not a constant image
+    assert torch.equal(outputs[0], outputs[1])
+    discriminator = build_discriminator(config, shape, None)
+    assert discriminator(images).shape == (5,)
+    assert discriminator.features(images).shape[0] == 5
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_conditional_networks_use_the_label_and_need_it(arch: str) -> None:
+    config = gan_config(arch=arch, conditional=True)
+    torch.manual_seed(0)
+    generator = build_generator(config, (1, 8, 8), 10).eval()
+    discriminator = build_discriminator(config, (1, 8, 8), 10)
+    z = torch.randn(1, config.latent_dim).expand(3, -1)
+    with torch.no_grad():
+        images = generator(z, torch.tensor([0, 1, 1]))
+        logits = discriminator(images, torch.tensor([3, 3, 4]))
+    assert not torch.allclose(images[0], images[1]) and torch.allclose(images[1], images[2])
+    assert logits[0] != logits[2] or logits[1] != logits[2]
+    with pytest.raises(ValueError, match="conditional on 10 classes; pass labels y"):
+        generator(z)
+    with pytest.raises(ValueError, match="no class labels"):
+        build_generator(config, (1, 8, 8), None)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_spectral_norm_makes_each_layer_1_lipschitz(arch: str) -> None:
+    shape = (1, 28, 28)
+    torch.manual_seed(0)
+    normalized = build_discriminator(gan_config(arch=arch, spectral_norm=True), shape, None)
+    plain = build_discriminator(gan_config(arch=arch, spectral_norm=False), shape, None)
+    for _ in range(30):  # each training-mode forward runs one power iteration per layer
+        normalized(torch.rand(4, *shape))
+    normalized.eval()
+
+    def norms(model: torch.nn.Module) -> list[float]:
+        weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        return [torch.linalg.matrix_norm(w.detach().flatten(1), ord=2).item() for w in weights]
+
+    assert norms(normalized) == pytest.approx([1.0] * len(norms(normalized)), abs=0.02)
+    assert max(abs(n - 1.0) for n in norms(plain)) > 0.1
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_generator_exports_to_onnx_with_plain_ops(arch: str) -> None:
+    config = gan_config(arch=arch, conditional=True)
+    torch.manual_seed(0)
+    generator = build_generator(config, (1, 8, 8), 10).eval()
+    inputs = [InputSpec("z", (config.latent_dim,), "normal"), InputSpec("label", (), "label", 10)]
+    model = to_onnx(generator, inputs, ["image"], opset=18)
+    session = ort.InferenceSession(model.SerializeToString())
+    z, y = torch.randn(7, config.latent_dim), torch.arange(7)
+    (onnx_images,) = session.run(None, {"z": z.numpy(), "label": y.numpy()})
+    with torch.no_grad():
+        torch_images = generator(z, y).numpy()
+    np.testing.assert_allclose(onnx_images, torch_images, atol=1e-5)

@@ -1,0 +1,93 @@
+"""Sample-quality metrics: Fréchet distance (closed forms), classifier score, precision/recall, the full report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from pipeline.classifier_trainer import ClassifierTrainer
+from pipeline.config import Config
+from pipeline.data.processed import load_processed
+from pipeline.metrics import (
+    frechet_distance,
+    frechet_distance_from_moments,
+    inception_score,
+    precision_recall,
+    sample_quality_report,
+)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_a_shift() -> None:
+    features = np.random.default_rng(0).normal(size=(500, 8))
+    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-8)
+    small, large = (frechet_distance(features, features + shift) for shift in (0.5, 2.0))
+    assert small == pytest.approx(8 * 0.25, rel=1e-6)  # ||mu1 - mu2||^2 with equal covariances
+    assert large == pytest.approx(8 * 4.0, rel=1e-6) and large > small
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    cov1, cov2 = a @ a.T + 0.1 * np.eye(6), b @ b.T  # non-commuting; cov2 is rank-deficient-ish but PSD
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    cross = linalg.sqrtm(cov1 @ cov2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * cross)
+    assert frechet_distance_from_moments(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-8)
+    # diagonal case: sum (sqrt a - sqrt b)^2, and it is symmetric
+    d1, d2 = np.diag([1.0, 4.0]), np.diag([9.0, 1.0])
+    assert frechet_distance_from_moments([0, 0], d1, [1, 0], d2) == pytest.approx(1 + (1 - 3) ** 2 + (2 - 1) ** 2)
+    assert frechet_distance_from_moments([1, 0], d2, [0, 0], d1) == pytest.approx(6.0)
+    # sampled sets approach the population value
+    rng = np.random.default_rng(2)
+    x = rng.multivariate_normal(mu1, cov1, size=20000)
+    y = rng.multivariate_normal(mu2, cov2, size=20000)
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=0.05)
+
+
+def test_inception_score_bounds() -> None:
+    confident_and_diverse = torch.eye(10).repeat(20, 1)
+    assert inception_score(confident_and_diverse, splits=4)[0] == pytest.approx(10.0)
+    uniform = torch.full((200, 10), 0.1)
+    assert inception_score(uniform)[0] == pytest.approx(1.0)
+    one_class = torch.eye(10)[torch.zeros(200, dtype=torch.long)]
+    assert inception_score(one_class)[0] == pytest.approx(1.0)
+
+
+def test_precision_and_recall_separate_quality_from_coverage() -> None:
+    rng = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 2, generator=rng)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    collapsed = torch.randn(400, 2, generator=rng) * 0.05  # good samples of one mode only
+    precision, recall = precision_recall(real, collapsed)
+    assert precision > 0.95 and recall < 0.2
+    off = torch.randn(400, 2, generator=rng) + 10.0  # samples nowhere near the data
+    assert precision_recall(real, off) == (0.0, 0.0)
+
+
+def test_sample_quality_report_with_a_real_classifier(digits_processed_dir) -> None:
+    data = load_processed(digits_processed_dir)
+    trainer = ClassifierTrainer(Config(), data, torch.device("cpu"))
+    for epoch in range(15):
+        trainer.train_epoch(epoch)
+    classifier = trainer.model.eval()
+    test, train = torch.from_numpy(data.x["test"]), torch.from_numpy(data.x["train"])
+
+    def real_sampler(n: int) -> torch.Tensor:
+        return train[-n:]
+
+    def noise_sampler(n: int) -> torch.Tensor:
+        return torch.rand(n, *data.image_shape, generator=torch.Generator().manual_seed(0))
+
+    real = sample_quality_report(real_sampler, classifier, test, train, n=1000)
+    noise = sample_quality_report(noise_sampler, classifier, test, train, n=1000)
+    assert real["num_images"] == noise["num_images"] == 50  # capped by the test split
+    assert real["frechet_floor"] == noise["frechet_floor"]
+    assert noise["frechet_distance"] > 2 * real["frechet_distance"]
+    assert noise["precision"] < real["precision"] and noise["recall"] < real["recall"]
+    for report in (real, noise):
+        assert all(np.isfinite(v) for v in report.values())
+        assert 1.0 <= report["classifier_score"] <= 10.0
+    with pytest.raises(ValueError, match="sampler returned images of shape"):
+        sample_quality_report(lambda n: torch.rand(n, 1, 4, 4), classifier, test, train, n=20)
