@@ -99,6 +99,9 @@ class GanConfig:
     beta2: float = _f(0.999, "Adam beta2", **_range(0.0, 1.0))
     d_steps: int = _f(1, "discriminator updates per generator update", **_range(1, 100))
     sample_every_epochs: int = _f(5, "epochs between logged sample grids and metrics", **_range(1, 100000))
+    log_every_steps: int = _f(
+        50, "discriminator steps per logged window of losses, D(x) and D(g(z))", **_range(1, 1 << 30)
+    )
     bf16: bool = _f(False, "bf16 autocast on CUDA (ignored elsewhere)")
     resume: bool = _f(False, "continue from the last checkpoint if one exists")
 

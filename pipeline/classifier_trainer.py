@@ -1,0 +1,136 @@
+"""Training the feature classifier of the sample-quality metrics on the dataset's training split.
+
+Adam (lr 1e-3, batch 32) on the cross-entropy of the grey images for ``evaluate.classifier_epochs``
+epochs; best.pt is the epoch with the highest validation accuracy, and its test accuracy is reported
+(a classifier that cannot tell the classes apart gives features that cannot tell samples apart).
+Single process: the classifier trains in seconds on every dataset here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Config
+from pipeline.data.processed import ProcessedData
+from pipeline.device import seed_everything, select_device
+from pipeline.io import write_json
+from pipeline.models.classifier import Classifier, build_classifier
+from pipeline.training import EpochLoop, IndexBatches, check_finite, load_checkpoint, to_device_tensors
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 32
+LEARNING_RATE = 1e-3
+
+
+@dataclass(frozen=True)
+class ClassifierOutputs:
+    """Where the train_classifier stage writes."""
+
+    checkpoint_dir: Path = Path("checkpoints/classifier")
+    live_dir: Path = Path("dvclive/classifier")
+    metrics_path: Path = Path("metrics/classifier.json")
+
+
+class ClassifierTrainer:
+    """The classifier, its optimizer and the device tensors of every split."""
+
+    def __init__(self, config: Config, data: ProcessedData, device: torch.device) -> None:
+        self.config, self.data, self.device = config, data, device
+        seed_everything(config.seed)
+        num_classes = data.num_classes if data.y is not None else None  # None: build_classifier explains
+        self.model: Classifier = build_classifier(data.image_shape, num_classes).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
+        self.x = to_device_tensors(data.x, device)
+        self.y = to_device_tensors(data.y, device)
+        self.batches = IndexBatches(len(data.x["train"]), BATCH_SIZE, config.seed, device)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for i, idx in enumerate(self.batches.epoch(epoch)):
+            loss = F.cross_entropy(self.model(self.x["train"][idx]), self.y["train"][idx])
+            check_finite(loss, epoch * len(self.batches) + i + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            sums += torch.stack([loss.detach().double() * len(idx), loss.new_tensor(len(idx)).double()])
+        return {"loss": (sums[0] / sums[1]).item()}
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Cross-entropy and accuracy on a split."""
+        self.model.eval()
+        x, y = self.x[split], self.y[split]
+        logits = torch.cat([self.model(batch) for batch in x.split(500)])
+        return {
+            "loss": F.cross_entropy(logits, y).item(),
+            "accuracy": (logits.argmax(1) == y).double().mean().item(),
+        }
+
+    def state(self) -> dict[str, Any]:
+        data = self.data
+        return {
+            "config": self.config.to_dict(),
+            "data": {
+                "image_shape": list(data.image_shape),
+                "num_classes": data.num_classes,
+                "dataset": data.dataset,
+                "binarize": data.binarize,
+            },
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+
+
+def train_classifier(
+    config: Config, data: ProcessedData, outputs: ClassifierOutputs = ClassifierOutputs(), progress: bool = True
+) -> dict:
+    """Train the feature classifier; writes checkpoints, dvclive logs and the metrics JSON it returns."""
+    from dvclive import Live
+
+    trainer = ClassifierTrainer(config, data, select_device(config.device))
+    live = Live(dir=str(outputs.live_dir), save_dvc_exp=False, dvcyaml=None)
+
+    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        live.step = epoch
+        for name, value in metrics.items():
+            live.log_metric(name, value)
+        live.next_step()
+
+    loop = EpochLoop(
+        epochs=config.evaluate.classifier_epochs,
+        checkpoint_dir=outputs.checkpoint_dir,
+        monitor="accuracy",
+        train_epoch=trainer.train_epoch,
+        validate=lambda epoch: trainer.evaluate("valid"),
+        state=trainer.state,
+        restore=trainer.restore,
+        log=log_epoch,
+        progress=progress,
+    )
+    best = loop.run()
+    trainer.model.load_state_dict(load_checkpoint(loop.best_path, trainer.device)["model"])
+    test = trainer.evaluate("test")
+    summary = {
+        "best_epoch": best["epoch"],
+        "epochs": config.evaluate.classifier_epochs,
+        "valid_accuracy": best["value"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "chance_accuracy": 1.0 / data.num_classes,
+    }
+    write_json(outputs.metrics_path, summary)
+    live.end()
+    log.info("train_classifier: best epoch %d, test accuracy %.4f", best["epoch"], test["accuracy"])
+    return summary

@@ -1,0 +1,25 @@
+"""`python -m stages train_classifier`: the feature classifier of the sample-quality metrics."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from pipeline.classifier_trainer import train_classifier
+from pipeline.data.processed import load_processed
+from pipeline.training import NonFiniteLossError
+from stages.common import fail_cleanly, load_params, params_option
+
+
+@click.command()
+@params_option
+@click.option("--data-dir", default="data/processed", show_default=True, type=click.Path(file_okay=False))
+@fail_cleanly(ValueError, NonFiniteLossError, FileNotFoundError)
+def main(params_path: str, data_dir: str) -> None:
+    """Train a small CNN on the training split; writes checkpoints/classifier, dvclive/classifier and
+    metrics/classifier.json (test accuracy)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = load_params(params_path)
+    summary = train_classifier(config, load_processed(data_dir))
+    click.echo(f"classifier: test accuracy {summary['test_accuracy']:.4f} (chance {summary['chance_accuracy']:.2f})")

@@ -1,0 +1,88 @@
+"""The train_classifier, train_gan and evaluate_samples stages as the pipeline runs them: subprocesses in a project
+directory, writing their outputs where dvc.yaml expects them; bad input exits non-zero with one clear line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_params(path: Path, **sections: dict) -> None:
+    raw = Config().to_dict()
+    for section, values in sections.items():
+        raw[section] |= values
+    path.write_text(yaml.safe_dump(raw))
+
+
+def run_stage(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "stages", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, digits_processed_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(digits_processed_dir, root / "data" / "processed")
+    write_params(
+        root / "params.yaml",
+        gan={"hidden_sizes": [32], "epochs": 2, "batch_size": 32, "sample_every_epochs": 1, "log_every_steps": 5},
+        vae={"hidden_sizes": [32], "epochs": 2},
+        evaluate={"classifier_epochs": 3, "num_generated": 40, "ais_points": 4, "ais_steps": 4, "ais_chains": 2},
+    )
+    return root
+
+
+def test_stages_run_in_order_and_write_their_outputs(project: Path) -> None:
+    for stage in ("train_classifier", "train_gan", "train_vae", "evaluate_samples"):
+        result = run_stage(project, stage)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-2000:]}"
+    assert (project / "checkpoints" / "classifier" / "best.pt").exists()
+    classifier = json.loads((project / "metrics" / "classifier.json").read_text())
+    assert 0 <= classifier["test_accuracy"] <= 1
+    for name in ("best.pt", "last.pt"):
+        assert (project / "checkpoints" / "gan" / name).exists()
+    assert (project / "outputs" / "gan" / "samples.png").exists()
+    assert (project / "dvclive" / "gan" / "plots" / "metrics" / "valid" / "frechet_distance.tsv").exists()
+    gan_train = json.loads((project / "metrics" / "gan_train.json").read_text())
+    assert gan_train["best_by"] == "valid frechet_distance"
+    table = json.loads((project / "metrics" / "sample_quality.json").read_text())
+    assert table["classifier_test_accuracy"] == classifier["test_accuracy"]
+    for model in ("gan", "vae"):
+        row = table[model]
+        assert row["num_images"] == 40 and row["frechet_floor"] == table["gan"]["frechet_floor"]
+        assert row["frechet_distance"] > 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    likelihood = json.loads((project / "metrics" / "gan_likelihood.json").read_text())
+    assert likelihood["points"] == 4 and math.isfinite(likelihood["log_px"]) and likelihood["log_px"] < 0
+    assert likelihood["sigma"] in (0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def test_bad_input_exits_with_one_clear_message(project: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    write_params(bad, gan={"loss": "wasserstien"})
+    result = run_stage(project, "train_gan", "--params", str(bad))
+    assert result.returncode == 2 and "gan.loss: 'wasserstien' is not allowed" in result.stderr
+    write_params(bad, gan={"conditional": True})
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    from pipeline.data.processed import load_processed, save_processed
+
+    data = load_processed(project / "data" / "processed")
+    save_processed(unlabeled, data.x, None, binarize="none", dataset="npz", num_classes=None, stats={})
+    result = run_stage(project, "train_gan", "--params", str(bad), "--data-dir", str(unlabeled))
+    assert result.returncode == 1 and "has no labels" in result.stderr and "Traceback" not in result.stderr
+    result = run_stage(tmp_path, "evaluate_samples", "--params", str(project / "params.yaml"))
+    assert result.returncode == 1 and "run `dvc repro preprocess` first" in result.stderr
