@@ -93,8 +93,9 @@ class GanTrainer:
 
     def __init__(self, config: Config, data: ProcessedData, ctx: DistContext, classifier: Classifier | None = None):
         check_compatible(config, data)
-        self.config, self.ctx, self.data, self.classifier = config, ctx, data, classifier
+        self.config, self.ctx, self.data = config, ctx, data
         self.device = ctx.device
+        self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         gan = config.gan
         seed_everything(config.seed)
         self.generator = build_generator(config, data.image_shape, data.num_classes).to(self.device)
@@ -173,6 +174,7 @@ class GanTrainer:
         gan = self.config.gan
         self.generator.train()
         self.discriminator.train()
+        self.window.clear()
         steps = len(self.batches)
         total = torch.zeros_like(self.window_sums)
         for i, idx in enumerate(self.batches.epoch(epoch)):
@@ -264,6 +266,68 @@ class GanTrainer:
         self.noise.set_state(saved["noise"])
         self.ema_updates = saved["ema_updates"]
 
+    def fit(self, outputs: GanOutputs = GanOutputs(), progress: bool = True) -> dict:
+        """Run the epochs (resuming if asked); rank 0 writes checkpoints, dvclive logs, PNGs and the metrics JSON.
+
+        With a classifier the sample metrics are logged every ``gan.sample_every_epochs`` and best.pt is the
+        epoch with the lowest validation Fréchet distance; without one, best.pt is the last epoch. Returns the
+        summary written to ``outputs.metrics_path`` on rank 0, {} on other ranks.
+        """
+        config, ctx = self.config, self.ctx
+        resume = config.gan.resume and (outputs.checkpoint_dir / "last.pt").exists()
+        live = None
+        if ctx.is_writer:
+            from dvclive import Live
+
+            live = Live(dir=str(outputs.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            """Window losses at their step, then the epoch's validation metrics at the epoch's last step."""
+            for step, window in self.window:
+                live.step = step
+                for name, value in window.items():
+                    live.log_metric(f"train/{name}", value)
+            live.step = (epoch + 1) * len(self.batches)
+            live.log_metric("epoch", epoch + 1)
+            for name, value in metrics.items():
+                if name.startswith("valid/"):
+                    live.log_metric(name, value)
+            live.next_step()
+
+        loop = EpochLoop(
+            epochs=config.gan.epochs,
+            checkpoint_dir=outputs.checkpoint_dir,
+            monitor="frechet_distance" if self.classifier is not None else None,
+            higher_is_better=False,
+            train_epoch=self.train_epoch,
+            validate=lambda epoch: self.evaluate(epoch, outputs.image_dir),
+            state=self.state,
+            restore=self.restore,
+            log=log_epoch,
+            is_writer=ctx.is_writer,
+            progress=progress,
+        )
+        start = time.perf_counter()
+        best = loop.run(resume=resume)
+        seconds = time.perf_counter() - start
+        barrier(ctx)
+        if not ctx.is_writer:
+            return {}
+        save_fixed_noise_grid(self, outputs.image_dir / "samples.png")
+        summary = {
+            "best_epoch": best["epoch"],
+            "best_by": "valid frechet_distance" if self.classifier is not None else "last epoch",
+            "epochs": config.gan.epochs,
+            **{f"best_epoch_{k.replace('/', '_')}": v for k, v in best["metrics"].items() if k.startswith("train/")},
+            **{k.replace("/", "_"): v for k, v in best["metrics"].items() if k.startswith("valid/")},
+            "world_size": ctx.world_size,
+            "effective_batch_size": config.gan.batch_size * ctx.world_size,
+        }
+        write_json(outputs.metrics_path, summary)
+        live.end()
+        log.info("train_gan: %.1f s training; best epoch %d", seconds, best["epoch"])
+        return summary
+
 
 def _means(sums: torch.Tensor) -> dict[str, float]:
     """Window or epoch sums (d_loss, g_loss, D(x), D(g(z)), steps, generator steps) -> means."""
@@ -288,84 +352,9 @@ def train_gan(
     classifier: Classifier | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train (or resume) the GAN; rank 0 writes checkpoints, dvclive logs, PNGs and the metrics JSON it returns.
-
-    With a ``classifier`` the sample metrics are logged every ``gan.sample_every_epochs`` and best.pt is the
-    epoch with the lowest validation Fréchet distance; without one, best.pt is the last epoch.
-    """
+    """Train (or resume) the GAN in this process or under torchrun; returns rank 0's summary ({} on other ranks)."""
     ctx = init_distributed(config.device)
     try:
-        return _train(config, data, outputs, classifier, progress, ctx)
+        return GanTrainer(config, data, ctx, classifier).fit(outputs, progress)
     finally:
         shutdown(ctx)
-
-
-def _train(
-    config: Config,
-    data: ProcessedData,
-    outputs: GanOutputs,
-    classifier: Classifier | None,
-    progress: bool,
-    ctx: DistContext,
-) -> dict:
-    if classifier is not None:
-        classifier = classifier.to(ctx.device).eval()
-    trainer = GanTrainer(config, data, ctx, classifier)
-    resume = config.gan.resume and (outputs.checkpoint_dir / "last.pt").exists()
-    live = None
-    if ctx.is_writer:
-        from dvclive import Live
-
-        live = Live(dir=str(outputs.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
-
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        """Window losses at their step, then the epoch's validation metrics at the epoch's last step."""
-        for step, window in trainer.window:
-            live.step = step
-            for name, value in window.items():
-                live.log_metric(f"train/{name}", value)
-        live.step = (epoch + 1) * len(trainer.batches)
-        live.log_metric("epoch", epoch + 1)
-        for name, value in metrics.items():
-            if name.startswith("valid/"):
-                live.log_metric(name, value)
-        live.next_step()
-
-    def train_epoch(epoch: int) -> dict[str, float]:
-        trainer.window.clear()
-        return trainer.train_epoch(epoch)
-
-    loop = EpochLoop(
-        epochs=config.gan.epochs,
-        checkpoint_dir=outputs.checkpoint_dir,
-        monitor="frechet_distance" if classifier is not None else None,
-        higher_is_better=False,
-        train_epoch=train_epoch,
-        validate=lambda epoch: trainer.evaluate(epoch, outputs.image_dir),
-        state=trainer.state,
-        restore=trainer.restore,
-        log=log_epoch,
-        is_writer=ctx.is_writer,
-        progress=progress,
-    )
-    start = time.perf_counter()
-    best = loop.run(resume=resume)
-    seconds = time.perf_counter() - start
-    barrier(ctx)
-    if not ctx.is_writer:
-        return {}
-    save_fixed_noise_grid(trainer, outputs.image_dir / "samples.png")
-    final = {k.split("/", 1)[1]: v for k, v in best["metrics"].items() if k.startswith("train/")}
-    summary = {
-        "best_epoch": best["epoch"],
-        "best_by": "valid frechet_distance" if classifier is not None else "last epoch",
-        "epochs": config.gan.epochs,
-        **{f"best_epoch_train_{k}": v for k, v in final.items()},
-        **{f"valid_{k.split('/', 1)[1]}": v for k, v in best["metrics"].items() if k.startswith("valid/")},
-        "world_size": ctx.world_size,
-        "effective_batch_size": config.gan.batch_size * ctx.world_size,
-    }
-    write_json(outputs.metrics_path, summary)
-    live.end()
-    log.info("train_gan: %.1f s of training; best epoch %d", seconds, best["epoch"])
-    return summary
