@@ -44,8 +44,9 @@ NOISE_SAMPLES = 256  # samples per noise tile
 # float32 numbers alive per decoded (sample, point) row, in units of the data size: the decoder's output and
 # the temporaries of its log-density. Rows per chunk = budget / (4 bytes * this * data size + latent terms).
 ACTIVATIONS_PER_ROW = 8
-# On CPU a chunk beyond this many rows falls out of cache and runs slower; GPUs use the whole budget.
-CPU_ROWS_PER_CHUNK = 2048
+# On CPU bigger chunks fall out of cache, smaller ones pay more thread synchronization (costly on shared
+# cores); GPUs use the whole budget.
+CPU_ROWS_PER_CHUNK = 8192
 
 
 @dataclass
@@ -151,9 +152,14 @@ class _TileNoise:
     def draw_uniform(self, n: int) -> torch.Tensor:
         """Uniform [0, 1) numbers, n × points."""
         parts = [
-            torch.rand((n, NOISE_POINTS), generator=g, device=self.device, dtype=torch.float64) for g in self.generators
+            torch.rand((n, NOISE_POINTS), generator=g, device=self.device, dtype=self.dtype) for g in self.generators
         ]
         return torch.cat(parts, dim=1)[:, : self.points]
+
+
+def _accumulator_device(device: torch.device) -> torch.device:
+    """Where float64 sums live: the data's device, or the CPU for Apple MPS (which has no float64)."""
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def _rows_per_chunk(x: torch.Tensor, latent_dim: int, memory_budget_mb: float, activation_factor: int = 1) -> int:
@@ -217,14 +223,15 @@ def importance_sampled_log_likelihood(
         mu, logvar = posterior.encode(x_c, y_c)
         std = torch.exp(0.5 * logvar)
         noise = _TileNoise(seed, chunk.start, x_c.shape[0], x.device, mu.dtype)
-        stream = _LogMeanExp(x_c.shape[0], x.device)
+        stream = _LogMeanExp(x_c.shape[0], _accumulator_device(x.device))
         for tile_start in range(0, num_samples, NOISE_SAMPLES):
             eps_tile = noise.draw(NOISE_SAMPLES, latent_dim)[: num_samples - tile_start]
             for start in range(0, eps_tile.shape[0], samples_per_call):
                 eps = eps_tile[start : start + samples_per_call]
                 z = mu + std * eps
                 log_q = -0.5 * (LOG_2PI + logvar + eps**2).sum(-1)  # log N(z; mu, sigma²) given eps (11.18)
-                log_w = (model.log_likelihood(x_c, z, y_c) + standard_normal_log_density(z) - log_q).double()
+                log_w = model.log_likelihood(x_c, z, y_c) + standard_normal_log_density(z) - log_q
+                log_w = log_w.to(stream.sum.device, torch.float64)
                 seen = stream.count
                 for k in ks:
                     if seen < k < seen + log_w.shape[0]:
@@ -303,13 +310,13 @@ def annealed_importance_sampling(
         noise = _TileNoise(seed, chunk.start, points, x.device, x.dtype)
         z = noise.draw(num_chains, latent_dim)  # z_0 ~ p(z)
         log_lik, grad_lik = _log_likelihood_and_grad(model, x_c, z, y_c)
-        log_w = torch.zeros(num_chains, points, dtype=torch.float64, device=x.device)
+        log_w = torch.zeros(num_chains, points, dtype=torch.float64, device=_accumulator_device(x.device))
         step = torch.full((num_chains, points, 1), initial_step_size, device=x.device, dtype=x.dtype)
-        avg_accept = torch.full((num_chains, points), target_acceptance, device=x.device, dtype=torch.float64)
-        accepted_total = torch.zeros(num_chains, points, dtype=torch.float64, device=x.device)
+        avg_accept = torch.full((num_chains, points), target_acceptance, device=x.device, dtype=x.dtype)
+        accepted_total = torch.zeros(num_chains, points, device=x.device, dtype=x.dtype)
         for t in range(1, num_steps + 1):
             beta = betas[t]
-            log_w += (beta - betas[t - 1]) * log_lik.double()
+            log_w += (beta - betas[t - 1]) * log_lik.to(log_w.device, torch.float64)
             if t == num_steps:
                 bar.update(points)
                 break
@@ -324,13 +331,13 @@ def annealed_importance_sampling(
                 p_new = p_new - scale * step * (z_new - beta * new_grad)
             energy_old = 0.5 * (z**2).sum(-1) - beta * log_lik + 0.5 * (momentum**2).sum(-1)
             energy_new = 0.5 * (z_new**2).sum(-1) - beta * new_log_lik + 0.5 * (p_new**2).sum(-1)
-            log_accept = (energy_old - energy_new).double().nan_to_num(nan=-math.inf).clamp(max=0.0)
+            log_accept = (energy_old - energy_new).nan_to_num(nan=-math.inf).clamp(max=0.0)
             accept = log_u < log_accept
             z = torch.where(accept[..., None], z_new, z)
             log_lik = torch.where(accept, new_log_lik, log_lik)
             grad_lik = torch.where(accept[..., None], new_grad, grad_lik)
-            accepted_total += accept.double()
-            avg_accept = 0.9 * avg_accept + 0.1 * accept.double()
+            accepted_total += accept
+            avg_accept = 0.9 * avg_accept + 0.1 * accept
             step = step * torch.where(avg_accept > target_acceptance, 1.05, 0.95).to(step.dtype)[..., None]
             step = step.clamp(1e-4, 1.0)
             bar.update(points)
