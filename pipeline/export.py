@@ -1,0 +1,409 @@
+"""Export the VAE encoder and decoder and the GAN generator to ONNX, checked against torch before anything is written.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)``, torch's supported path since 2.9 (the TorchScript exporter
+is deprecated). It traces with ``torch.export``, so the batch dimension is a true symbol, and runs onnxscript's
+optimizer (constant folding, no dead nodes). On our MLP and DCGAN networks its graphs have the legacy exporter's
+nodes (Gemm/Conv/ConvTranspose, activations, one Reshape), run as fast under onnxruntime, and match torch to ~1e-7.
+Opsets below 18 are not offered: the dynamo exporter cannot down-convert these graphs faithfully.
+
+Each model is exported in memory, described by its metadata (:class:`pipeline.runtime.ModelMetadata`), checked by
+``onnx.checker``, and run by onnxruntime against torch on fresh random inputs at several batch sizes; a max abs error
+above ``export.parity_atol`` raises :class:`ExportError`. Reduced-size variants (fp16 weights with float32 inputs and
+outputs; int8 dynamic quantization of the matrix products) are compared with the float32 ONNX model and their error
+is recorded, not bounded. Only after every model of a run has passed are the files and the ``models.json`` card
+written, each atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
+from torch import nn
+
+from pipeline.config import ExportConfig
+from pipeline.io import atomic_path, write_json
+from pipeline.models.gan import load_generator
+from pipeline.models.vae import load_vae
+from pipeline.runtime import INPUT_NAMES, LABEL_NAME, OUTPUT_NAMES, ModelMetadata
+from pipeline.training import load_checkpoint
+
+PARITY_BATCH_SIZES = (1, 5, 64)
+CARD_NAME = "models.json"
+
+
+class ExportError(RuntimeError):
+    """A model could not be exported faithfully; nothing was written."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One named model input: per-item shape (the batch dimension is added) and how parity draws random values."""
+
+    name: str
+    item_shape: tuple[int, ...]
+    distribution: Literal["normal", "unit", "label"]
+    num_classes: int | None = None
+
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        if self.distribution == "label":
+            return torch.randint(0, self.num_classes, (batch,), generator=generator)
+        if self.distribution == "unit":
+            return torch.rand((batch, *self.item_shape), generator=generator)
+        return torch.randn((batch, *self.item_shape), generator=generator)
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A serialized ONNX model that passed its checks, and its entry in the model card."""
+
+    filename: str
+    data: bytes
+    card: dict[str, Any]
+
+
+class _Method(nn.Module):
+    """Expose one method of a model (e.g. ``decode_mean``) as ``forward`` so it can be exported on its own."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, inputs: torch.Tensor, label: torch.Tensor | None = None) -> Any:
+        return getattr(self.model, self.method)(inputs, label)
+
+
+def params_hash(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a config dict."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def git_revision() -> str:
+    """``git rev-parse HEAD`` of the working directory, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _session(data: bytes) -> ort.InferenceSession:
+    # parity runs on the CPU provider: deterministic float32 kernels, whatever the deployment hardware
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def _set_metadata(model: onnx.ModelProto, metadata: ModelMetadata, doc: str) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.to_props().items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = doc
+
+
+def _set_batch_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Declare every input and output as ("batch", *item_shape) (the exporter leaves some dims symbolic)."""
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        dims.add().dim_param = "batch"
+        for size in shapes[value.name]:
+            dims.add().dim_value = size
+
+
+def _describe_values(values: Sequence[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
+    described = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        described.append({"name": value.name, "shape": shape, "dtype": dtype})
+    return described
+
+
+def _max_abs_error(
+    data: bytes,
+    reference: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+    inputs: Sequence[InputSpec],
+    batch_sizes: Sequence[int],
+    seed: int,
+    name: str,
+) -> float:
+    """Largest |onnxruntime - reference| over all outputs, on fresh random inputs at each batch size."""
+    session = _session(data)
+    generator = torch.Generator().manual_seed(seed)
+    errors = []
+    for batch in batch_sizes:
+        feeds = {spec.name: spec.sample(batch, generator).numpy() for spec in inputs}
+        for got, want in zip(session.run(None, feeds), reference(feeds), strict=True):
+            if not np.isfinite(want).all():
+                raise ExportError(
+                    f"{name}: the reference outputs NaN or infinite values at batch size {batch}: the weights are "
+                    "broken (a diverged run?); nothing was written"
+                )
+            if got.shape != want.shape:
+                raise ExportError(f"{name}: onnxruntime gives shape {got.shape}, the reference {want.shape}")
+            errors.append(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+    return float(np.max(errors))  # NaN propagates, and NaN fails every tolerance
+
+
+def _torch_reference(module: nn.Module) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(v) for v in feeds.values()))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+    return run
+
+
+def _onnx_reference(data: bytes) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    session = _session(data)
+    return lambda feeds: session.run(None, feeds)
+
+
+def to_onnx(module: nn.Module, inputs: Sequence[InputSpec], output_names: Sequence[str], opset: int) -> onnx.ModelProto:
+    """Trace ``module`` (on CPU, eval mode) into an ONNX model with named inputs/outputs and a dynamic batch."""
+    batch = torch.export.Dim("batch")
+    example = tuple(spec.sample(2, torch.Generator().manual_seed(0)) for spec in inputs)
+    # the exporter logs that torchvision's ops are unavailable and warns about torch internals: noise here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\..*|copyreg")
+        warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used.*")
+        try:
+            program = torch.onnx.export(
+                module,
+                example,
+                input_names=[spec.name for spec in inputs],
+                output_names=list(output_names),
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes=tuple({0: batch} for _ in inputs),
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as err:  # the exporter raises many types; all mean the same to the user
+            raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {err}") from err
+    with torch.no_grad():
+        outputs = module(*example)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    model = program.model_proto
+    emitted = _opset(model)
+    if emitted != opset:
+        raise ExportError(f"the exporter emitted opset {emitted} instead of export.opset {opset}; use 18 or newer")
+    shapes = {spec.name: spec.item_shape for spec in inputs}
+    shapes.update({name: tuple(out.shape[1:]) for name, out in zip(output_names, outputs, strict=True)})
+    _set_batch_shapes(model, shapes)
+    return model
+
+
+def _finish(model: onnx.ModelProto, metadata: ModelMetadata, doc: str) -> bytes:
+    _set_metadata(model, metadata, doc)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"{metadata.kind} ({metadata.variant}): onnx.checker rejects the model: {err}") from None
+    return model.SerializeToString()
+
+
+def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    reduced = convert_float_to_float16(copy.deepcopy(model), keep_io_types=True)
+    OnnxModel.graph_topological_sort(reduced.graph)  # the converter appends its input casts at the end
+    return reduced
+
+
+def _to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, out = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(copy.deepcopy(model), prepared)  # shape inference and folding, as onnxruntime advises
+        quantize_dynamic(prepared, out, weight_type=QuantType.QInt8)
+        return onnx.load(out)
+
+
+def export_module(
+    module: nn.Module,
+    inputs: Sequence[InputSpec],
+    metadata: ModelMetadata,
+    *,
+    opset: int,
+    parity_atol: float,
+    quantize: Sequence[str] = (),
+    seed: int = 0,
+    doc: str = "",
+) -> list[ExportedModel]:
+    """Export ``module`` (float32) plus the ``quantize`` variants, each checked; raise :class:`ExportError` on failure.
+
+    ``module`` is copied to the CPU in eval mode; the original is left as it was. Files are named
+    ``{kind}.onnx`` and ``{kind}.{variant}.onnx``.
+    """
+    module = copy.deepcopy(module).cpu().float().eval()
+    output_names = OUTPUT_NAMES[metadata.kind]
+    float_model = to_onnx(module, inputs, output_names, opset)
+    float_data = _finish(float_model, metadata, doc)
+    error = _max_abs_error(float_data, _torch_reference(module), inputs, PARITY_BATCH_SIZES, seed + 1, metadata.kind)
+    if not error <= parity_atol:
+        raise ExportError(
+            f"{metadata.kind}: onnxruntime differs from torch by {error:.3g} (max abs) > export.parity_atol "
+            f"{parity_atol:g}; nothing was written. A model that samples inside forward or uses an op that onnxruntime "
+            "computes differently cannot be exported faithfully."
+        )
+    parity = {"reference": "torch", "max_abs_error": error, "batch_sizes": list(PARITY_BATCH_SIZES)}
+    models = [_exported(f"{metadata.kind}.onnx", float_data, float_model, metadata, parity, parity_atol)]
+    converters = {"fp16": _to_fp16, "int8": _to_int8}
+    for variant in quantize:
+        reduced = converters[variant](float_model)
+        variant_meta = dataclasses.replace(metadata, variant=variant)
+        data = _finish(reduced, variant_meta, doc)
+        error = _max_abs_error(
+            data, _onnx_reference(float_data), inputs, PARITY_BATCH_SIZES, seed + 2, f"{metadata.kind}.{variant}"
+        )
+        parity = {"reference": "float32 onnx", "max_abs_error": error, "batch_sizes": list(PARITY_BATCH_SIZES)}
+        models.append(_exported(f"{metadata.kind}.{variant}.onnx", data, reduced, variant_meta, parity, None))
+    return models
+
+
+def _exported(
+    filename: str,
+    data: bytes,
+    model: onnx.ModelProto,
+    metadata: ModelMetadata,
+    parity: dict[str, Any],
+    atol: float | None,
+) -> ExportedModel:
+    card = {
+        "file": filename,
+        "kind": metadata.kind,
+        "variant": metadata.variant,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "opset": _opset(model),
+        "inputs": _describe_values(model.graph.input),
+        "outputs": _describe_values(model.graph.output),
+        "parity": {**parity, "atol": atol},
+        "metadata": metadata.to_props(),
+    }
+    return ExportedModel(filename, data, card)
+
+
+def _metadata(
+    kind: str, model: nn.Module, likelihood: str, data: dict[str, Any], config: dict[str, Any]
+) -> ModelMetadata:
+    return ModelMetadata(
+        kind=kind,
+        variant="float32",
+        latent_dim=int(model.latent_dim),
+        image_shape=tuple(int(s) for s in model.image_shape),
+        likelihood=likelihood,
+        conditional=model.num_classes is not None,
+        num_classes=model.num_classes,
+        dataset=str(data.get("dataset", "unknown")),
+        params_hash=params_hash(config),
+        git_revision=git_revision(),
+    )
+
+
+def _inputs(kind: str, model: nn.Module) -> list[InputSpec]:
+    first = INPUT_NAMES[kind]
+    specs = [
+        InputSpec(first, (model.latent_dim,), "normal")
+        if first == "z"
+        else InputSpec(first, tuple(model.image_shape), "unit")
+    ]
+    if model.num_classes is not None:
+        specs.append(InputSpec(LABEL_NAME, (), "label", model.num_classes))
+    return specs
+
+
+def export_vae(
+    vae: nn.Module, data: dict[str, Any], config: dict[str, Any], export_config: ExportConfig, seed: int = 0
+) -> list[ExportedModel]:
+    """The VAE's decoder z[, label] -> E[x|z] (11.1-11.4) and encoder x[, label] -> (mu, logvar) (11.18)."""
+    options = {"opset": export_config.opset, "parity_atol": export_config.parity_atol, "seed": seed}
+    options |= {"quantize": export_config.quantize}
+    decoder_doc = f"VAE decoder: z -> E[x|z] in [0, 1] ({vae.likelihood} p(x|z)); sample z ~ N(0, I) and decode."
+    encoder_doc = "VAE encoder: image in [0, 1] -> (mu, logvar) of q(z|x) = N(mu, diag exp(logvar))."
+    decoder = export_module(
+        _Method(vae, "decode_mean"),
+        _inputs("vae_decoder", vae),
+        _metadata("vae_decoder", vae, vae.likelihood, data, config),
+        doc=decoder_doc,
+        **options,
+    )
+    encoder = export_module(
+        _Method(vae, "encode"),
+        _inputs("vae_encoder", vae),
+        _metadata("vae_encoder", vae, vae.likelihood, data, config),
+        doc=encoder_doc,
+        **options,
+    )
+    return decoder + encoder
+
+
+def export_generator(
+    generator: nn.Module, data: dict[str, Any], config: dict[str, Any], export_config: ExportConfig, seed: int = 0
+) -> list[ExportedModel]:
+    """The GAN generator z[, label] -> g(z) in [0, 1] (§11.2), an implicit model without a likelihood."""
+    return export_module(
+        generator,
+        _inputs("gan_generator", generator),
+        _metadata("gan_generator", generator, "implicit", data, config),
+        opset=export_config.opset,
+        parity_atol=export_config.parity_atol,
+        quantize=export_config.quantize,
+        seed=seed,
+        doc="GAN generator (EMA weights): z ~ N(0, I) -> image in [0, 1].",
+    )
+
+
+def export_checkpoints(checkpoint_dir: str | Path, export_config: ExportConfig, seed: int = 0) -> list[ExportedModel]:
+    """Export ``vae/best.pt`` and ``gan/best.pt`` (EMA generator) under ``checkpoint_dir``, whichever exist."""
+    checkpoint_dir = Path(checkpoint_dir)
+    vae_path, gan_path = checkpoint_dir / "vae" / "best.pt", checkpoint_dir / "gan" / "best.pt"
+    if not vae_path.exists() and not gan_path.exists():
+        raise ExportError(f"neither {vae_path} nor {gan_path} exists; train a model first (dvc repro train_vae)")
+    models = []
+    if vae_path.exists():
+        state = load_checkpoint(vae_path)
+        models += export_vae(load_vae(vae_path), state["data"], state["config"], export_config, seed)
+    if gan_path.exists():
+        state = load_checkpoint(gan_path)
+        models += export_generator(
+            load_generator(gan_path, ema=True), state["data"], state["config"], export_config, seed
+        )
+    return models
+
+
+def write_exported(models: Sequence[ExportedModel], out_dir: str | Path) -> dict[str, Any]:
+    """Write every model file, then the ``models.json`` card listing them, each atomically; return the card."""
+    out_dir = Path(out_dir)
+    for model in models:
+        with atomic_path(out_dir / model.filename) as tmp:
+            tmp.write_bytes(model.data)
+    card = {
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "models": [model.card for model in models],
+    }
+    write_json(out_dir / CARD_NAME, card)
+    return card

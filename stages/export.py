@@ -1,0 +1,37 @@
+"""`python -m stages export`: checkpoints/{vae,gan}/best.pt -> export/*.onnx and export/models.json.
+
+Every model is checked against torch (onnxruntime, fresh random inputs, several batch sizes) before any file is
+written; a failed check exits non-zero and leaves export/ as it was.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.export import ExportError, export_checkpoints, write_exported
+from stages.common import fail_cleanly, load_params, params_option
+
+
+@click.command()
+@params_option
+@click.option(
+    "--checkpoints",
+    "checkpoint_dir",
+    default="checkpoints",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="folder holding vae/best.pt and/or gan/best.pt",
+)
+@click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False))
+@fail_cleanly(ExportError, FileNotFoundError)
+def main(params_path: str, checkpoint_dir: str, out_dir: str) -> None:
+    """Export the VAE decoder and encoder and the GAN generator (EMA weights) to ONNX, parity-checked."""
+    config = load_params(params_path)
+    card = write_exported(export_checkpoints(checkpoint_dir, config.export, config.seed), out_dir)
+    for entry in card["models"]:
+        parity = entry["parity"]
+        click.echo(
+            f"{out_dir}/{entry['file']:<26} {entry['bytes'] / 1024:8.1f} KiB  "
+            f"max abs error {parity['max_abs_error']:.2e} vs {parity['reference']}"
+        )
+    click.echo(f"{out_dir}/models.json lists {len(card['models'])} models ({card['exporter']})")

@@ -1,0 +1,212 @@
+"""ONNX export: parity with torch (plain, conditional, quantized), metadata, the card, all-or-nothing writes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner, Result
+
+from pipeline.config import ExportConfig, config_from_dict
+from pipeline.export import (
+    ExportError,
+    InputSpec,
+    export_generator,
+    export_module,
+    export_vae,
+    params_hash,
+    write_exported,
+)
+from pipeline.io import read_json
+from pipeline.models.gan import build_generator
+from pipeline.models.vae import build_vae
+from pipeline.runtime import METADATA_KEYS, GenerativeModel, ModelMetadata
+from pipeline.training import save_checkpoint
+from stages import export as export_stage
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SHAPE = (1, 8, 8)
+DATA = {"image_shape": list(IMAGE_SHAPE), "num_classes": 10, "dataset": "digits", "binarize": "dynamic"}
+
+
+def tiny_config(conditional: bool, quantize: list[str] | None = None, **export):
+    return config_from_dict(
+        {
+            "latent_dim": 4,
+            "vae": {"arch": "mlp", "hidden_sizes": [32], "conditional": conditional},
+            "gan": {"arch": "dcgan", "base_channels": 8, "conditional": conditional},
+            "export": {"quantize": quantize or [], **export},
+        }
+    )
+
+
+def run_onnx(path: Path, **feeds: np.ndarray) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    """An unconditional VAE and a conditional DCGAN generator, exported with fp16 and int8 variants."""
+    torch.manual_seed(0)
+    plain, conditional = tiny_config(False, ["fp16", "int8"]), tiny_config(True, ["fp16", "int8"])
+    vae = build_vae(plain, IMAGE_SHAPE, 10).eval()
+    generator = build_generator(conditional, IMAGE_SHAPE, 10).eval()
+    out = tmp_path_factory.mktemp("export")
+    models = export_vae(vae, DATA, plain.to_dict(), plain.export) + export_generator(
+        generator, DATA, conditional.to_dict(), conditional.export
+    )
+    card = write_exported(models, out)
+    return out, card, vae, generator, plain, conditional
+
+
+def test_float32_models_match_torch_at_new_batch_sizes(exported) -> None:
+    out, _, vae, generator, _, _ = exported
+    rng = np.random.default_rng(123)
+    for batch in (2, 33):
+        z = rng.standard_normal((batch, 4), dtype=np.float32)
+        x = rng.random((batch, *IMAGE_SHAPE), dtype=np.float32)
+        labels = rng.integers(0, 10, batch)
+        with torch.no_grad():
+            want_image = vae.decode_mean(torch.from_numpy(z)).numpy()
+            want_mu, want_logvar = (t.numpy() for t in vae.encode(torch.from_numpy(x)))
+            want_gan = generator(torch.from_numpy(z), torch.from_numpy(labels)).numpy()
+        (image,) = run_onnx(out / "vae_decoder.onnx", z=z)
+        mu, logvar = run_onnx(out / "vae_encoder.onnx", image=x)
+        (gan,) = run_onnx(out / "gan_generator.onnx", z=z, label=labels)
+        assert image.shape == (batch, *IMAGE_SHAPE) and gan.shape == (batch, *IMAGE_SHAPE)
+        for got, want in ((image, want_image), (mu, want_mu), (logvar, want_logvar), (gan, want_gan)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        # the label changes a conditional generator's output: it is wired in, not ignored
+        (other,) = run_onnx(out / "gan_generator.onnx", z=z, label=(labels + 1) % 10)
+        assert np.abs(other - gan).max() > 1e-3
+
+
+def test_quantized_variants_are_close_to_float32_and_smaller(exported) -> None:
+    out, card, vae, _, _, _ = exported
+    entries = {e["file"]: e for e in card["models"]}
+    z = np.random.default_rng(5).standard_normal((16, 4), dtype=np.float32)
+    (reference,) = run_onnx(out / "vae_decoder.onnx", z=z)
+    for variant, bound in (("fp16", 1e-2), ("int8", 5e-2)):
+        entry = entries[f"vae_decoder.{variant}.onnx"]
+        (got,) = run_onnx(out / entry["file"], z=z)
+        assert got.dtype == np.float32  # float32 inputs and outputs, reduced weights inside
+        assert 0 < np.abs(got - reference).max() < bound
+        assert entry["parity"]["reference"] == "float32 onnx"
+        assert 0 < entry["parity"]["max_abs_error"] < bound
+        assert entry["bytes"] < entries["vae_decoder.onnx"]["bytes"]
+
+
+def test_card_lists_every_file_with_hash_shapes_and_parity(exported) -> None:
+    out, card, *_ = exported
+    assert read_json(out / "models.json") == card
+    files = sorted(p.name for p in out.glob("*.onnx"))
+    assert sorted(e["file"] for e in card["models"]) == files and len(files) == 9
+    for entry in card["models"]:
+        data = (out / entry["file"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+        if entry["variant"] == "float32":
+            assert entry["parity"]["reference"] == "torch"
+            assert entry["parity"]["max_abs_error"] <= entry["parity"]["atol"] == 1e-5
+    decoder = next(e for e in card["models"] if e["file"] == "vae_decoder.onnx")
+    assert decoder["inputs"] == [{"name": "z", "shape": ["batch", 4], "dtype": "float32"}]
+    assert decoder["outputs"] == [{"name": "image", "shape": ["batch", 1, 8, 8], "dtype": "float32"}]
+    encoder = next(e for e in card["models"] if e["file"] == "vae_encoder.onnx")
+    assert [o["name"] for o in encoder["outputs"]] == ["mu", "logvar"]
+    generator = next(e for e in card["models"] if e["file"] == "gan_generator.onnx")
+    assert generator["inputs"][1] == {"name": "label", "shape": ["batch"], "dtype": "int64"}
+    assert decoder["opset"] == 18
+
+
+def test_metadata_round_trip(exported) -> None:
+    out, _, _, _, plain, conditional = exported
+    props = {p.key: p.value for p in onnx.load(out / "gan_generator.int8.onnx").metadata_props}
+    assert set(METADATA_KEYS) <= set(props)
+    meta = GenerativeModel(out / "gan_generator.int8.onnx").metadata
+    assert meta == ModelMetadata.from_props(props)
+    assert meta.kind == "gan_generator" and meta.variant == "int8" and meta.likelihood == "implicit"
+    assert meta.conditional and meta.num_classes == 10 and meta.latent_dim == 4 and meta.image_shape == IMAGE_SHAPE
+    assert meta.params_hash == params_hash(conditional.to_dict()) and meta.dataset == "digits"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    assert meta.git_revision == (head or "unknown")
+    decoder = GenerativeModel(out / "vae_decoder.onnx").metadata
+    assert decoder.likelihood == "bernoulli" and not decoder.conditional and decoder.num_classes is None
+    assert decoder.params_hash == params_hash(plain.to_dict()) != meta.params_hash
+
+
+class NoisyDecoder(torch.nn.Module):
+    """A decoder that (wrongly) samples inside forward: torch and onnxruntime draw different noise."""
+
+    latent_dim, image_shape, num_classes = 4, IMAGE_SHAPE, None
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(z.sum(1)[:, None, None, None] + torch.rand(z.shape[0], *IMAGE_SHAPE))
+
+
+def test_parity_failure_is_an_error() -> None:
+    meta = ModelMetadata("gan_generator", "float32", 4, IMAGE_SHAPE, "implicit", False, None, "digits", "h", "r")
+    with pytest.raises(ExportError, match="differs from torch by .* > export.parity_atol"):
+        export_module(NoisyDecoder(), [InputSpec("z", (4,), "normal")], meta, opset=18, parity_atol=1e-5)
+
+
+def write_checkpoints(root: Path, config, *, gan_weights_nan: bool = False) -> None:
+    torch.manual_seed(1)
+    vae = build_vae(config, IMAGE_SHAPE, 10)
+    generator = build_generator(config, IMAGE_SHAPE, 10)
+    ema = {k: v.clone() for k, v in generator.state_dict().items()}
+    if gan_weights_nan:
+        ema = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in ema.items()}
+    common = {"config": config.to_dict(), "data": DATA}
+    save_checkpoint(root / "vae" / "best.pt", {**common, "model": vae.state_dict()})
+    save_checkpoint(root / "gan" / "best.pt", {**common, "generator": generator.state_dict(), "generator_ema": ema})
+
+
+def run_stage(tmp_path: Path, config, checkpoints: Path, out: Path) -> Result:
+    """The export stage's click command, in this process (the exporter is already warm)."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(config.to_dict()))
+    args = ["--params", str(params), "--checkpoints", str(checkpoints), "--out", str(out)]
+    return CliRunner().invoke(export_stage.main, args)
+
+
+def test_stage_exports_checkpoints_and_a_failure_writes_nothing(tmp_path: Path) -> None:
+    config = tiny_config(True, ["fp16"])
+    write_checkpoints(tmp_path / "good", config)
+    write_checkpoints(tmp_path / "diverged", config, gan_weights_nan=True)
+    out = tmp_path / "export"
+
+    result = run_stage(tmp_path, config, tmp_path / "good", out)
+    assert result.exit_code == 0, result.output
+    names = {"vae_decoder", "vae_encoder", "gan_generator"}
+    assert {p.name for p in out.iterdir()} == {f"{n}{v}.onnx" for n in names for v in ("", ".fp16")} | {"models.json"}
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    # the VAE passes, the generator (NaN weights) fails: nothing at all is written, the old export stays
+    result = run_stage(tmp_path, config, tmp_path / "diverged", out)
+    assert result.exit_code == 1
+    assert "gan_generator: the reference outputs NaN" in result.output
+    assert isinstance(result.exception, SystemExit)  # a clean click error, not a crash
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    result = run_stage(tmp_path, config, tmp_path / "none", tmp_path / "empty")
+    assert result.exit_code == 1 and "train a model first" in result.output
+    assert not (tmp_path / "empty").exists()
+
+
+def test_export_params_are_checked_and_the_opset_is_honoured() -> None:
+    with pytest.raises(ValueError, match="export.quantize"):
+        tiny_config(False, ["int4"])
+    with pytest.raises(ValueError, match=r"export.opset: 17 is out of range; allowed: \[18, 23\]"):
+        tiny_config(False, opset=17)
+    assert ExportConfig().quantize == [] and ExportConfig().parity_atol == 1e-5
+    config = tiny_config(False, opset=21)
+    (model,) = export_generator(build_generator(config, IMAGE_SHAPE, None), DATA, config.to_dict(), config.export)
+    assert model.card["opset"] == 21
+    assert [o.version for o in onnx.load_from_string(model.data).opset_import if o.domain == ""] == [21]
