@@ -35,6 +35,7 @@ from pipeline.objectives.vae import (
     bits_per_dim,
     dequantize,
     discrete_log_likelihood,
+    gaussian_log_density,
     standard_normal_log_density,
 )
 from pipeline.training import binarize_dynamically, device_generator
@@ -229,8 +230,8 @@ def importance_sampled_log_likelihood(
             for start in range(0, eps_tile.shape[0], samples_per_call):
                 eps = eps_tile[start : start + samples_per_call]
                 z = mu + std * eps
-                log_q = -0.5 * (LOG_2PI + logvar + eps**2).sum(-1)  # log N(z; mu, sigma²) given eps (11.18)
-                log_w = model.log_likelihood(x_c, z, y_c) + standard_normal_log_density(z) - log_q
+                log_prior_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+                log_w = model.log_likelihood(x_c, z, y_c) + log_prior_ratio
                 log_w = log_w.to(stream.sum.device, torch.float64)
                 seen = stream.count
                 for k in ks:
