@@ -109,6 +109,11 @@ class ModelMetadata:
         return meta
 
 
+def _bounds(a: np.ndarray) -> tuple[np.generic, np.generic]:
+    """Smallest and largest element (NaN if any is NaN); the ufunc reductions are faster than .min() at batch 1."""
+    return np.minimum.reduce(a, axis=None), np.maximum.reduce(a, axis=None)
+
+
 def default_providers() -> list[str]:
     """CUDA when this onnxruntime build has it, else CPU."""
     available = ort.get_available_providers()
@@ -230,7 +235,7 @@ class GenerativeModel:
         if self._encoder is None:
             raise ValueError("encode needs the VAE encoder: pass encoder_path=export/vae_encoder.onnx")
         x = self._check_array("x", x, self.image_shape)
-        low, high = x.min(), x.max()
+        low, high = _bounds(x)
         if not (low >= 0.0 and high <= 1.0):  # also refuses NaN
             raise ValueError(f"x must lie in [0, 1], got values from {low} to {high}; divide 8-bit images by 255")
         mu, logvar = self._encoder.run(None, {"image": x, **self._label_feed(labels, len(x))})
@@ -273,10 +278,11 @@ class GenerativeModel:
         if labels is None:
             raise ValueError(f"this model is conditional on the class label: pass labels in [0, {k})")
         labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):
+        if labels.dtype.kind not in "iu":
             raise ValueError(f"labels have dtype {labels.dtype}; pass integer class indices in [0, {k})")
         if labels.shape != (n,):
             raise ValueError(f"labels have shape {labels.shape}; expected one label per item, shape ({n},)")
-        if labels.min() < 0 or labels.max() >= k:
-            raise ValueError(f"labels must lie in [0, {k}), got values from {labels.min()} to {labels.max()}")
-        return {LABEL_NAME: labels.astype(np.int64)}
+        low, high = _bounds(labels)
+        if low < 0 or high >= k:
+            raise ValueError(f"labels must lie in [0, {k}), got values from {low} to {high}")
+        return {LABEL_NAME: labels.astype(np.int64, copy=False)}
