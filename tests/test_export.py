@@ -31,7 +31,6 @@ from pipeline.runtime import METADATA_KEYS, GenerativeModel, ModelMetadata
 from pipeline.training import save_checkpoint
 from stages import export as export_stage
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (1, 8, 8)
 DATA = {"image_shape": list(IMAGE_SHAPE), "num_classes": 10, "dataset": "digits", "binarize": "dynamic"}
 
@@ -134,7 +133,7 @@ def test_metadata_round_trip(exported) -> None:
     assert meta.kind == "gan_generator" and meta.variant == "int8" and meta.likelihood == "implicit"
     assert meta.conditional and meta.num_classes == 10 and meta.latent_dim == 4 and meta.image_shape == IMAGE_SHAPE
     assert meta.params_hash == params_hash(conditional.to_dict()) and meta.dataset == "digits"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()  # same cwd
     assert meta.git_revision == (head or "unknown")
     decoder = GenerativeModel(out / "vae_decoder.onnx").metadata
     assert decoder.likelihood == "bernoulli" and not decoder.conditional and decoder.num_classes is None
