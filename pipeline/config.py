@@ -59,7 +59,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class VaeConfig:
     arch: Literal["mlp", "conv"] = _f("mlp", "encoder/decoder architecture")
-    hidden_sizes: list[int] = _f([256, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
+    hidden_sizes: list[int] = _f([512, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
     conv_channels: list[int] = _f([32, 64], "channels of the conv architecture's stride-2 blocks", **_range(1, 4096))
     likelihood: Literal["bernoulli", "gaussian"] = _f("bernoulli", "decoder distribution p(x|z) (11.1-11.4)")
     gaussian_variance: Literal["learned", "fixed"] = _f(
@@ -71,10 +71,10 @@ class VaeConfig:
     conditional: bool = _f(False, "condition encoder and decoder on the class label (Fig. 11.2b)")
     mc_samples: int = _f(1, "M, samples of z per x in the ELBO's reconstruction term (11.32)", **_range(1, 1024))
     iwae_k: int = _f(1, "importance samples of the training bound; 1 is the ELBO", **_range(1, 4096))
-    kl_warmup_epochs: int = _f(0, "epochs over which the KL weight rises linearly from 0 to 1", **_range(0, 100000))
+    kl_warmup_epochs: int = _f(10, "epochs over which the KL weight rises linearly from 0 to 1", **_range(0, 100000))
     free_bits: float = _f(0.0, "minimum KL per latent dimension, nats (0 disables)", **_range(0.0, 100.0))
-    epochs: int = _f(30, "training epochs", **_range(1, 100000))
-    batch_size: int = _f(128, "training batch size", **_range(1, 1 << 20))
+    epochs: int = _f(100, "training epochs", **_range(1, 100000))
+    batch_size: int = _f(32, "training batch size per process (effective: × torchrun world size)", **_range(1, 1 << 20))
     lr: float = _f(1e-3, "Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     bf16: bool = _f(False, "bf16 autocast on CUDA (ignored elsewhere)")
     resume: bool = _f(False, "continue from the last checkpoint if one exists")

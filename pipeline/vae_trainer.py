@@ -186,10 +186,10 @@ class VaeTrainer:
         generator = device_generator(self.device, self.config.seed + 2)
         size = len(self.x[split])
         rank, world = (self.ctx.rank, self.ctx.world_size) if sharded else (0, 1)
-        batches = IndexBatches(size, vae.batch_size, 0, self.device, False, rank, world)
+        shard = torch.arange(rank, size, world, device=self.device)  # every example once, over all ranks
         d = model.latent_dim
         sums = torch.zeros(4 + 2 * d, dtype=torch.float64, device=self.device)
-        for idx in batches.epoch(0):
+        for idx in shard.split(max(vae.batch_size, 256)):
             with autocast(self.device, vae.bf16):
                 terms = training_bound(
                     model,
