@@ -147,7 +147,8 @@ def main(
     config = Config(latent_dim=latent, vae=dataclasses.replace(Config().vae, **vae))
     click.echo(f"device {torch_device}, {torch.get_num_threads()} threads, {images} {source} 28×28 images")
     ours = max(ours_images_per_second(data, config, torch_device) for _ in range(repeats))
-    click.echo(f"ours ({arch}, hidden {hidden}, latent {latent}, batch {batch_size}): {ours:,.0f} images/s")
+    layers = f"hidden {hidden}" if arch == "mlp" else f"channels {config.vae.conv_channels}"
+    click.echo(f"ours ({arch}, {layers}, latent {latent}, batch {batch_size}): {ours:,.0f} images/s")
     if baseline and arch == "mlp":
         classic = max(classic_images_per_second(grey, batch_size, hidden, latent, torch_device) for _ in range(repeats))
         click.echo(f"classic PyTorch example (DataLoader, per-sample conversion): {classic:,.0f} images/s")
