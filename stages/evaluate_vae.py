@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from pipeline.config import ConfigError
@@ -25,6 +27,7 @@ def main(params_path: str, checkpoint: str, data_dir: str) -> None:
     """Estimate log p(x) (11.5-11.6) on the test and validation sets with evaluate.num_samples importance samples,
     plus AIS on evaluate.ais_points test points; writes metrics/vae_likelihood.json and the convergence curve
     plots/vae_likelihood_curve.json."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     seed_everything(config.seed)
     device = select_device(config.device)

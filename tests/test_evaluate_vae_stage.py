@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -81,16 +80,14 @@ def test_stage_writes_consistent_metrics_and_curve(trained: Path, digits_process
     # AIS on the first 10 test points agrees with importance sampling on the same points to within a nat
     assert ais["points"] == 10 and ais["chain_spread"] >= 0 and 0 < ais["acceptance"] <= 1
     assert abs(ais["log_px"] - ais["importance_sampled_log_px"]) < 1.0, ais
-    assert set(metrics["seconds"]) == {"test", "valid", "ais"}
+    assert "importance sampling on 50 test points" in result.stderr  # timings are logged, not in the metrics
 
-    # the same seed reproduces the numbers exactly
-    first = (trained / "metrics" / "vae_likelihood.json").read_text()
+    # DVC metrics and plots of two runs with the same seed are identical byte for byte (no timings, no noise)
+    outputs = [trained / "metrics" / "vae_likelihood.json", trained / "plots" / "vae_likelihood_curve.json"]
+    first = [path.read_bytes() for path in outputs]
     again = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
     assert again.returncode == 0, again.stderr
-    strip = {"seconds"}
-    assert {k: v for k, v in read_json(trained / "metrics" / "vae_likelihood.json").items() if k not in strip} == {
-        k: v for k, v in json.loads(first).items() if k not in strip
-    }
+    assert [path.read_bytes() for path in outputs] == first
 
 
 def test_bad_checkpoint_or_data_fail_cleanly_and_write_nothing(trained: Path, tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,10 +16,12 @@ from pipeline.data.processed import load_processed
 from pipeline.metrics import (
     frechet_distance,
     frechet_distance_from_moments,
+    gan_log_likelihood,
     inception_score,
     precision_recall,
     sample_quality_report,
 )
+from pipeline.models.gan import build_generator
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_a_shift() -> None:
@@ -91,3 +96,16 @@ def test_sample_quality_report_with_a_real_classifier(digits_processed_dir) -> N
         assert 1.0 <= report["classifier_score"] <= 10.0
     with pytest.raises(ValueError, match="sampler returned images of shape"):
         sample_quality_report(lambda n: torch.rand(n, 1, 4, 4), classifier, test, train, n=20)
+
+
+def test_gan_log_likelihood_depends_on_the_seed_only(digits_processed_dir) -> None:
+    """gan_likelihood.json is a DVC metric: two runs with one seed give the same JSON byte for byte (no timings)."""
+    data = load_processed(digits_processed_dir)
+    config = Config(latent_dim=4, gan=dataclasses.replace(Config().gan, hidden_sizes=[16]))
+    settings = dataclasses.replace(config.evaluate, ais_points=4, ais_steps=8, ais_chains=2, ais_leapfrog_steps=2)
+    torch.manual_seed(0)
+    generator = build_generator(config, data.image_shape, data.num_classes).eval()
+    first = json.dumps(gan_log_likelihood(generator, data, settings, seed=0))
+    assert json.dumps(gan_log_likelihood(generator, data, settings, seed=0)) == first
+    assert json.dumps(gan_log_likelihood(generator, data, settings, seed=1)) != first
+    assert json.loads(first)["points"] == 4 and "seconds" not in json.loads(first)
