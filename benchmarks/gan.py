@@ -29,15 +29,17 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline.classifier_trainer import ClassifierOutputs, train_classifier
+from benchmarks.common import epoch_images_per_second
+from pipeline.classifier_trainer import train_classifier
 from pipeline.config import Config, EvaluateConfig, GanConfig
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.device import select_device
 from pipeline.distributed import DistContext
-from pipeline.gan_trainer import GanOutputs, GanTrainer, train_gan
+from pipeline.gan_trainer import GanTrainer, train_gan
 from pipeline.metrics import conditional_sampler, sample_quality_report
 from pipeline.models.classifier import load_classifier
 from pipeline.models.gan import load_generator
+from pipeline.training import TrainingOutputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,18 +48,7 @@ def images_per_second(config: Config, images: int, device: torch.device) -> floa
     """Train GanTrainer for one epoch over ``images`` random 28×28 images (after a 4-batch warm-up); images/s."""
     x = np.random.default_rng(0).random((images, 1, 28, 28), dtype=np.float32)
     data = ProcessedData({"train": x, "valid": x[:64], "test": x[:64]}, None, "none", None, "random")
-    trainer = GanTrainer(config, data, DistContext(0, 1, device))
-    full = trainer.batches
-    trainer.batches = dataclasses.replace(full, size=4 * config.gan.batch_size)
-    trainer.train_epoch(0)
-    trainer.batches = full
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    trainer.train_epoch(1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return images / (time.perf_counter() - start)
+    return epoch_images_per_second(GanTrainer(config, data, DistContext(0, 1, device)))
 
 
 def build_fashion_mnist(workdir: Path, mirror: Path, config: Config) -> Path:
@@ -137,12 +128,10 @@ def main(
         config, gan=dataclasses.replace(gan, epochs=fashion_mnist_epochs, sample_every_epochs=10**5), evaluate=settings
     )
     start = time.perf_counter()
-    classifier_outputs = ClassifierOutputs(
-        root / "checkpoints/classifier", root / "dvclive/classifier", root / "classifier.json"
-    )
+    classifier_outputs = TrainingOutputs.for_model("classifier", root, "metrics/classifier.json")
     accuracy = train_classifier(config, data, classifier_outputs)["test_accuracy"]
     click.echo(f"classifier: test accuracy {accuracy:.4f} after {classifier_epochs} epochs")
-    outputs = GanOutputs(root / "checkpoints/gan", root / "dvclive/gan", root / "outputs/gan", root / "gan_train.json")
+    outputs = TrainingOutputs.for_model("gan", root)
     train_gan(config, data, outputs)
     minutes = (time.perf_counter() - start) / 60
     classifier = load_classifier(classifier_outputs.checkpoint_dir / "best.pt", torch_device)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.common import epoch_images_per_second
 from pipeline.config import Config
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.device import select_device
@@ -85,20 +86,7 @@ def classic_images_per_second(images: np.ndarray, batch_size: int, hidden: int, 
 
 def ours_images_per_second(data: ProcessedData, config: Config, device: torch.device) -> float:
     """Train VaeTrainer for one epoch (after a short warm-up epoch); images/s."""
-    trainer = VaeTrainer(config, data, DistContext(0, 1, device))
-    warmup = trainer.x["train"]
-    trainer.x["train"] = warmup[: 4 * config.vae.batch_size]
-    trainer.batches = dataclasses.replace(trainer.batches, size=len(trainer.x["train"]))
-    trainer.train_epoch(0)
-    trainer.x["train"] = warmup
-    trainer.batches = dataclasses.replace(trainer.batches, size=len(warmup))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    trainer.train_epoch(1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return len(warmup) / (time.perf_counter() - start)
+    return epoch_images_per_second(VaeTrainer(config, data, DistContext(0, 1, device)))
 
 
 def _images(count: int, seed: int) -> tuple[np.ndarray, str]:

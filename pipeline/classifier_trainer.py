@@ -9,8 +9,6 @@ Single process: the classifier trains in seconds on every dataset here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,31 +19,33 @@ from pipeline.data.processed import ProcessedData
 from pipeline.device import seed_everything, select_device
 from pipeline.io import write_json
 from pipeline.models.classifier import Classifier, build_classifier
-from pipeline.training import EpochLoop, IndexBatches, check_finite, load_checkpoint, to_device_tensors
+from pipeline.training import (
+    EpochLoop,
+    IndexBatches,
+    LiveLog,
+    TrainingOutputs,
+    check_finite,
+    data_description,
+    load_checkpoint,
+    require_labels,
+    to_device_tensors,
+)
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
-
-
-@dataclass(frozen=True)
-class ClassifierOutputs:
-    """Where the train_classifier stage writes."""
-
-    checkpoint_dir: Path = Path("checkpoints/classifier")
-    live_dir: Path = Path("dvclive/classifier")
-    metrics_path: Path = Path("metrics/classifier.json")
+OUTPUTS = TrainingOutputs.for_model("classifier", metrics_path="metrics/classifier.json")  # no images written
 
 
 class ClassifierTrainer:
     """The classifier, its optimizer and the device tensors of every split."""
 
     def __init__(self, config: Config, data: ProcessedData, device: torch.device) -> None:
+        require_labels(data)
         self.config, self.data, self.device = config, data, device
         seed_everything(config.seed)
-        num_classes = data.num_classes if data.y is not None else None  # None: build_classifier explains
-        self.model: Classifier = build_classifier(data.image_shape, num_classes).to(device)
+        self.model: Classifier = build_classifier(data.image_shape, data.num_classes).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
         self.x = to_device_tensors(data.x, device)
         self.y = to_device_tensors(data.y, device)
@@ -75,15 +75,9 @@ class ClassifierTrainer:
         }
 
     def state(self) -> dict[str, Any]:
-        data = self.data
         return {
             "config": self.config.to_dict(),
-            "data": {
-                "image_shape": list(data.image_shape),
-                "num_classes": data.num_classes,
-                "dataset": data.dataset,
-                "binarize": data.binarize,
-            },
+            "data": data_description(self.data, self.data.num_classes),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
         }
@@ -94,20 +88,11 @@ class ClassifierTrainer:
 
 
 def train_classifier(
-    config: Config, data: ProcessedData, outputs: ClassifierOutputs = ClassifierOutputs(), progress: bool = True
+    config: Config, data: ProcessedData, outputs: TrainingOutputs = OUTPUTS, progress: bool = True
 ) -> dict:
     """Train the feature classifier; writes checkpoints, dvclive logs and the metrics JSON it returns."""
-    from dvclive import Live
-
     trainer = ClassifierTrainer(config, data, select_device(config.device))
-    live = Live(dir=str(outputs.live_dir), save_dvc_exp=False, dvcyaml=None)
-
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        live.step = epoch
-        for name, value in metrics.items():
-            live.log_metric(name, value)
-        live.next_step()
-
+    live = LiveLog(outputs.live_dir)
     loop = EpochLoop(
         epochs=config.evaluate.classifier_epochs,
         checkpoint_dir=outputs.checkpoint_dir,
@@ -116,7 +101,7 @@ def train_classifier(
         validate=lambda epoch: trainer.evaluate("valid"),
         state=trainer.state,
         restore=trainer.restore,
-        log=log_epoch,
+        log=live,
         progress=progress,
     )
     best = loop.run()

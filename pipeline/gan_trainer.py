@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,38 +41,37 @@ from pipeline.objectives.gan import discriminator_loss, feature_matching_loss, g
 from pipeline.training import (
     EpochLoop,
     IndexBatches,
-    changed_config_keys,
+    LiveLog,
+    TrainingOutputs,
     check_finite,
+    check_resumable,
+    data_description,
     device_generator,
+    require_labels,
     to_device_tensors,
 )
 
 log = logging.getLogger(__name__)
 
-# keys that may differ between the run that wrote last.pt and the run resuming from it
-RESUMABLE_CHANGES = ("gan.epochs", "gan.resume", "gan.sample_every_epochs", "gan.log_every_steps", "device")
+# keys that may differ between the run that wrote last.pt and the run resuming from it ("evaluate.": that section)
+RESUMABLE_CHANGES = (
+    "gan.epochs",
+    "gan.resume",
+    "gan.sample_every_epochs",
+    "gan.log_every_steps",
+    "device",
+    "evaluate.",
+)
 # the logged window statistics, in the order they are accumulated
 WINDOW_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
-
-
-@dataclass(frozen=True)
-class GanOutputs:
-    """Where the train_gan stage writes."""
-
-    checkpoint_dir: Path = Path("checkpoints/gan")
-    live_dir: Path = Path("dvclive/gan")
-    image_dir: Path = Path("outputs/gan")
-    metrics_path: Path = Path("metrics/gan_train.json")
+OUTPUTS = TrainingOutputs.for_model("gan")
 
 
 def check_compatible(config: Config, data: ProcessedData) -> None:
     """Reject parameter combinations the data cannot support, before any work is done."""
     gan = config.gan
-    if gan.conditional and data.y is None:
-        raise ConfigError(
-            f"gan.conditional is true but dataset {data.dataset!r} has no labels; "
-            "set gan.conditional: false or use a labelled dataset"
-        )
+    if gan.conditional:
+        require_labels(data, "gan.conditional")
     if gan.loss == "hinge" and gan.label_smoothing > 0:
         raise ConfigError("gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for hinge")
 
@@ -231,15 +229,9 @@ class GanTrainer:
 
     def state(self) -> dict[str, Any]:
         """The checkpoint: both networks, the EMA, exact config, data description, optimizers, noise generator."""
-        data = self.data
         return {
             "config": self.config.to_dict(),
-            "data": {
-                "image_shape": list(data.image_shape),
-                "num_classes": self.generator.num_classes,
-                "dataset": data.dataset,
-                "binarize": data.binarize,
-            },
+            "data": data_description(self.data, self.generator.num_classes),
             "generator": self.generator.state_dict(),
             "generator_ema": self.generator_ema.state_dict(),
             "discriminator": self.discriminator.state_dict(),
@@ -251,13 +243,7 @@ class GanTrainer:
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue from a checkpoint written with the same parameters (gan.epochs may grow)."""
-        changed = changed_config_keys(saved["config"], self.config.to_dict())
-        changed = [k for k in changed if k not in RESUMABLE_CHANGES and not k.startswith("evaluate.")]
-        if changed:
-            raise ConfigError(
-                f"gan.resume: last.pt was trained with different parameters ({', '.join(changed)}); "
-                "set gan.resume: false to start afresh, or restore those parameters"
-            )
+        check_resumable(saved["config"], self.config.to_dict(), "gan", RESUMABLE_CHANGES)
         self.generator.load_state_dict(saved["generator"])
         self.generator_ema.load_state_dict(saved["generator_ema"])
         self.discriminator.load_state_dict(saved["discriminator"])
@@ -266,7 +252,7 @@ class GanTrainer:
         self.noise.set_state(saved["noise"])
         self.ema_updates = saved["ema_updates"]
 
-    def fit(self, outputs: GanOutputs = GanOutputs(), progress: bool = True) -> dict:
+    def fit(self, outputs: TrainingOutputs = OUTPUTS, progress: bool = True) -> dict:
         """Run the epochs (resuming if asked); rank 0 writes checkpoints, dvclive logs, PNGs and the metrics JSON.
 
         With a classifier the sample metrics are logged every ``gan.sample_every_epochs`` and best.pt is the
@@ -275,24 +261,14 @@ class GanTrainer:
         """
         config, ctx = self.config, self.ctx
         resume = config.gan.resume and (outputs.checkpoint_dir / "last.pt").exists()
-        live = None
-        if ctx.is_writer:
-            from dvclive import Live
-
-            live = Live(dir=str(outputs.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        live = LiveLog(outputs.live_dir, resume, ctx.is_writer)
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             """Window losses at their step, then the epoch's validation metrics at the epoch's last step."""
             for step, window in self.window:
-                live.step = step
-                for name, value in window.items():
-                    live.log_metric(f"train/{name}", value)
-            live.step = (epoch + 1) * len(self.batches)
-            live.log_metric("epoch", epoch + 1)
-            for name, value in metrics.items():
-                if name.startswith("valid/"):
-                    live.log_metric(name, value)
-            live.next_step()
+                live.record(step, {f"train/{name}": value for name, value in window.items()})
+            valid = {name: value for name, value in metrics.items() if name.startswith("valid/")}
+            live((epoch + 1) * len(self.batches), {"epoch": epoch + 1} | valid)
 
         loop = EpochLoop(
             epochs=config.gan.epochs,
@@ -348,7 +324,7 @@ def save_fixed_noise_grid(trainer: GanTrainer, path: Path) -> None:
 def train_gan(
     config: Config,
     data: ProcessedData,
-    outputs: GanOutputs = GanOutputs(),
+    outputs: TrainingOutputs = OUTPUTS,
     classifier: Classifier | None = None,
     progress: bool = True,
 ) -> dict:

@@ -34,12 +34,11 @@ from pipeline.models.vae import VAE
 from pipeline.objectives.vae import (
     LOG_2PI,
     bits_per_dim,
-    dequantize,
     discrete_log_likelihood,
     gaussian_log_density,
+    prepare_heldout,
     standard_normal_log_density,
 )
-from pipeline.training import binarize_dynamically, device_generator
 
 log = logging.getLogger(__name__)
 
@@ -462,17 +461,6 @@ def choose_observation_sigma(
     return ObservationSigmaChoice(sigma=best, log_px=scores)
 
 
-def prepare_heldout(x: torch.Tensor, data: ProcessedData, likelihood: str, seed: int) -> torch.Tensor:
-    """The held-out images as the VAE trainer scores them: one fixed binarization draw (dynamic binarization)
-    or uniform dequantization (Gaussian decoder), from a generator seeded ``seed + 1`` on x's device."""
-    generator = device_generator(x.device, seed + 1)
-    if data.binarize == "dynamic":
-        x = binarize_dynamically(x, generator)
-    if likelihood == "gaussian":
-        x = dequantize(x, generator)
-    return x
-
-
 def _summary(log_px: torch.Tensor, elbo: torch.Tensor, stderr: torch.Tensor, discrete: bool, dims: int) -> dict:
     """Means over points; with ``discrete`` the densities of dequantized data become bounds on the discrete data."""
     if discrete:
@@ -517,7 +505,7 @@ def evaluate_vae(
     heldout = {}
     for split in ("test", "valid"):
         count = min(len(data.x[split]), settings.max_points or len(data.x[split]))
-        x = prepare_heldout(torch.from_numpy(data.x[split][:count]).to(device), data, model.likelihood, seed)
+        x = prepare_heldout(torch.from_numpy(data.x[split][:count]).to(device), data.binarize, model.likelihood, seed)
         y = None
         if model.num_classes is not None:
             y = torch.from_numpy(data.y[split][:count]).to(device)

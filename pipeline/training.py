@@ -1,4 +1,5 @@
-"""What every training stage shares: data on the device, batching, checkpoints, resume, NaN guard, logging.
+"""What every training stage shares: output paths, data on the device, batching, checkpoints, resume, NaN guard,
+label checks and the one logging path (dvclive).
 
 One checkpoint format for every model: a dict of state dicts, tensors and plain
 values plus the exact config, saved atomically with ``torch.save`` and loadable
@@ -8,7 +9,7 @@ with ``torch.load(weights_only=True)`` (no arbitrary pickle).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,63 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.config import ConfigError
+from pipeline.data.processed import ProcessedData
 from pipeline.io import atomic_path
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+class LabelError(ValueError):
+    """A conditional model or the classifier was given no labels, or labels it cannot use."""
+
+
+@dataclass(frozen=True)
+class TrainingOutputs:
+    """Where a training stage writes: checkpoints (last.pt, best.pt), dvclive logs, images and the metrics JSON."""
+
+    checkpoint_dir: Path
+    live_dir: Path
+    image_dir: Path
+    metrics_path: Path
+
+    @classmethod
+    def for_model(cls, name: str, root: str | Path = ".", metrics_path: str | Path | None = None) -> TrainingOutputs:
+        """checkpoints/<name>, dvclive/<name>, outputs/<name> and metrics/<name>_train.json (or ``metrics_path``,
+        relative to ``root``) below ``root``: the paths dvc.yaml declares for the train_<name> stage."""
+        root = Path(root)
+        metrics = root / (metrics_path or f"metrics/{name}_train.json")
+        return cls(root / "checkpoints" / name, root / "dvclive" / name, root / "outputs" / name, metrics)
+
+
+def require_labels(data: ProcessedData, param: str | None = None) -> None:
+    """Raise :class:`LabelError` before any work when ``data`` has no class labels.
+
+    ``param``: the boolean parameter that asked for labels (e.g. "vae.conditional"), named in the message with
+    the fix; None when the stage always needs them (the feature classifier).
+    """
+    if data.y is not None:
+        return
+    if param is not None:
+        raise LabelError(
+            f"{param} is true but dataset {data.dataset!r} has no labels; set {param}: false or use a labelled dataset"
+        )
+    raise LabelError(
+        f"this stage needs class labels but dataset {data.dataset!r} has none; "
+        "use a labelled dataset (digits, mnist, fashion_mnist, npz with y_*)"
+    )
+
+
+def data_description(data: ProcessedData, num_classes: int | None) -> dict[str, Any]:
+    """The "data" entry of every checkpoint: what the model was trained on (``num_classes`` as the model uses it)."""
+    return {
+        "image_shape": list(data.image_shape),
+        "num_classes": num_classes,
+        "dataset": data.dataset,
+        "binarize": data.binarize,
+    }
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -110,6 +163,51 @@ def binarize_dynamically(x: torch.Tensor, generator: torch.Generator | None = No
 def device_generator(device: torch.device, seed: int) -> torch.Generator:
     """A seeded generator living on ``device`` (its state goes into checkpoints for exact resume)."""
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def check_resumable(saved: dict[str, Any], config: dict[str, Any], section: str, allowed: Iterable[str]) -> None:
+    """Refuse to resume from a checkpoint whose config differs from ``config`` in keys outside ``allowed``
+    (dotted keys, or prefixes ending in "."); the message names the keys and ``<section>.resume``."""
+    allowed = tuple(allowed)
+    changed = [
+        key
+        for key in changed_config_keys(saved, config)
+        if not any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed)
+    ]
+    if changed:
+        raise ConfigError(
+            f"{section}.resume: last.pt was trained with different parameters ({', '.join(changed)}); "
+            f"set {section}.resume: false to start afresh, or restore those parameters"
+        )
+
+
+class LiveLog:
+    """The one logging path of training: dvclive metrics and plots under ``live_dir``, written by the writer rank.
+
+    Called as :class:`EpochLoop`'s ``log``, it records every metric at step = epoch and advances the step.
+    """
+
+    def __init__(self, live_dir: Path, resume: bool = False, is_writer: bool = True) -> None:
+        self.live = None
+        if is_writer:
+            from dvclive import Live
+
+            self.live = Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` at ``step`` without advancing (several records may precede one advance)."""
+        self.live.step = step
+        for name, value in metrics.items():
+            self.live.log_metric(name, value)
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` at ``step``, then write the summary and advance."""
+        self.record(step, metrics)
+        self.live.next_step()
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +26,27 @@ from pipeline.device import autocast, seed_everything
 from pipeline.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from pipeline.images import save_image_grid
 from pipeline.io import write_json
-from pipeline.models.vae import VAE, LabelError, build_vae
+from pipeline.models.vae import VAE, build_vae
 from pipeline.objectives.vae import (
     bits_per_dim,
     count_active_units,
-    dequantize,
     discrete_log_likelihood,
     kl_warmup_beta,
+    prepare_heldout,
+    prepare_images,
     training_bound,
 )
 from pipeline.training import (
     EpochLoop,
     IndexBatches,
-    binarize_dynamically,
-    changed_config_keys,
+    LiveLog,
+    TrainingOutputs,
     check_finite,
+    check_resumable,
+    data_description,
     device_generator,
     load_checkpoint,
+    require_labels,
     to_device_tensors,
 )
 
@@ -51,26 +54,14 @@ log = logging.getLogger(__name__)
 
 # keys that may differ between the run that wrote last.pt and the run resuming from it
 RESUMABLE_CHANGES = ("vae.epochs", "vae.resume", "device")
-
-
-@dataclass(frozen=True)
-class VaeOutputs:
-    """Where the train_vae stage writes."""
-
-    checkpoint_dir: Path = Path("checkpoints/vae")
-    live_dir: Path = Path("dvclive/vae")
-    image_dir: Path = Path("outputs/vae")
-    metrics_path: Path = Path("metrics/vae_train.json")
+OUTPUTS = TrainingOutputs.for_model("vae")
 
 
 def check_compatible(config: Config, data: ProcessedData) -> None:
     """Reject parameter combinations the data cannot support, before any work is done."""
     vae = config.vae
-    if vae.conditional and data.y is None:
-        raise LabelError(
-            f"vae.conditional is true but dataset {data.dataset!r} has no labels; "
-            "set vae.conditional: false or use a labelled dataset"
-        )
+    if vae.conditional:
+        require_labels(data, "vae.conditional")
     if vae.likelihood == "gaussian" and data.binary:
         raise ConfigError(
             f"vae.likelihood: 'gaussian' models grey values but data.binarize is {data.binarize!r}; "
@@ -118,7 +109,6 @@ class VaeTrainer:
         seed_everything(config.seed)
         self.model = build_vae(config, data.image_shape, data.num_classes).to(self.device)
         self.conditional = self.model.num_classes is not None
-        self.dynamic = data.binarize == "dynamic"
         self.dequantized = config.vae.likelihood == "gaussian"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.vae.lr, fused=True)
         objective = _Objective(self.model, config.vae.iwae_k, config.vae.mc_samples, config.vae.free_bits)
@@ -131,17 +121,10 @@ class VaeTrainer:
         self.y = to_device_tensors(data.y, self.device) if self.conditional else None
         # validation and test sets get one fixed binarization / dequantization draw, so epochs compare fairly
         for split in ("valid", "test"):
-            self.x[split] = self._prepare(self.x[split], device_generator(self.device, config.seed + 1))
+            self.x[split] = prepare_heldout(self.x[split], data.binarize, config.vae.likelihood, config.seed)
         self.batches = IndexBatches(
             len(data.x["train"]), config.vae.batch_size, config.seed, self.device, True, ctx.rank, ctx.world_size
         )
-
-    def _prepare(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.dynamic:
-            x = binarize_dynamically(x, generator)
-        if self.dequantized:
-            x = dequantize(x, generator)
-        return x
 
     def _labels(self, split: str, idx: torch.Tensor) -> torch.Tensor | None:
         return self.y[split][idx] if self.y is not None else None
@@ -154,7 +137,8 @@ class VaeTrainer:
         steps = len(self.batches)
         for i, idx in enumerate(self.batches.epoch(epoch)):
             step = epoch * steps + i + 1
-            x = self._prepare(self.x["train"].index_select(0, idx), self.generator)
+            x = self.x["train"].index_select(0, idx)
+            x = prepare_images(x, self.generator, self.data.binarize, vae.likelihood)
             beta = kl_warmup_beta(step - 1, steps, vae.kl_warmup_epochs)
             with autocast(self.device, vae.bf16):
                 loss, bound, reconstruction, kl, _ = self.objective(x, self._labels("train", idx), beta, self.generator)
@@ -227,15 +211,9 @@ class VaeTrainer:
 
     def state(self) -> dict[str, Any]:
         """The checkpoint: weights, exact config, data description, optimizer and generator state."""
-        data = self.data
         return {
             "config": self.config.to_dict(),
-            "data": {
-                "image_shape": list(data.image_shape),
-                "num_classes": data.num_classes,
-                "dataset": data.dataset,
-                "binarize": data.binarize,
-            },
+            "data": data_description(self.data, self.data.num_classes),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
@@ -243,36 +221,19 @@ class VaeTrainer:
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue from a checkpoint written with the same parameters (vae.epochs may grow)."""
-        changed = changed_config_keys(saved["config"], self.config.to_dict())
-        changed = [k for k in changed if k not in RESUMABLE_CHANGES]
-        if changed:
-            raise ConfigError(
-                f"vae.resume: last.pt was trained with different parameters ({', '.join(changed)}); "
-                "set vae.resume: false to start afresh, or restore those parameters"
-            )
+        check_resumable(saved["config"], self.config.to_dict(), "vae", RESUMABLE_CHANGES)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
 
-    def fit(self, outputs: VaeOutputs = VaeOutputs(), progress: bool = True) -> dict:
+    def fit(self, outputs: TrainingOutputs = OUTPUTS, progress: bool = True) -> dict:
         """Run the epochs (resuming if asked); rank 0 writes checkpoints, dvclive logs, PNGs and the metrics JSON.
 
         Returns the summary written to ``outputs.metrics_path`` on rank 0, {} on other ranks.
         """
         config, ctx = self.config, self.ctx
         resume = config.vae.resume and (outputs.checkpoint_dir / "last.pt").exists()
-        live = None
-        if ctx.is_writer:
-            from dvclive import Live
-
-            live = Live(dir=str(outputs.live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
-
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            live.step = epoch
-            for name, value in metrics.items():
-                live.log_metric(name, value)
-            live.next_step()
-
+        live = LiveLog(outputs.live_dir, resume, ctx.is_writer)
         loop = EpochLoop(
             epochs=config.vae.epochs,
             checkpoint_dir=outputs.checkpoint_dir,
@@ -281,7 +242,7 @@ class VaeTrainer:
             validate=lambda epoch: self.evaluate("valid"),
             state=self.state,
             restore=self.restore,
-            log=log_epoch,
+            log=live,
             is_writer=ctx.is_writer,
             progress=progress,
         )
@@ -357,7 +318,7 @@ def save_vae_figures(model: VAE, x: torch.Tensor, y: torch.Tensor | None, image_
     return written
 
 
-def train_vae(config: Config, data: ProcessedData, outputs: VaeOutputs = VaeOutputs(), progress: bool = True) -> dict:
+def train_vae(config: Config, data: ProcessedData, outputs: TrainingOutputs = OUTPUTS, progress: bool = True) -> dict:
     """Train (or resume) the VAE in this process or under torchrun; returns rank 0's summary ({} on other ranks)."""
     ctx = init_distributed(config.device)
     try:

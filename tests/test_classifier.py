@@ -9,15 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.classifier_trainer import ClassifierOutputs, train_classifier
+from pipeline.classifier_trainer import OUTPUTS, train_classifier
 from pipeline.config import Config, EvaluateConfig
 from pipeline.data.processed import load_processed, save_processed
 from pipeline.io import read_json
 from pipeline.models.classifier import load_classifier
+from pipeline.training import LabelError, TrainingOutputs
 
 
-def outputs(root: Path) -> ClassifierOutputs:
-    return ClassifierOutputs(root / "checkpoints", root / "dvclive", root / "metrics.json")
+def outputs(root: Path) -> TrainingOutputs:
+    return TrainingOutputs(root / "checkpoints", root / "dvclive", root / "outputs", root / "metrics.json")
+
+
+def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
+    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.metrics_path)
+    assert paths == (Path("checkpoints/classifier"), Path("dvclive/classifier"), Path("metrics/classifier.json"))
 
 
 def test_classifier_learns_digits_well_above_chance(digits_processed_dir: Path, tmp_path: Path) -> None:
@@ -43,6 +49,6 @@ def test_unlabeled_data_is_rejected_before_training(tmp_path: Path) -> None:
     x = np.zeros((6, 1, 8, 8), np.uint8)
     splits = {"train": x, "valid": x[:2], "test": x[:2]}
     save_processed(tmp_path / "data", splits, None, binarize="none", dataset="npz", num_classes=None, stats={})
-    with pytest.raises(ValueError, match="no class labels"):
+    with pytest.raises(LabelError, match="dataset 'npz' has none; use a labelled dataset"):
         train_classifier(Config(), load_processed(tmp_path / "data"), outputs(tmp_path), progress=False)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from ddp_launch import run_two_ranks
 
 # Each rank trains through GanTrainer.fit (what train_gan runs) and saves its final weights for comparison.
 RANK_SCRIPT = """
@@ -34,12 +29,7 @@ shutdown(ctx)
 
 
 def test_two_gloo_ranks_end_with_identical_weights_and_write_once(digits_processed_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    command = [torchrun, "--standalone", "--nproc-per-node", "2", "rank.py", str(digits_processed_dir)]
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_ranks(RANK_SCRIPT, tmp_path, str(digits_processed_dir))
     last = torch.load(tmp_path / "checkpoints/gan/last.pt", weights_only=True)
     for name in ("generator", "generator_ema", "discriminator"):
         rank0 = torch.load(tmp_path / f"rank0_{name}.pt", weights_only=True)

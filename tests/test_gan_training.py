@@ -14,11 +14,11 @@ from PIL import Image
 from pipeline.classifier_trainer import ClassifierTrainer
 from pipeline.config import Config, ConfigError, GanConfig
 from pipeline.data.processed import ProcessedData, load_processed, save_processed
-from pipeline.gan_trainer import GanOutputs, train_gan
+from pipeline.gan_trainer import OUTPUTS, train_gan
 from pipeline.io import read_json
 from pipeline.models.classifier import Classifier
 from pipeline.models.gan import load_generator
-from pipeline.training import NonFiniteLossError
+from pipeline.training import LabelError, NonFiniteLossError, TrainingOutputs
 
 CONTRACT_KEYS = {"config", "data", "generator", "generator_ema", "discriminator"}
 
@@ -36,8 +36,8 @@ def tiny_config(**gan: object) -> Config:
     return dataclasses.replace(Config(), gan=dataclasses.replace(GanConfig(), **(settings | gan)))
 
 
-def outputs(root: Path) -> GanOutputs:
-    return GanOutputs(root / "checkpoints", root / "dvclive", root / "images", root / "metrics.json")
+def outputs(root: Path) -> TrainingOutputs:
+    return TrainingOutputs(root / "checkpoints", root / "dvclive", root / "images", root / "metrics.json")
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +111,14 @@ def test_resume_equals_an_uninterrupted_run(digits: ProcessedData, tmp_path: Pat
         train_gan(tiny_config(resume=True, lr_d=0.5, **options), digits, outputs(tmp_path / "split"), progress=False)
 
 
+def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
+    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.image_dir, OUTPUTS.metrics_path)
+    assert paths == (Path("checkpoints/gan"), Path("dvclive/gan"), Path("outputs/gan"), Path("metrics/gan_train.json"))
+
+
 def test_conditional_gan_rejects_unlabeled_data(digits: ProcessedData, tmp_path: Path) -> None:
     unlabeled = dataclasses.replace(digits, y=None)
-    with pytest.raises(ConfigError, match="gan.conditional is true but dataset 'digits' has no labels"):
+    with pytest.raises(LabelError, match="gan.conditional is true but dataset 'digits' has no labels; set gan.cond"):
         train_gan(tiny_config(conditional=True), unlabeled, outputs(tmp_path), progress=False)
     assert not (tmp_path / "checkpoints").exists()
 

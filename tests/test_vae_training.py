@@ -18,8 +18,8 @@ from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.distributed import DistContext
 from pipeline.models.vae import LabelError, load_vae
-from pipeline.training import NonFiniteLossError
-from pipeline.vae_trainer import VaeOutputs, VaeTrainer, train_vae
+from pipeline.training import NonFiniteLossError, TrainingOutputs
+from pipeline.vae_trainer import OUTPUTS, VaeTrainer, train_vae
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = DistContext(0, 1, torch.device("cpu"))
@@ -30,8 +30,8 @@ def _config(latent_dim: int = 4, **vae) -> Config:
     return Config(latent_dim=latent_dim, device="cpu", vae=dataclasses.replace(Config().vae, **vae))
 
 
-def _outputs(root: Path) -> VaeOutputs:
-    return VaeOutputs(root / "checkpoints", root / "dvclive", root / "outputs", root / "metrics.json")
+def _outputs(root: Path) -> TrainingOutputs:
+    return TrainingOutputs(root / "checkpoints", root / "dvclive", root / "outputs", root / "metrics.json")
 
 
 def _grey(data: ProcessedData) -> ProcessedData:
@@ -96,9 +96,14 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     assert load_vae(outputs.checkpoint_dir / "last.pt").latent_dim == 4
 
 
+def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
+    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.image_dir, OUTPUTS.metrics_path)
+    assert paths == (Path("checkpoints/vae"), Path("dvclive/vae"), Path("outputs/vae"), Path("metrics/vae_train.json"))
+
+
 def test_conditional_model_rejects_unlabelled_data(digits_processed_dir: Path) -> None:
     data = dataclasses.replace(load_processed(digits_processed_dir), y=None, num_classes=None)
-    with pytest.raises(LabelError, match="has no labels"):
+    with pytest.raises(LabelError, match="vae.conditional is true but dataset 'digits' has no labels; set vae.cond"):
         VaeTrainer(_config(conditional=True), data, CPU)
 
 

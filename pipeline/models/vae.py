@@ -17,13 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import Config, config_from_dict
-from pipeline.training import load_checkpoint
+from pipeline.training import LabelError, load_checkpoint
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-class LabelError(ValueError):
-    """A conditional model was given no labels, or labels it cannot use."""
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:

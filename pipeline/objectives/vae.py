@@ -1,7 +1,8 @@
 """The VAE's training bounds: the ELBO (11.30) and the importance-weighted bound (Burda et al. 2015).
 
 Also the shared pieces: Gaussian log densities (used by the likelihood estimators too), the
-analytic KL to the prior (11.36), KL warm-up and free bits, uniform dequantization and bits/dim.
+analytic KL to the prior (11.36), KL warm-up and free bits, the images a VAE scores (dynamic
+binarization, uniform dequantization) and bits/dim.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models.vae import VAE, reparameterize
+from pipeline.training import binarize_dynamically, device_generator
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -134,6 +136,22 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None, levels
     k = torch.round(x * (levels - 1))
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (k + u) / levels
+
+
+def prepare_images(x: torch.Tensor, generator: torch.Generator, binarize: str, likelihood: str) -> torch.Tensor:
+    """Images in [0, 1] as the VAE scores them: a fresh Bernoulli draw when ``binarize`` is "dynamic", uniform
+    dequantization when ``likelihood`` is "gaussian" (so densities bound the discrete data), else unchanged."""
+    if binarize == "dynamic":
+        x = binarize_dynamically(x, generator)
+    if likelihood == "gaussian":
+        x = dequantize(x, generator)
+    return x
+
+
+def prepare_heldout(x: torch.Tensor, binarize: str, likelihood: str, seed: int) -> torch.Tensor:
+    """Validation or test images with one fixed draw (generator seeded ``seed + 1`` on x's device), the same in
+    training, evaluation and every epoch, so numbers compare fairly."""
+    return prepare_images(x, device_generator(x.device, seed + 1), binarize, likelihood)
 
 
 def discrete_log_likelihood(log_density: torch.Tensor, num_dims: int, levels: int = 256) -> torch.Tensor:
