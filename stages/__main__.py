@@ -6,6 +6,8 @@ import importlib
 
 import click
 
+from pipeline.io import unwind_on_sigterm
+
 # stage name -> module defining a click command called `main` (imported only when run)
 STAGES = {
     "download": "stages.download",
@@ -36,6 +38,7 @@ class LazyStages(click.Group):
 @click.group(cls=LazyStages, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Deep generative models pipeline: the stages dvc.yaml runs, plus `sample` and `bench`."""
+    unwind_on_sigterm()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -99,3 +100,36 @@ def test_second_repro_does_nothing(project: Path) -> None:
     out = run(["dvc", "repro"], project)
     assert "Data and pipelines are up to date" in out
     assert "Running stage" not in out
+
+
+def test_changing_gan_params_does_not_retrain_the_vae(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["gan"]["epochs"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], project)
+    assert "Running stage 'train_gan'" in out
+    for untouched in ("download", "preprocess", "train_vae", "evaluate_vae", "train_classifier"):
+        assert f"Running stage '{untouched}'" not in out
+
+
+def test_exp_run_with_a_new_latent_dim_reaches_the_exported_models(project: Path) -> None:
+    from pipeline.runtime import GenerativeModel
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline results"], project)
+    out = run(["dvc", "exp", "run", "-S", "latent_dim=3"], project)
+    for stage in ("train_vae", "train_gan", "export", "sample"):
+        assert f"Running stage '{stage}'" in out
+    assert "Running stage 'train_classifier'" not in out
+    for name in ("vae_decoder", "gan_generator"):
+        assert GenerativeModel(project / "export" / f"{name}.onnx").latent_dim == 3
+    shown = json.loads(
+        subprocess.run(
+            ["dvc", "exp", "show", "--json"], cwd=project, env=_env(), capture_output=True, text=True, check=True
+        ).stdout
+    )
+    rows = [row["data"] for row in shown if row.get("data")]
+    latent_dims = [row["params"]["params.yaml"]["data"]["latent_dim"] for row in rows]
+    assert 3 in latent_dims and 2 in latent_dims, latent_dims
+    for row in rows:
+        assert "metrics/vae_likelihood.json" in row["metrics"]

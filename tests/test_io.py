@@ -1,0 +1,49 @@
+"""Atomic writes: all or nothing, also when the process is told to stop mid-write."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.io import atomic_path, read_json, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_success_renames_into_place_with_normal_permissions(tmp_path: Path) -> None:
+    write_json(tmp_path / "sub/m.json", {"b": 1, "a": [1.5]})
+    assert read_json(tmp_path / "sub/m.json") == {"a": [1.5], "b": 1}
+    assert (tmp_path / "sub/m.json").stat().st_mode & 0o044 == 0o044
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["m.json"]
+
+
+def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+@pytest.mark.parametrize("unwind", [True, False])
+def test_sigterm_mid_write(tmp_path: Path, unwind: bool) -> None:
+    """With the stages' SIGTERM handling the temporary file is removed; without it, it would be left behind."""
+    script = (
+        "import os, signal, time\n"
+        "from pipeline.io import atomic_path, unwind_on_sigterm\n"
+        f"if {unwind}: unwind_on_sigterm()\n"
+        "with atomic_path('out.bin') as tmp:\n"
+        "    tmp.write_bytes(b'partial')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(10)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, timeout=30)
+    assert result.returncode != 0
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "out.bin" not in left
+    assert (left == []) is unwind
