@@ -1,4 +1,5 @@
-"""The VAE network: shapes on every architecture and image size, conditioning, checkpoint loading, ONNX export."""
+"""The VAE network: shapes on every architecture and image size, the Bernoulli log-likelihood against
+torch.distributions, conditioning, checkpoint loading, ONNX export."""
 
 from __future__ import annotations
 
@@ -31,6 +32,34 @@ def test_every_architecture_adapts_to_the_image_shape(arch: str, shape: tuple, l
     assert mean.shape == (5, *shape) and mean.min() >= 0 and mean.max() <= 1
     assert model.log_likelihood(x, torch.randn(4, 5, 3)).shape == (4, 5)
     assert (model.latent_dim, model.image_shape, model.num_classes, model.likelihood) == (3, shape, None, likelihood)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("num_classes", [None, 10])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bernoulli_log_likelihood_matches_torch_distributions(arch: str, num_classes: int | None, dtype) -> None:
+    """log p(x|z) (11.3) from the model (the fused h·(Wᵀx) path for MLPs) equals Bernoulli(logits).log_prob, summed
+    over pixels, with its gradient in z (what AIS uses), on logits spread wide enough to reach softplus's tails."""
+    torch.manual_seed(0)
+    model = VAE((1, 7, 9), 3, arch=arch, hidden_sizes=(16, 12), conv_channels=(4,), num_classes=num_classes)
+    model = model.to(dtype)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(4)
+    k, b = 4, 5
+    x = torch.bernoulli(torch.rand(b, 1, 7, 9, dtype=dtype))
+    z = (5 * torch.randn(k, b, 3, dtype=dtype)).requires_grad_(True)
+    y = torch.randint(10, (b,)) if num_classes else None
+    logits = model.decode_logits(z.reshape(k * b, 3), None if y is None else y.repeat(k)).reshape(k, b, 1, 7, 9)
+    assert logits.abs().max() > 20  # the tails, where a naive log(sigmoid) would lose everything
+    expected = torch.distributions.Bernoulli(logits=logits).log_prob(x).flatten(2).sum(-1)
+    actual = model.log_likelihood(x, z, y)
+    tolerance = {"rtol": 1e-10, "atol": 1e-8} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-3}
+    assert actual.shape == (k, b) and actual.dtype == dtype
+    torch.testing.assert_close(actual, expected, **tolerance)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), z)
+    (grad_actual,) = torch.autograd.grad(actual.sum(), z)
+    torch.testing.assert_close(grad_actual, grad_expected, **tolerance)
 
 
 def test_too_many_conv_blocks_for_the_image_is_a_clear_error() -> None:

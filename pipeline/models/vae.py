@@ -170,6 +170,8 @@ class VAE(nn.Module):
         """log p(x|z) summed over pixels, K×B, for x B×C×H×W and z K×B×D (11.3 or 11.4)."""
         k, b, d = z.shape
         y_rep = None if y is None else y.repeat(k)
+        if self.likelihood == "bernoulli" and self.arch == "mlp" and not torch.is_autocast_enabled(z.device.type):
+            return self._bernoulli_mlp_log_likelihood(x, z, y_rep)
         out = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, *self.image_shape)
         target = x.expand_as(out)
         if self.likelihood == "bernoulli":
@@ -179,6 +181,24 @@ class VAE(nn.Module):
             std = self.decoder_std()
             log_px = -0.5 * ((target - torch.sigmoid(out)) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI
         return log_px.flatten(2).sum(-1)
+
+    def _bernoulli_mlp_log_likelihood(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Σ_d x_d l_d - softplus(l_d) (11.2-11.3) for the logits l = W h + c of the MLP decoder's last layer, K×B.
+
+        The x·l term is h·(Wᵀx) + c·x: one product per image against the hidden layer instead of a pass over the
+        K×B×pixels logits, which are then read once, by the softplus. Full precision only: under autocast the
+        K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel path there.
+        """
+        k, b, d = z.shape
+        inputs = z.reshape(k * b, d)
+        labels = self._labels(y, k * b, z.dtype)
+        if labels is not None:
+            inputs = torch.cat([inputs, labels], dim=1)
+        hidden = self.decoder[:-1](inputs).reshape(k, b, -1)
+        last = self.decoder[-1]
+        pixels = x.reshape(b, -1)
+        x_dot_logits = (hidden * (pixels @ last.weight)).sum(-1) + pixels @ last.bias
+        return x_dot_logits - F.softplus(last(hidden)).sum(-1)
 
 
 def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
