@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import EvaluateConfig
 from pipeline.data.processed import ProcessedData
+from pipeline.distributed import DistContext, gather_objects
 from pipeline.models.base import AmortizedPosterior, LatentVariableModel
 from pipeline.models.vae import VAE
 from pipeline.objectives.vae import (
@@ -198,6 +199,7 @@ def importance_sampled_log_likelihood(
     seed: int = 0,
     memory_budget_mb: float = 512,
     progress: bool = False,
+    first_point: int = 0,
 ) -> ImportanceSampledLikelihood:
     """Importance-sampled log p(x) (11.5-11.6) with proposal q(z|x) = N(mu, diag exp(logvar)) (11.18).
 
@@ -206,9 +208,12 @@ def importance_sampled_log_likelihood(
     the ELBO, whose distance to log p(x) is KL(q(z|x) || p(z|x)) (11.21-11.25). The encoder runs once per point;
     the decoder runs on chunks of (samples × points) rows sized by ``memory_budget_mb``; the logsumexp is
     accumulated in float64 with a running max, so any K fits and very negative log weights do not underflow.
-    ``curve_ks``: extra K values whose bounds come from the first k of the same samples.
+    ``curve_ks``: extra K values whose bounds come from the first k of the same samples. ``first_point``: the
+    index of ``x[0]`` in a larger set (a multiple of NOISE_POINTS), so a shard draws the same noise as the whole.
     """
     _check_inputs(x, y, num_samples, "num_samples")
+    if first_point % NOISE_POINTS:
+        raise ValueError(f"first_point must be a multiple of {NOISE_POINTS}, got {first_point}")
     ks = sorted({k for k in curve_ks if k <= num_samples} | {num_samples})
     num_points, latent_dim = x.shape[0], model.latent_dim
     rows = _rows_per_chunk(x, latent_dim, memory_budget_mb)
@@ -225,7 +230,7 @@ def importance_sampled_log_likelihood(
         y_c = None if y is None else y[chunk]
         mu, logvar = posterior.encode(x_c, y_c)
         std = torch.exp(0.5 * logvar)
-        noise = _TileNoise(seed, chunk.start, x_c.shape[0], x.device, mu.dtype)
+        noise = _TileNoise(seed, first_point + chunk.start, x_c.shape[0], x.device, mu.dtype)
         stream = _LogMeanExp(x_c.shape[0], _accumulator_device(x.device))
         for tile_start in range(0, num_samples, NOISE_SAMPLES):
             eps_tile = noise.draw(NOISE_SAMPLES, latent_dim)[: num_samples - tile_start]
@@ -253,6 +258,34 @@ def importance_sampled_log_likelihood(
         elbo=torch.cat(elbo),
         bounds={k: torch.cat(v) for k, v in bounds.items()},
         num_samples=num_samples,
+    )
+
+
+def sharded_importance_sampled_log_likelihood(
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None, ctx: DistContext, **kwargs: Any
+) -> ImportanceSampledLikelihood:
+    """:func:`importance_sampled_log_likelihood` with the points split across the ranks of ``ctx``.
+
+    Each rank takes a contiguous block aligned to the noise tiles and the per-point results are gathered on every
+    rank, so the numbers are the same as one process computing all points.
+    """
+    if not ctx.distributed:
+        return importance_sampled_log_likelihood(model, model, x, y, **kwargs)
+    tiles = math.ceil(x.shape[0] / NOISE_POINTS)
+    per_rank = math.ceil(tiles / ctx.world_size) * NOISE_POINTS
+    block = slice(min(ctx.rank * per_rank, x.shape[0]), min((ctx.rank + 1) * per_rank, x.shape[0]))
+    part = None
+    if block.stop > block.start:
+        part = importance_sampled_log_likelihood(
+            model, model, x[block], None if y is None else y[block], first_point=block.start, **kwargs
+        )
+    parts = [p for p in gather_objects(part, ctx) if p is not None]
+    return ImportanceSampledLikelihood(
+        log_px=torch.cat([p.log_px for p in parts]),
+        stderr=torch.cat([p.stderr for p in parts]),
+        elbo=torch.cat([p.elbo for p in parts]),
+        bounds={k: torch.cat([p.bounds[k] for p in parts]) for k in parts[0].bounds},
+        num_samples=parts[0].num_samples,
     )
 
 
@@ -478,7 +511,13 @@ def _summary(log_px: torch.Tensor, elbo: torch.Tensor, stderr: torch.Tensor, dis
 
 
 def evaluate_vae(
-    model: VAE, data: ProcessedData, settings: EvaluateConfig, seed: int, *, progress: bool = True
+    model: VAE,
+    data: ProcessedData,
+    settings: EvaluateConfig,
+    seed: int,
+    *,
+    progress: bool = True,
+    ctx: DistContext | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Importance-sampled log p(x) on the test and validation sets, and AIS on ``settings.ais_points`` test points.
 
@@ -486,7 +525,10 @@ def evaluate_vae(
     chain spread) and the convergence curve rows {k, bound} of the test set. For grey data with a Gaussian
     decoder the numbers are lower bounds on the discrete data's likelihood (uniform dequantization). The metrics
     depend on the seed only (identical for identical runs on CPU); timings go to the log, not into them.
+    Under torchrun (``ctx``) the importance sampling is split across ranks; rank 0 alone runs AIS and returns the
+    results, the other ranks return empty ones.
     """
+    ctx = ctx or DistContext(0, 1, next(model.parameters()).device)
     if tuple(model.image_shape) != tuple(data.image_shape):
         raise ValueError(
             f"the VAE was trained on {model.image_shape} images but the data are {data.image_shape}; "
@@ -511,16 +553,16 @@ def evaluate_vae(
             y = torch.from_numpy(data.y[split][:count]).to(device)
         heldout[split] = (x, y)
         start = time.perf_counter()
-        result = importance_sampled_log_likelihood(
-            model,
+        result = sharded_importance_sampled_log_likelihood(
             model,
             x,
             y,
-            settings.num_samples,
-            ks,
+            ctx,
+            num_samples=settings.num_samples,
+            curve_ks=ks,
             seed=seed,
             memory_budget_mb=settings.memory_budget_mb,
-            progress=progress,
+            progress=progress and ctx.is_writer,
         )
         log.info("importance sampling on %d %s points: %.1f s", count, split, time.perf_counter() - start)
         metrics[split] = _summary(result.log_px, result.elbo, result.stderr, discrete, dims)
@@ -529,6 +571,8 @@ def evaluate_vae(
                 bound = result.bounds[k].mean().item()
                 curve.append({"k": k, "bound": discrete_log_likelihood(bound, dims) if discrete else bound})
             is_on_ais_points = result.log_px[: settings.ais_points]
+    if not ctx.is_writer:
+        return {}, []
     x, y = heldout["test"]
     x, y = x[: settings.ais_points], None if y is None else y[: settings.ais_points]
     start = time.perf_counter()

@@ -8,7 +8,8 @@ import click
 
 from pipeline.config import ConfigError
 from pipeline.data.processed import load_processed
-from pipeline.device import seed_everything, select_device
+from pipeline.device import seed_everything
+from pipeline.distributed import init_distributed, shutdown
 from pipeline.io import write_json
 from pipeline.likelihood import evaluate_vae
 from pipeline.models.vae import LabelError, load_vae
@@ -26,15 +27,18 @@ CURVE_PATH = "plots/vae_likelihood_curve.json"
 def main(params_path: str, checkpoint: str, data_dir: str) -> None:
     """Estimate log p(x) (11.5-11.6) on the test and validation sets with evaluate.num_samples importance samples,
     plus AIS on evaluate.ais_points test points; writes metrics/vae_likelihood.json and the convergence curve
-    plots/vae_likelihood_curve.json."""
+    plots/vae_likelihood_curve.json. Under torchrun the importance sampling is split across the ranks."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     seed_everything(config.seed)
-    device = select_device(config.device)
+    ctx = init_distributed(config.device)
     data = load_processed(data_dir)
-    model = load_vae(checkpoint, device)
-    metrics, curve = evaluate_vae(model, data, config.evaluate, config.seed)
-    metrics["device"] = str(device)
+    model = load_vae(checkpoint, ctx.device)
+    metrics, curve = evaluate_vae(model, data, config.evaluate, config.seed, ctx=ctx)
+    shutdown(ctx)
+    if not ctx.is_writer:
+        return
+    metrics["device"] = ctx.device.type
     write_json(METRICS_PATH, metrics)
     write_json(CURVE_PATH, curve)
     test = metrics["test"]

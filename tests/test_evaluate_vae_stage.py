@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from ddp_launch import run_two_ranks
 
 from pipeline.config import config_from_dict
 from pipeline.data.processed import load_processed, save_processed
@@ -88,6 +89,31 @@ def test_stage_writes_consistent_metrics_and_curve(trained: Path, digits_process
     again = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
     assert again.returncode == 0, again.stderr
     assert [path.read_bytes() for path in outputs] == first
+
+
+def test_two_ranks_split_the_importance_sampling_and_match_one_process(
+    trained: Path, digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    single = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
+    assert single.returncode == 0, single.stderr
+    workdir = tmp_path / "ddp"
+    shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("metrics", "plots"))
+    done = run_two_ranks(
+        "from stages.__main__ import cli\ncli()\n", workdir, "evaluate_vae", "--data-dir", str(digits_processed_dir)
+    )
+    assert done.stdout.count("test log p(x)") == 1  # rank 0 alone reports and writes
+    for name in ("metrics/vae_likelihood.json", "plots/vae_likelihood_curve.json"):
+        split, whole = _numbers(read_json(workdir / name)), _numbers(read_json(trained / name))
+        assert split.keys() == whole.keys() and split == pytest.approx(whole, rel=1e-9)
+
+
+def _numbers(tree: object, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a JSON tree, by path."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f"{prefix}/{i}").items()}
+    return {prefix: tree} if isinstance(tree, (int, float)) else {}
 
 
 def test_bad_checkpoint_or_data_fail_cleanly_and_write_nothing(trained: Path, tmp_path: Path) -> None:
