@@ -102,6 +102,13 @@ def test_second_repro_does_nothing(project: Path) -> None:
     assert "Running stage" not in out
 
 
+def test_a_forced_rerun_with_the_same_seed_gives_identical_metrics(project: Path) -> None:
+    metrics = sorted((project / "metrics").glob("*.json")) + [project / "plots/vae_likelihood_curve.json"]
+    before = {path.name: path.read_bytes() for path in metrics}
+    run(["dvc", "repro", "--force"], project)
+    assert {path.name: path.read_bytes() for path in metrics} == before
+
+
 def test_changing_gan_params_does_not_retrain_the_vae(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["gan"]["epochs"] += 1
