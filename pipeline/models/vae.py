@@ -170,7 +170,8 @@ class VAE(nn.Module):
         """log p(x|z) summed over pixels, K×B, for x B×C×H×W and z K×B×D (11.3 or 11.4)."""
         k, b, d = z.shape
         y_rep = None if y is None else y.repeat(k)
-        if self.likelihood == "bernoulli" and self.arch == "mlp" and not torch.is_autocast_enabled(z.device.type):
+        fused = self.likelihood == "bernoulli" and self.arch == "mlp" and k > 1
+        if fused and not torch.is_autocast_enabled(z.device.type):
             return self._bernoulli_mlp_log_likelihood(x, z, y_rep)
         out = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, *self.image_shape)
         target = x.expand_as(out)
@@ -186,8 +187,10 @@ class VAE(nn.Module):
         """Σ_d x_d l_d - softplus(l_d) (11.2-11.3) for the logits l = W h + c of the MLP decoder's last layer, K×B.
 
         The x·l term is h·(Wᵀx) + c·x: one product per image against the hidden layer instead of a pass over the
-        K×B×pixels logits, which are then read once, by the softplus. Full precision only: under autocast the
-        K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel path there.
+        K×B×pixels logits, which are then read once, by the softplus. It pays off when K > 1 samples share each
+        image (importance sampling, AIS, IWAE); with K = 1 the extra product costs more than it saves. Full precision
+        only: under autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel
+        path there.
         """
         k, b, d = z.shape
         inputs = z.reshape(k * b, d)
