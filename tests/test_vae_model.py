@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.config import Config
-from pipeline.models.vae import VAE, LabelError, build_vae, load_vae
+from pipeline.models.vae import LOGIT_ROWS_PER_BLOCK, VAE, LabelError, build_vae, load_vae
 from pipeline.training import save_checkpoint
 
 
@@ -64,6 +64,23 @@ def test_bernoulli_log_likelihood_matches_torch_distributions(
     (grad_expected,) = torch.autograd.grad(expected.sum(), z)
     (grad_actual,) = torch.autograd.grad(actual.sum(), z)
     torch.testing.assert_close(grad_actual, grad_expected, **tolerance)
+
+
+def test_fused_bernoulli_log_likelihood_over_several_blocks_of_rows() -> None:
+    """More K×B rows than LOGIT_ROWS_PER_BLOCK: the blocks give Bernoulli(logits).log_prob and its z-gradient."""
+    torch.manual_seed(0)
+    model = VAE((1, 7, 9), 3, hidden_sizes=(16,), num_classes=10).double()
+    k, b = 2 * LOGIT_ROWS_PER_BLOCK // 5 + 3, 5
+    x = torch.bernoulli(torch.rand(b, 1, 7, 9, dtype=torch.float64))
+    z = torch.randn(k, b, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(10, (b,))
+    logits = model.decode_logits(z.reshape(k * b, 3), y.repeat(k)).reshape(k, b, 1, 7, 9)
+    expected = torch.distributions.Bernoulli(logits=logits).log_prob(x).flatten(2).sum(-1)
+    actual = model.log_likelihood(x, z, y)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-10)
+    (grad_expected,) = torch.autograd.grad(expected.sum(), z)
+    (grad_actual,) = torch.autograd.grad(actual.sum(), z)
+    torch.testing.assert_close(grad_actual, grad_expected, rtol=1e-10, atol=1e-10)
 
 
 def test_too_many_conv_blocks_for_the_image_is_a_clear_error() -> None:

@@ -20,6 +20,9 @@ from pipeline.config import Config, config_from_dict
 from pipeline.training import LabelError, load_checkpoint
 
 LOG_2PI = math.log(2 * math.pi)
+# Decoded rows the fused Bernoulli log-likelihood holds at once: a few MB of activations, so they stay in cache and
+# reuse freed memory instead of faulting in fresh pages (~25% of the CPU time with 8192-row tensors).
+LOGIT_ROWS_PER_BLOCK = 4096
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -188,20 +191,27 @@ class VAE(nn.Module):
 
         The x·l term is h·(Wᵀx) + c·x: one product per image against the hidden layer instead of a pass over the
         K×B×pixels logits, which are then read once, by the softplus. It pays off when K > 1 samples share each
-        image (importance sampling, AIS, IWAE); with K = 1 the extra product costs more than it saves. Full precision
-        only: under autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel
-        path there.
+        image (importance sampling, AIS, IWAE); with K = 1 the extra product costs more than it saves. The decoder
+        runs on blocks of about LOGIT_ROWS_PER_BLOCK rows (whole samples × all B images), so its activations stay
+        small. Full precision only: under autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood`
+        takes the per-pixel path there.
         """
         k, b, d = z.shape
-        inputs = z.reshape(k * b, d)
         labels = self._labels(y, k * b, z.dtype)
-        if labels is not None:
-            inputs = torch.cat([inputs, labels], dim=1)
-        hidden = self.decoder[:-1](inputs).reshape(k, b, -1)
         last = self.decoder[-1]
         pixels = x.reshape(b, -1)
-        x_dot_logits = (hidden * (pixels @ last.weight)).sum(-1) + pixels @ last.bias
-        return x_dot_logits - F.softplus(last(hidden)).sum(-1)
+        pixels_weight, pixels_bias = pixels @ last.weight, pixels @ last.bias
+        samples_per_block = max(1, LOGIT_ROWS_PER_BLOCK // b)
+        out = []
+        for start in range(0, k, samples_per_block):
+            z_block = z[start : start + samples_per_block]
+            inputs = z_block.reshape(-1, d)
+            if labels is not None:
+                inputs = torch.cat([inputs, labels[start * b : start * b + inputs.shape[0]]], dim=1)
+            hidden = self.decoder[:-1](inputs)
+            x_dot_logits = (hidden.reshape(z_block.shape[0], b, -1) * pixels_weight).sum(-1) + pixels_bias
+            out.append(x_dot_logits - F.softplus(last(hidden)).sum(-1).reshape(z_block.shape[0], b))
+        return torch.cat(out)
 
 
 def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
