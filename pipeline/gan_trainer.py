@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -283,9 +282,7 @@ class GanTrainer:
             is_writer=ctx.is_writer,
             progress=progress,
         )
-        start = time.perf_counter()
         best = loop.run(resume=resume)
-        seconds = time.perf_counter() - start
         barrier(ctx)
         if not ctx.is_writer:
             return {}
@@ -301,7 +298,7 @@ class GanTrainer:
         }
         write_json(outputs.metrics_path, summary)
         live.end()
-        log.info("train_gan: %.1f s training; best epoch %d", seconds, best["epoch"])
+        log.info("train_gan: %.1f s training; best epoch %d", loop.seconds, best["epoch"])
         return summary
 
 

@@ -9,8 +9,9 @@ with ``torch.load(weights_only=True)`` (no arbitrary pickle).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,7 @@ class EpochLoop:
     is_writer: bool = True
     progress: bool = True
     higher_is_better: bool = True
+    seconds: float = field(default=0.0, init=False)  # wall time of the last run(), for the log (never in metrics)
 
     @property
     def last_path(self) -> Path:
@@ -244,6 +246,7 @@ class EpochLoop:
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``epochs``; returns a summary with the best epoch and its metrics."""
+        began = time.perf_counter()
         start, best = 0, {"epoch": -1, "value": -math.inf, "metrics": {}}
         if resume and self.last_path.exists():
             saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
@@ -267,6 +270,7 @@ class EpochLoop:
                 save_checkpoint(self.last_path, state)
                 if improved:
                     save_checkpoint(self.best_path, state)
+        self.seconds = time.perf_counter() - began
         return best
 
     def _improves(self, value: float | None, best: dict[str, Any]) -> bool:

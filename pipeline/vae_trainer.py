@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -246,9 +245,7 @@ class VaeTrainer:
             is_writer=ctx.is_writer,
             progress=progress,
         )
-        start = time.perf_counter()
         best = loop.run(resume=resume)
-        seconds = time.perf_counter() - start
         barrier(ctx)
         if not ctx.is_writer:
             return {}
@@ -268,7 +265,9 @@ class VaeTrainer:
         }
         write_json(outputs.metrics_path, summary)
         live.end()
-        log.info("train_vae: %.1f s training; best epoch %d, test bound %.3f", seconds, best["epoch"], test["bound"])
+        log.info(
+            "train_vae: %.1f s training; best epoch %d, test bound %.3f", loop.seconds, best["epoch"], test["bound"]
+        )
         return summary
 
 
