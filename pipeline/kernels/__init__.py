@@ -1,0 +1,133 @@
+"""Native CPU kernels: C files beside this one, compiled on first use by the system's C compiler.
+
+A kernel is built once per machine into the user cache (``$XDG_CACHE_HOME/deep-generative-pipeline/kernels``,
+else ``~/.cache/...``; ``DGM_KERNEL_CACHE`` overrides) with ``-O3 -march=native`` and OpenMP where the compiler
+has them, and called through ctypes on contiguous float32 CPU tensors. The build goes to a temporary file that
+is renamed into place, so concurrent processes (DDP ranks) never load a half-written library. Where no
+compiler works, or with ``DGM_NATIVE_KERNELS=0``, the kernels report themselves unavailable and callers take
+their torch implementation, which the tests hold the kernels to.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).parent
+# Tried in order: the fastest build first, then without OpenMP (Apple clang), then portable code.
+FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-march=native"],
+    ["-O3"],
+)
+
+
+def native_kernels_enabled() -> bool:
+    """False when ``DGM_NATIVE_KERNELS=0``: every caller then takes its torch implementation."""
+    return os.environ.get("DGM_NATIVE_KERNELS", "1") != "0"
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("DGM_KERNEL_CACHE"):
+        return Path(os.environ["DGM_KERNEL_CACHE"])
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "deep-generative-pipeline" / "kernels"
+
+
+def _machine_fingerprint() -> str:
+    """The CPU a -march=native build is for: a shared cache on another CPU must not load it (illegal instruction)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = ""
+    if cpuinfo.exists():
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith(("flags", "Features"))), "")
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def _compile(source: Path, target: Path, compiler: str) -> list[str] | None:
+    """Builds ``target`` with the first flag set that compiles; the flags used, or None when none did."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for flags in FLAG_SETS:
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            built = Path(scratch) / target.name
+            command = [compiler, *flags, "-shared", "-fPIC", str(source), "-o", str(built), "-lm"]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode == 0:
+                os.replace(built, target)
+                return flags
+            log.debug("%s failed: %s", " ".join(command), result.stderr.strip())
+    return None
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled library of ``<name>.c``, built on first use; None (with one warning) when it cannot be built."""
+    if not native_kernels_enabled():
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        log.warning("no C compiler found (set CC): %s runs on torch's slower path", name)
+        return None
+    source = SOURCE_DIR / f"{name}.c"
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, _machine_fingerprint()]).encode())
+    target = _cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+    if not target.exists() and _compile(source, target, compiler) is None:
+        log.warning("%s could not compile %s (run with DEBUG logging to see why): torch's slower path", compiler, name)
+        return None
+    return ctypes.CDLL(str(target))
+
+
+@functools.cache
+def _bernoulli_kernel() -> ctypes._CFuncPtr | None:
+    library = load("bernoulli_log_likelihood")
+    if library is None:
+        return None
+    kernel = library.bernoulli_log_likelihood
+    kernel.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+    kernel.restype = None
+    return kernel
+
+
+def bernoulli_kernel_applies(*tensors: torch.Tensor) -> bool:
+    """Whether :func:`bernoulli_log_likelihood` can run on these tensors: float32 on the CPU, no gradients needed,
+    and the kernel built."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    return _bernoulli_kernel() is not None
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+    """out[r] = Σ_d x[r % B, d] v_d - softplus(v_d) with v = logits[r] + bias (11.2-11.3), for R×P logits
+    (without the bias), a P bias, B×P images x and an R output, all contiguous float32 on the CPU.
+
+    Check :func:`bernoulli_kernel_applies` first.
+    """
+    rows, pixels = logits.shape
+    images = x.shape[0]
+    if bias.shape != (pixels,) or x.shape[1:] != (pixels,) or out.shape != (rows,) or rows % images:
+        raise ValueError(
+            f"shapes do not fit: logits {tuple(logits.shape)}, bias {tuple(bias.shape)}, x {tuple(x.shape)}, "
+            f"out {tuple(out.shape)} (rows must be a multiple of the images)"
+        )
+    if not all(t.is_contiguous() for t in (logits, bias, x, out)):
+        raise ValueError("the Bernoulli kernel needs contiguous tensors")
+    kernel = _bernoulli_kernel()
+    if kernel is None:
+        raise RuntimeError("the Bernoulli kernel is not built here; check bernoulli_kernel_applies first")
+    kernel(
+        logits.data_ptr(), bias.data_ptr(), x.data_ptr(), out.data_ptr(), rows, images, pixels, torch.get_num_threads()
+    )

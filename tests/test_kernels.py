@@ -1,0 +1,112 @@
+"""The native Bernoulli log-likelihood kernel: built here by the real compiler, held to float64 arithmetic, and
+replaced by torch's path when disabled."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline import kernels
+from pipeline.models.vae import VAE
+
+HAS_COMPILER = any(shutil.which(name) for name in ("cc", "gcc", "clang"))
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[pytest.MonkeyPatch]:
+    """Kernels built into an empty cache under tmp_path, and the module's caches forgotten before and after."""
+    monkeypatch.setenv("DGM_KERNEL_CACHE", str(tmp_path / "kernels"))
+    kernels.load.cache_clear()
+    kernels._bernoulli_kernel.cache_clear()
+    yield monkeypatch
+    kernels.load.cache_clear()
+    kernels._bernoulli_kernel.cache_clear()
+
+
+def _reference(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_d x v - softplus(v) for v = logits + bias (rounded to float32, as the kernel's input), in float64, row r
+    using image r % B; and Σ_d |x v| + softplus(v), the scale of float32 rounding in that sum."""
+    v = (logits + bias).double()
+    images = x.double().repeat(logits.shape[0] // x.shape[0], 1)
+    return (images * v - F.softplus(v)).sum(-1), ((images * v).abs() + F.softplus(v)).sum(-1)
+
+
+def _native(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(logits.shape[0])
+    kernels.bernoulli_log_likelihood(logits, bias, x, out)
+    return out
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_kernel_is_built_once_into_the_cache(fresh_kernels: pytest.MonkeyPatch, tmp_path) -> None:
+    assert kernels.load("bernoulli_log_likelihood") is not None
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary files left beside it
+    modified = built[0].stat().st_mtime_ns
+    kernels.load.cache_clear()
+    assert kernels.load("bernoulli_log_likelihood") is not None
+    assert built[0].stat().st_mtime_ns == modified  # loaded, not rebuilt
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])  # MNIST, digits, below one vector, past a log flush
+def test_kernel_matches_float64_arithmetic(pixels: int) -> None:
+    """Within a few float32 roundings (2^-24 = 6e-8) of the terms' magnitude of a float64 evaluation, as torch's
+    float32 path is, with logits from the far tails (|v| up to 120, where e^-|v| underflows) to zero, and
+    fractional pixels. A less accurate exponential (a degree-4 polynomial, 4e-6) would fail."""
+    torch.manual_seed(0)
+    images, rows = 7, 7 * 40
+    logits = 6 * torch.randn(rows, pixels)
+    logits[:3] = torch.tensor([-120.0, -88.0, -30.0, -17.0, 0.0, 17.0, 30.0, 88.0, 120.0]).repeat(pixels)[:pixels]
+    bias = torch.randn(pixels)
+    x = torch.bernoulli(torch.rand(images, pixels))
+    x[0] = torch.rand(pixels)
+    expected, scale = _reference(logits, bias, x)
+    assert ((_native(logits, bias, x).double() - expected).abs() / scale).max() < 2e-7
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_kernel_propagates_nan_to_its_row_only() -> None:
+    logits, bias, x = torch.zeros(4, 40), torch.zeros(40), torch.ones(2, 40)
+    logits[1, 7] = float("nan")
+    out = _native(logits, bias, x)
+    assert out[1].isnan() and out[[0, 2, 3]].isfinite().all()
+
+
+def test_kernel_rejects_shapes_that_do_not_fit() -> None:
+    with pytest.raises(ValueError, match="multiple of the images"):
+        kernels.bernoulli_log_likelihood(torch.zeros(5, 8), torch.zeros(8), torch.zeros(2, 8), torch.empty(5))
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.bernoulli_log_likelihood(torch.zeros(8, 4).t(), torch.zeros(8), torch.zeros(2, 8), torch.empty(4))
+
+
+def test_disabled_kernels_leave_torch_computing_the_same_likelihood(fresh_kernels: pytest.MonkeyPatch) -> None:
+    """DGM_NATIVE_KERNELS=0 (what a machine without a compiler gets): the VAE takes torch's path, same numbers."""
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), 4, hidden_sizes=(32,)).eval()
+    x = torch.bernoulli(torch.rand(6, 1, 28, 28))
+    z = 3 * torch.randn(50, 6, 4)
+    with torch.no_grad():
+        native = model.log_likelihood(x, z)
+        native_used = kernels.bernoulli_kernel_applies(z)
+        fresh_kernels.setenv("DGM_NATIVE_KERNELS", "0")
+        kernels.load.cache_clear()
+        kernels._bernoulli_kernel.cache_clear()
+        assert not kernels.bernoulli_kernel_applies(z)
+        fallback = model.log_likelihood(x, z)
+    assert native_used == HAS_COMPILER
+    torch.testing.assert_close(native, fallback, rtol=1e-6, atol=1e-4)
+
+
+def test_kernel_does_not_apply_where_torch_must_run() -> None:
+    """Gradients (AIS), float64 and non-CPU tensors keep torch's path."""
+    weight = torch.zeros(3, requires_grad=True)
+    assert not kernels.bernoulli_kernel_applies(torch.zeros(3), weight)
+    assert not kernels.bernoulli_kernel_applies(torch.zeros(3, dtype=torch.float64))
+    assert not kernels.bernoulli_kernel_applies(torch.zeros(3, device="meta"))
+    with torch.no_grad():
+        assert kernels.bernoulli_kernel_applies(torch.zeros(3), weight) == HAS_COMPILER
