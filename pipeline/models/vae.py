@@ -10,19 +10,40 @@ with ``vae.conv_channels``, mirrored by transposed convolutions). A conditional 
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import kernels
 from pipeline.config import Config, config_from_dict
 from pipeline.training import LabelError, load_checkpoint
 
 LOG_2PI = math.log(2 * math.pi)
-# Decoded rows the fused Bernoulli log-likelihood holds at once: a few MB of activations, so they stay in cache and
-# reuse freed memory instead of faulting in fresh pages (~25% of the CPU time with 8192-row tensors).
-LOGIT_ROWS_PER_BLOCK = 4096
+# Decoded rows the fused Bernoulli log-likelihood holds at once: a few MB of activations, so they stay in cache.
+LOGIT_ROWS_PER_BLOCK = 2048
+
+
+class _Workspace(threading.local):
+    """Float32 CPU buffers the fused log-likelihood reuses across blocks and calls (one set per thread).
+
+    A fresh multi-MB tensor per block would be faulted in page by page each time, since the allocator hands
+    big blocks back to the operating system: about 20% of the CPU time of importance sampling.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def matrix(self, name: str, rows: int, cols: int) -> torch.Tensor:
+        flat = self.buffers.get(name)
+        if flat is None or flat.numel() < rows * cols:
+            flat = self.buffers[name] = torch.empty(rows * cols)
+        return flat[: rows * cols].view(rows, cols)
+
+
+_WORKSPACE = _Workspace()
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -189,18 +210,21 @@ class VAE(nn.Module):
     def _bernoulli_mlp_log_likelihood(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Σ_d x_d l_d - softplus(l_d) (11.2-11.3) for the logits l = W h + c of the MLP decoder's last layer, K×B.
 
-        The x·l term is h·(Wᵀx) + c·x: one product per image against the hidden layer instead of a pass over the
-        K×B×pixels logits, which are then read once, by the softplus. It pays off when K > 1 samples share each
-        image (importance sampling, AIS, IWAE); with K = 1 the extra product costs more than it saves. The decoder
-        runs on blocks of about LOGIT_ROWS_PER_BLOCK rows (whole samples × all B images), so its activations stay
-        small. Full precision only: under autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood`
-        takes the per-pixel path there.
+        Fused for K > 1 samples per image (importance sampling, AIS, IWAE). The decoder runs on blocks of about
+        LOGIT_ROWS_PER_BLOCK rows (whole samples × all B images), so its activations stay small. Without
+        gradients on the CPU, the layers write into reused buffers and the native kernel
+        (pipeline/kernels/bernoulli_log_likelihood.c) reads each block's logits once, bias included. Elsewhere
+        (GPU, autograd, no C compiler) torch computes x·l as h·(Wᵀx) + c·x, one product per image against the
+        hidden layer, and the softplus over the logits. Full precision only: under autocast the K×B sums would
+        be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel path there.
         """
         k, b, d = z.shape
         labels = self._labels(y, k * b, z.dtype)
         last = self.decoder[-1]
-        pixels = x.reshape(b, -1)
-        pixels_weight, pixels_bias = pixels @ last.weight, pixels @ last.bias
+        pixels = x.reshape(b, -1).to(z.dtype).contiguous()
+        native = kernels.bernoulli_kernel_applies(z, pixels, *self.decoder.parameters())
+        if not native:
+            pixels_weight, pixels_bias = pixels @ last.weight, pixels @ last.bias
         samples_per_block = max(1, LOGIT_ROWS_PER_BLOCK // b)
         out = []
         for start in range(0, k, samples_per_block):
@@ -208,10 +232,28 @@ class VAE(nn.Module):
             inputs = z_block.reshape(-1, d)
             if labels is not None:
                 inputs = torch.cat([inputs, labels[start * b : start * b + inputs.shape[0]]], dim=1)
-            hidden = self.decoder[:-1](inputs)
-            x_dot_logits = (hidden.reshape(z_block.shape[0], b, -1) * pixels_weight).sum(-1) + pixels_bias
-            out.append(x_dot_logits - F.softplus(last(hidden)).sum(-1).reshape(z_block.shape[0], b))
+            if native:
+                logits = _WORKSPACE.matrix("logits", inputs.shape[0], last.out_features)
+                torch.mm(self._decoder_hidden_into_workspace(inputs), last.weight.t(), out=logits)
+                log_px = torch.empty(z_block.shape[0], b)
+                kernels.bernoulli_log_likelihood(logits, last.bias, pixels, log_px.view(-1))
+            else:
+                hidden = self.decoder[:-1](inputs)
+                x_dot_logits = (hidden.reshape(z_block.shape[0], b, -1) * pixels_weight).sum(-1) + pixels_bias
+                log_px = x_dot_logits - F.softplus(last(hidden)).sum(-1).reshape(z_block.shape[0], b)
+            out.append(log_px)
         return torch.cat(out)
+
+    def _decoder_hidden_into_workspace(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The MLP decoder's hidden layers on ``inputs``, each written into a reused buffer."""
+        hidden = inputs
+        for i, layer in enumerate(self.decoder[:-1]):
+            if isinstance(layer, nn.Linear):
+                buffer = _WORKSPACE.matrix(f"hidden{i}", hidden.shape[0], layer.out_features)
+                hidden = torch.addmm(layer.bias, hidden, layer.weight.t(), out=buffer)
+            else:  # _mlp puts ReLU between its Linear layers
+                hidden = hidden.relu_()
+        return hidden
 
 
 def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
