@@ -36,9 +36,7 @@ from pipeline.objectives.vae import (
     LOG_2PI,
     bits_per_dim,
     discrete_log_likelihood,
-    gaussian_log_density,
     prepare_heldout,
-    standard_normal_log_density,
 )
 
 log = logging.getLogger(__name__)
@@ -230,6 +228,7 @@ def importance_sampled_log_likelihood(
         y_c = None if y is None else y[chunk]
         mu, logvar = posterior.encode(x_c, y_c)
         std = torch.exp(0.5 * logvar)
+        half_log_det = 0.5 * logvar.sum(-1)
         noise = _TileNoise(seed, first_point + chunk.start, x_c.shape[0], x.device, mu.dtype)
         stream = _LogMeanExp(x_c.shape[0], _accumulator_device(x.device))
         for tile_start in range(0, num_samples, NOISE_SAMPLES):
@@ -237,7 +236,8 @@ def importance_sampled_log_likelihood(
             for start in range(0, eps_tile.shape[0], samples_per_call):
                 eps = eps_tile[start : start + samples_per_call]
                 z = mu + std * eps
-                log_prior_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+                # log p(z) - log q(z|x) (11.18): as (z - mu) / sigma = eps, the 2π terms cancel and no division is left
+                log_prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + half_log_det
                 log_w = model.log_likelihood(x_c, z, y_c) + log_prior_ratio
                 log_w = log_w.to(stream.sum.device, torch.float64)
                 seen = stream.count
