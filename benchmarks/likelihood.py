@@ -5,7 +5,8 @@ Evaluates K importance samples for each of ``--points`` binary MNIST-size images
 :func:`pipeline.likelihood.importance_sampled_log_likelihood`, the code the evaluate_vae stage runs.
 It reports decoder evaluations per second, the decoder's matrix-multiply FLOP rate, and that rate as a
 fraction of this machine's float32 ``torch.mm`` rate, measured here on large products. A plain batched
-implementation (sample all K, decode, logsumexp) runs on a few points of the same model for comparison.
+implementation (sample all K, decode, per-pixel cross-entropy, logsumexp) runs on a few points of the same
+model for comparison. Which Bernoulli kernel ran (native C or torch's fallback) is printed.
 Timings on shared CPUs are provisional.
 """
 
@@ -16,8 +17,10 @@ import time
 
 import click
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pipeline import kernels
 from pipeline.config import Config, VaeConfig
 from pipeline.device import select_device
 from pipeline.likelihood import importance_sampled_log_likelihood
@@ -56,12 +59,16 @@ def decoder_flops(model: VAE) -> int:
 
 @torch.no_grad()
 def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: int) -> torch.Tensor:
-    """The usual batched estimator: draw all K samples for a batch, decode them, logsumexp over K."""
+    """The usual batched estimator: draw all K samples for a batch, decode them, Bernoulli log-likelihood per pixel
+    (binary cross-entropy on the logits), logsumexp over K."""
     out = []
     for xb in x.split(batch):
         mu, logvar = model.encode(xb)
         z = reparameterize(mu, logvar, num_samples)
-        log_w = model.log_likelihood(xb, z) + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+        logits = model.decode_logits(z.flatten(0, 1)).reshape(num_samples, xb.shape[0], -1)
+        target = xb.flatten(1).expand_as(logits)
+        log_px = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        log_w = log_px + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
         out.append(torch.logsumexp(log_w.double(), 0) - math.log(num_samples))
     return torch.cat(out)
 
@@ -97,6 +104,8 @@ def main(
     x = torch.bernoulli(torch.rand(points, 1, side, side, device=device) * 0.3)
     flops = decoder_flops(model)
     click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
+    path = "native kernel (pipeline/kernels)" if kernels.bernoulli_kernel_applies(x) else "torch (no native kernel)"
+    click.echo(f"Bernoulli log-likelihood: {path}")
     rates = matmul_rate(device)
     rate = max(rates.values())
     for name, value in rates.items():
