@@ -102,6 +102,22 @@ def test_disabled_kernels_leave_torch_computing_the_same_likelihood(fresh_kernel
     torch.testing.assert_close(native, fallback, rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_an_unusable_cache_warns_and_leaves_torch_computing(
+    fresh_kernels: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    fresh_kernels.setenv("DGM_KERNEL_CACHE", str(blocker / "kernels"))
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
+    with torch.no_grad():
+        log_px = model.log_likelihood(torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2))
+    assert log_px.shape == (4, 3) and log_px.isfinite().all()
+    assert "unavailable" in caplog.text and "DGM_KERNEL_CACHE" in caplog.text
+    assert not kernels.bernoulli_kernel_applies(log_px)
+
+
 def test_kernel_does_not_apply_where_torch_must_run() -> None:
     """Gradients (AIS), float64 and non-CPU tensors keep torch's path."""
     weight = torch.zeros(3, requires_grad=True)

@@ -80,13 +80,19 @@ def load(name: str) -> ctypes.CDLL | None:
         log.warning("no C compiler found (set CC): %s runs on torch's slower path", name)
         return None
     source = SOURCE_DIR / f"{name}.c"
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, _machine_fingerprint()]).encode())
-    target = _cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
-    if not target.exists() and _compile(source, target, compiler) is None:
-        log.warning("%s could not compile %s (run with DEBUG logging to see why): torch's slower path", compiler, name)
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+        key = hashlib.sha256("\0".join([source.read_text(), compiler, version, _machine_fingerprint()]).encode())
+        target = _cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+        if not target.exists() and _compile(source, target, compiler) is None:
+            log.warning("%s could not compile %s (DEBUG logging shows why): torch's slower path", compiler, name)
+            return None
+        return ctypes.CDLL(str(target))
+    except OSError as error:  # an unwritable cache, a noexec mount, a broken CC
+        log.warning(
+            "native kernel %s unavailable (%s): torch's slower path; DGM_KERNEL_CACHE moves the cache", name, error
+        )
         return None
-    return ctypes.CDLL(str(target))
 
 
 @functools.cache
