@@ -50,22 +50,13 @@ class TrainingOutputs:
         return cls(root / "checkpoints" / name, root / "dvclive" / name, root / "outputs" / name, metrics)
 
 
-def require_labels(data: ProcessedData, param: str | None = None) -> None:
-    """Raise :class:`LabelError` before any work when ``data`` has no class labels.
-
-    ``param``: the boolean parameter that asked for labels (e.g. "vae.conditional"), named in the message with
-    the fix; None when the stage always needs them (the feature classifier).
-    """
-    if data.y is not None:
-        return
-    if param is not None:
+def require_labels(data: ProcessedData, param: str) -> None:
+    """Raise :class:`LabelError` before any work when ``data`` has no class labels but ``param`` (a boolean
+    parameter such as "vae.conditional") asks for them; the message names the parameter and the fix."""
+    if data.y is None:
         raise LabelError(
             f"{param} is true but dataset {data.dataset!r} has no labels; set {param}: false or use a labelled dataset"
         )
-    raise LabelError(
-        f"this stage needs class labels but dataset {data.dataset!r} has none; "
-        "use a labelled dataset (digits, mnist, fashion_mnist, npz with y_*)"
-    )
 
 
 def data_description(data: ProcessedData, num_classes: int | None) -> dict[str, Any]:

@@ -1,20 +1,20 @@
-"""The feature classifier: learns digits well above chance, writes checkpoint and metrics, rejects unlabeled data."""
+"""The feature classifier: learns digits well above chance, writes checkpoint and metrics; without labels it learns
+to tell flips and rotations apart."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.classifier_trainer import OUTPUTS, train_classifier
 from pipeline.config import Config, EvaluateConfig
-from pipeline.data.processed import load_processed, save_processed
+from pipeline.data.processed import load_processed
 from pipeline.io import read_json
-from pipeline.models.classifier import load_classifier
-from pipeline.training import LabelError, TrainingOutputs
+from pipeline.models.classifier import TRANSFORMATIONS, load_classifier, transform_images
+from pipeline.training import TrainingOutputs
 
 
 def outputs(root: Path) -> TrainingOutputs:
@@ -45,10 +45,28 @@ def test_classifier_learns_digits_well_above_chance(digits_processed_dir: Path, 
     assert torch.allclose(classifier.head(features), classifier(x))
 
 
-def test_unlabeled_data_is_rejected_before_training(tmp_path: Path) -> None:
-    x = np.zeros((6, 1, 8, 8), np.uint8)
-    splits = {"train": x, "valid": x[:2], "test": x[:2]}
-    save_processed(tmp_path / "data", splits, None, binarize="none", dataset="npz", num_classes=None, stats={})
-    with pytest.raises(LabelError, match="dataset 'npz' has none; use a labelled dataset"):
-        train_classifier(Config(), load_processed(tmp_path / "data"), outputs(tmp_path), progress=False)
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 5, 7)])
+def test_transformations_are_flips_and_the_half_turn(shape: tuple[int, int, int]) -> None:
+    x = torch.rand(4, *shape)
+    out = transform_images(x, torch.arange(4))
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], torch.rot90(x[1], 2, dims=(-2, -1)))
+    assert torch.equal(out[2], x[2].flip(-1)) and torch.equal(out[3], x[3].flip(-2))
+    assert TRANSFORMATIONS == ("identity", "rotate 180°", "flip left-right", "flip top-bottom")
+
+
+def test_unlabeled_data_trains_the_classifier_to_tell_transformations_apart(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """An image folder without classes or an npz without y_*: the features come from the label-free task."""
+    config = dataclasses.replace(Config(), evaluate=dataclasses.replace(EvaluateConfig(), classifier_epochs=25))
+    data = dataclasses.replace(load_processed(digits_processed_dir), y=None, num_classes=None)
+    summary = train_classifier(config, data, outputs(tmp_path), progress=False)
+    assert summary["task"] == "transformations" and summary["chance_accuracy"] == 0.25
+    assert summary["test_accuracy"] >= 0.45  # 200 images of 8×8 digits, many of them symmetric (0, 1, 8)
+    classifier = load_classifier(tmp_path / "checkpoints" / "best.pt")
+    assert (classifier.task, classifier.num_classes) == ("transformations", 4)
+    x = torch.from_numpy(data.x["test"])
+    which = torch.arange(len(x)) % 4
+    with torch.no_grad():
+        accuracy = (classifier(transform_images(x, which)).argmax(1) == which).double().mean().item()
+    assert accuracy == pytest.approx(summary["test_accuracy"])
