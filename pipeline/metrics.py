@@ -127,6 +127,8 @@ def sample_quality_report(
 
     ``n`` is capped by the real sets so every Fréchet distance compares equally many images; the floor
     is the distance between that many training and held-out images (what a perfect sampler would get).
+    The classifier score needs class probabilities, so a classifier of the transformations task (data
+    without labels) leaves it out; the distances and precision/recall use its features all the same.
     """
     count = min(n, len(real_test), len(real_train))
     if count < max(k + 1, 2):
@@ -140,17 +142,17 @@ def sample_quality_report(
     test_features, _ = classifier_outputs(classifier, test)
     train_features, _ = classifier_outputs(classifier, train)
     fake_features, fake_probabilities = classifier_outputs(classifier, generated)
-    score, score_std = inception_score(fake_probabilities, splits)
     precision, recall = precision_recall(test_features, fake_features, k)
-    return {
+    report = {
         "frechet_distance": frechet_distance(fake_features, test_features),
         "frechet_floor": frechet_distance(train_features, test_features),
-        "classifier_score": score,
-        "classifier_score_std": score_std,
         "precision": precision,
         "recall": recall,
         "num_images": count,
     }
+    if classifier.task == "classes":
+        report["classifier_score"], report["classifier_score_std"] = inception_score(fake_probabilities, splits)
+    return report
 
 
 def conditional_sampler(

@@ -33,9 +33,9 @@ GAN_LIKELIHOOD_PATH = "metrics/gan_likelihood.json"
 def main(
     params_path: str, data_dir: str, classifier_path: str, gan_path: str, vae_path: str, classifier_metrics: str
 ) -> None:
-    """Fréchet distance (with its real-data floor), classifier score and precision/recall of GAN and VAE samples in
-    the classifier's features (metrics/sample_quality.json); the GAN's log p(x) by AIS with a Gaussian observation
-    model, sigma chosen on validation data (metrics/gan_likelihood.json)."""
+    """Fréchet distance (with its real-data floor), precision/recall and, on labelled data, the classifier score of
+    GAN and VAE samples in the classifier's features (metrics/sample_quality.json); the GAN's log p(x) by AIS with
+    a Gaussian observation model, sigma chosen on validation data (metrics/gan_likelihood.json)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     seed_everything(config.seed)
@@ -52,7 +52,10 @@ def main(
             )
     real_test, real_train = torch.from_numpy(data.x["test"]), torch.from_numpy(data.x["train"])
     labels = torch.from_numpy(data.y["test"]) if data.y is not None else None
-    table = {"classifier_test_accuracy": read_json(classifier_metrics)["test_accuracy"]}
+    table = {
+        "classifier_task": classifier.task,
+        "classifier_test_accuracy": read_json(classifier_metrics)["test_accuracy"],
+    }
     for name, model, decode in (("gan", generator, generator), ("vae", vae, vae.decode_mean)):
         model_labels = labels if model.num_classes is not None else None
         sampler = conditional_sampler(decode, model.latent_dim, device, model_labels, config.seed + 5)

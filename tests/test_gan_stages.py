@@ -86,3 +86,28 @@ def test_bad_input_exits_with_one_clear_message(project: Path, tmp_path: Path) -
     assert result.returncode == 1 and "has no labels" in result.stderr and "Traceback" not in result.stderr
     result = run_stage(tmp_path, "evaluate_samples", "--params", str(project / "params.yaml"))
     assert result.returncode == 1 and "run `dvc repro preprocess` first" in result.stderr
+
+
+def test_data_without_labels_run_through_the_sample_metrics(project: Path, tmp_path: Path) -> None:
+    """An npz without y_* or an image folder without class folders: the classifier learns to tell flips and
+    rotations apart, and the sample-quality table has every metric but the classifier score."""
+    from pipeline.data.processed import load_processed, save_processed
+
+    data = load_processed(project / "data" / "processed")
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    save_processed(
+        tmp_path / "data" / "processed", data.x, None, binarize="none", dataset="npz", num_classes=None, stats={}
+    )
+    shutil.copy(project / "params.yaml", tmp_path / "params.yaml")
+    printed = {}
+    for stage in ("train_classifier", "train_gan", "train_vae", "evaluate_samples"):
+        result = run_stage(tmp_path, stage)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-2000:]}"
+        printed[stage] = result.stdout
+    assert "classifier (transformations): test accuracy" in printed["train_classifier"]
+    classifier = json.loads((tmp_path / "metrics" / "classifier.json").read_text())
+    assert classifier["task"] == "transformations" and classifier["chance_accuracy"] == 0.25
+    table = json.loads((tmp_path / "metrics" / "sample_quality.json").read_text())
+    assert table["classifier_task"] == "transformations"
+    for model in ("gan", "vae"):
+        assert "classifier_score" not in table[model] and math.isfinite(table[model]["frechet_distance"])
