@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 
 import numpy as np
 import onnxruntime
@@ -105,6 +106,25 @@ def test_evaluation_path_of_the_fused_log_likelihood_matches_torch_distributions
     expected = torch.distributions.Bernoulli(logits=logits.reshape(k, b, 1, 7, 9)).log_prob(x.double())
     assert actual.dtype == torch.float32 and torch.equal(actual, kept)
     torch.testing.assert_close(actual.double(), expected.flatten(2).sum(-1), rtol=1e-5, atol=1e-4)
+
+
+def test_reused_buffers_serve_inference_mode_and_no_grad_in_either_order() -> None:
+    """Buffers first made under torch.inference_mode must still be writable under no_grad. A new thread starts with
+    no buffers (they are per thread), so inference_mode makes them here."""
+    model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
+    x, z = torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2)
+    results: list[torch.Tensor] = []
+
+    def evaluate() -> None:
+        with torch.inference_mode():
+            results.append(model.log_likelihood(x, z))
+        with torch.no_grad():
+            results.append(model.log_likelihood(x, z))
+
+    thread = threading.Thread(target=evaluate)
+    thread.start()
+    thread.join()
+    assert len(results) == 2 and torch.equal(results[0], results[1])
 
 
 def test_too_many_conv_blocks_for_the_image_is_a_clear_error() -> None:

@@ -39,7 +39,8 @@ class _Workspace(threading.local):
     def matrix(self, name: str, rows: int, cols: int) -> torch.Tensor:
         flat = self.buffers.get(name)
         if flat is None or flat.numel() < rows * cols:
-            flat = self.buffers[name] = torch.empty(rows * cols)
+            with torch.inference_mode(False):  # a normal tensor, writable under no_grad and inference_mode alike
+                flat = self.buffers[name] = torch.empty(rows * cols)
         return flat[: rows * cols].view(rows, cols)
 
 
