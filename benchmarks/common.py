@@ -17,7 +17,7 @@ def _synchronize(device: torch.device) -> None:
 def epoch_images_per_second(trainer: Any, warmup_batches: int = 4) -> float:
     """Images/s of one training epoch of a VaeTrainer or GanTrainer, after a warm-up epoch of a few batches."""
     full = trainer.batches
-    trainer.batches = dataclasses.replace(full, size=warmup_batches * full.batch_size)
+    trainer.batches = dataclasses.replace(full, size=min(full.size, warmup_batches * full.batch_size))
     trainer.train_epoch(0)
     trainer.batches = full
     _synchronize(trainer.device)

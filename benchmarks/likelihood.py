@@ -37,11 +37,12 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, repeats: int = 5) -> dict[str, float]:
-    """Best float32 torch.mm rate (FLOP/s) over a few large products, each the best of ``repeats`` runs."""
-    shapes = {"4096x4096x4096": (4096, 4096, 4096), "8192x1024x1024": (8192, 1024, 1024)}
+def matmul_rate(device: torch.device, repeats: int = 5, size: int = 4096) -> dict[str, float]:
+    """Best float32 torch.mm rate (FLOP/s) over a size³ product and a (2 size)×(size/4)² one, each the best of
+    ``repeats`` runs."""
     rates = {}
-    for name, (m, k, n) in shapes.items():
+    for m, k, n in ((size, size, size), (2 * size, size // 4, size // 4)):
+        name = f"{m}x{k}x{n}"
         a = torch.randn(m, k, device=device)
         b = torch.randn(k, n, device=device)
         torch.mm(a, b)
@@ -86,6 +87,7 @@ def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: i
 @click.option("--memory-budget-mb", default=512, show_default=True)
 @click.option("--baseline-points", default=20, show_default=True, help="points for the plain implementation (0: skip)")
 @click.option("--segments", default=10, show_default=True, help="parts of the points, each timed between matmul rates")
+@click.option("--rate-size", default=4096, show_default=True, help="side of the square product that measures the rate")
 @click.option("--device", "device_name", default="auto", show_default=True)
 @click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: torch's default, all cores)")
 def main(
@@ -97,6 +99,7 @@ def main(
     memory_budget_mb: int,
     baseline_points: int,
     segments: int,
+    rate_size: int,
     device_name: str,
     threads: int,
 ) -> None:
@@ -112,7 +115,7 @@ def main(
     click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
     path = "native kernel (pipeline/kernels)" if kernels.bernoulli_kernel_applies(x) else "torch (no native kernel)"
     click.echo(f"Bernoulli log-likelihood: {path}")
-    rates = matmul_rate(device)
+    rates = matmul_rate(device, size=rate_size)
     for name, value in rates.items():
         click.echo(f"torch.mm {name}: {value / 1e9:.1f} GFLOP/s")
 
@@ -128,7 +131,7 @@ def main(
         )
         _synchronize(device)
         elapsed = time.perf_counter() - began
-        rate_after = max(matmul_rate(device, repeats=3).values())
+        rate_after = max(matmul_rate(device, repeats=3, size=rate_size).values())
         local = max(rate_before, rate_after)
         fraction = part.shape[0] * samples * flops / elapsed / local
         click.echo(
