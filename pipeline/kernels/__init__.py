@@ -84,9 +84,12 @@ def load(name: str) -> ctypes.CDLL | None:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
         key = hashlib.sha256("\0".join([source.read_text(), compiler, version, _machine_fingerprint()]).encode())
         target = _cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
-        if not target.exists() and _compile(source, target, compiler) is None:
-            log.warning("%s could not compile %s (DEBUG logging shows why): torch's slower path", compiler, name)
-            return None
+        if not target.exists():
+            flags = _compile(source, target, compiler)
+            if flags is None:
+                log.warning("%s could not compile %s (DEBUG logging shows why): torch's slower path", compiler, name)
+                return None
+            log.info("compiled the native kernel %s (%s %s) into %s", name, compiler, " ".join(flags), target)
         return ctypes.CDLL(str(target))
     except OSError as error:  # an unwritable cache, a noexec mount, a broken CC
         log.warning(
