@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline import kernels
 from pipeline.config import EvaluateConfig
 from pipeline.data.processed import ProcessedData
 from pipeline.distributed import DistContext, gather_objects
@@ -185,6 +186,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor | None, count: int, what: str
         raise ValueError(f"{y.shape[0]} labels for {x.shape[0]} data points; pass one label per point")
 
 
+@kernels.frozen_weights()  # the model does not change while it is evaluated: pack its weights once
 @torch.no_grad()
 def importance_sampled_log_likelihood(
     model: LatentVariableModel,

@@ -126,3 +126,40 @@ def test_kernel_does_not_apply_where_torch_must_run() -> None:
     assert not kernels.bernoulli_kernel_applies(torch.zeros(3, device="meta"))
     with torch.no_grad():
         assert kernels.bernoulli_kernel_applies(torch.zeros(3), weight) == HAS_COMPILER
+
+
+@pytest.mark.skipif(not kernels.packed_linear_available(), reason="torch without oneDNN")
+def test_packed_linear_is_the_layer_for_any_row_count() -> None:
+    """layer(x), with ReLU fused or without the bias, for row counts other than the one packed for."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(20, 37)
+    packed = kernels.pack_linear_weight(layer.weight, 64)
+    with torch.no_grad():
+        for rows in (1, 7, 300):
+            x = torch.randn(rows, 20)
+            torch.testing.assert_close(kernels.packed_linear(x, packed, layer.bias), layer(x), rtol=1e-5, atol=1e-5)
+            relu = kernels.packed_linear(x, packed, layer.bias, relu=True)
+            torch.testing.assert_close(relu, layer(x).relu(), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(kernels.packed_linear(x, packed), x @ layer.weight.t(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not kernels.packed_linear_available(), reason="torch without oneDNN")
+def test_weights_are_packed_once_only_within_frozen_weights() -> None:
+    """Outside frozen_weights each call packs afresh (fused Adam changes weights without a version bump); within,
+    the pack is reused, in nested blocks too, and forgotten when the outer block ends."""
+    weight = torch.randn(37, 20)
+    assert kernels.pack_linear_weight(weight, 8) is not kernels.pack_linear_weight(weight, 8)
+    with kernels.frozen_weights():
+        packed = kernels.pack_linear_weight(weight, 8)
+        with kernels.frozen_weights():
+            assert kernels.pack_linear_weight(weight, 8) is packed
+        assert kernels.pack_linear_weight(weight, 8) is packed
+        assert kernels.pack_linear_weight(weight.clone(), 8) is not packed
+    assert not kernels._FROZEN.packed
+    with kernels.frozen_weights():
+        assert kernels.pack_linear_weight(weight, 8) is not packed
+
+
+def test_packed_linear_is_off_with_the_native_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DGM_NATIVE_KERNELS", "0")
+    assert not kernels.packed_linear_available()

@@ -86,10 +86,10 @@ def test_fused_bernoulli_log_likelihood_over_several_blocks_of_rows() -> None:
 
 
 def test_evaluation_path_of_the_fused_log_likelihood_matches_torch_distributions() -> None:
-    """Without gradients in float32 on the CPU (importance sampling) the fused path writes its layers into reused
-    buffers and, where a C compiler is, runs the native kernel: over several blocks of rows of a conditional model
-    with two hidden layers it still equals Bernoulli(logits).log_prob in float64, and a result stays intact when
-    the next call reuses the buffers."""
+    """Without gradients in float32 on the CPU (importance sampling) the fused path runs its layers through oneDNN
+    with packed weights and, where a C compiler is, the native kernel: over several blocks of rows of a conditional
+    model with two hidden layers it still equals Bernoulli(logits).log_prob in float64, a result stays intact
+    across the next call, and weights changed by a fused Adam step between calls are packed again."""
     torch.manual_seed(0)
     model = VAE((1, 7, 9), 3, hidden_sizes=(16, 12), num_classes=10).eval()
     with torch.no_grad():
@@ -106,11 +106,18 @@ def test_evaluation_path_of_the_fused_log_likelihood_matches_torch_distributions
     expected = torch.distributions.Bernoulli(logits=logits.reshape(k, b, 1, 7, 9)).log_prob(x.double())
     assert actual.dtype == torch.float32 and torch.equal(actual, kept)
     torch.testing.assert_close(actual.double(), expected.flatten(2).sum(-1), rtol=1e-5, atol=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)  # in place, with no version bump
+    model.decode_logits(z[0], y).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        changed = model.log_likelihood(x, z, y)
+        logits = copy.deepcopy(model).double().decode_logits(z.reshape(k * b, 3).double(), y.repeat(k))
+    expected = torch.distributions.Bernoulli(logits=logits.reshape(k, b, 1, 7, 9)).log_prob(x.double())
+    torch.testing.assert_close(changed.double(), expected.flatten(2).sum(-1), rtol=1e-5, atol=1e-4)
 
 
-def test_reused_buffers_serve_inference_mode_and_no_grad_in_either_order() -> None:
-    """Buffers first made under torch.inference_mode must still be writable under no_grad. A new thread starts with
-    no buffers (they are per thread), so inference_mode makes them here."""
+def test_evaluation_path_serves_inference_mode_and_no_grad_in_either_order() -> None:
+    """A call under torch.inference_mode, then one under no_grad, in a thread of their own, give the same numbers."""
     model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
     x, z = torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2)
     results: list[torch.Tensor] = []

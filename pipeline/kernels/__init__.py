@@ -1,4 +1,5 @@
-"""Native CPU kernels: C files beside this one, compiled on first use by the system's C compiler.
+"""Native CPU kernels: C files beside this one, compiled on first use by the system's C compiler, and linear
+layers through oneDNN with prepacked weights.
 
 A kernel is built once per machine into the user cache (``$XDG_CACHE_HOME/deep-generative-pipeline/kernels``,
 else ``~/.cache/...``; ``DGM_KERNEL_CACHE`` overrides) with ``-O3 -march=native`` and OpenMP where the compiler
@@ -6,10 +7,16 @@ has them, and called through ctypes on contiguous float32 CPU tensors. The build
 is renamed into place, so concurrent processes (DDP ranks) never load a half-written library. Where no
 compiler works, or with ``DGM_NATIVE_KERNELS=0``, the kernels report themselves unavailable and callers take
 their torch implementation, which the tests hold the kernels to.
+
+:func:`packed_linear` runs an ``nn.Linear`` through oneDNN (torch's ``mkldnn`` ops) with its weight reordered
+once into oneDNN's blocked layout. It avoids repacking the weight on every product, as ``torch.mm`` does, and it
+uses the CPU's widest vectors where torch's BLAS may not (MKL keeps AVX-512 to Intel CPUs: on an AMD EPYC
+``torch.mm`` reaches about 170 GFLOP/s on two cores, oneDNN about 210).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -19,6 +26,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -140,3 +149,63 @@ def bernoulli_log_likelihood(logits: torch.Tensor, bias: torch.Tensor, x: torch.
     kernel(
         logits.data_ptr(), bias.data_ptr(), x.data_ptr(), out.data_ptr(), rows, images, pixels, torch.get_num_threads()
     )
+
+
+class _FrozenWeights(threading.local):
+    """Per thread: how many :func:`frozen_weights` blocks are open, and the weights packed within them."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, packed)
+
+
+_FROZEN = _FrozenWeights()
+
+
+@contextlib.contextmanager
+def frozen_weights() -> Iterator[None]:
+    """Within this block (in this thread) a weight is packed once and the pack reused, on the caller's promise that
+    no weight changes meanwhile: for evaluations such as importance sampling, which would otherwise pack per call.
+
+    Outside, every call packs afresh: a version check would not do, as fused optimizers (Adam(fused=True)) update
+    weights in place without bumping their version.
+    """
+    _FROZEN.depth += 1
+    try:
+        yield
+    finally:
+        _FROZEN.depth -= 1
+        if not _FROZEN.depth:
+            _FROZEN.packed.clear()
+
+
+def packed_linear_available() -> bool:
+    """Whether :func:`packed_linear` can run: native kernels enabled and torch built with oneDNN."""
+    return (
+        native_kernels_enabled()
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+def pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """An out×in ``weight`` in oneDNN's blocked layout for products of about ``rows`` rows (within
+    :func:`frozen_weights`, packed once)."""
+    entry = _FROZEN.packed.get(id(weight)) if _FROZEN.depth else None
+    if entry is not None and entry[0] is weight:
+        return entry[1]
+    with torch.no_grad():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+    if _FROZEN.depth:
+        _FROZEN.packed[id(weight)] = (weight, packed)
+    return packed
+
+
+def packed_linear(
+    inputs: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None = None, *, relu: bool = False
+) -> torch.Tensor:
+    """``inputs @ weight.T + bias`` (then ReLU, fused, when ``relu``) for 2-D float32 CPU ``inputs`` without
+    gradients, through oneDNN with a weight from :func:`pack_linear_weight`. Check :func:`packed_linear_available`.
+    """
+    return torch.ops.mkldnn._linear_pointwise(inputs, packed_weight, bias, "relu" if relu else "none", [], "")
