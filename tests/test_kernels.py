@@ -163,3 +163,27 @@ def test_weights_are_packed_once_only_within_frozen_weights() -> None:
 def test_packed_linear_is_off_with_the_native_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DGM_NATIVE_KERNELS", "0")
     assert not kernels.packed_linear_available()
+
+
+def test_a_broken_onednn_warns_and_leaves_torch_computing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torch build whose packed product raises is found out once, with a warning, and evaluation still works."""
+
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("no oneDNN in this build")
+
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
+    x, z = torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2)
+    with torch.no_grad():
+        expected = model.log_likelihood(x, z)
+        monkeypatch.setattr(kernels, "packed_linear", broken)
+        kernels._packed_linear_works.cache_clear()
+        try:
+            assert not kernels.packed_linear_available()
+            actual = model.log_likelihood(x, z)
+        finally:
+            kernels._packed_linear_works.cache_clear()
+    assert "unavailable (no oneDNN in this build)" in caplog.text
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-4)

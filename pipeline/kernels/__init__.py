@@ -180,13 +180,26 @@ def frozen_weights() -> Iterator[None]:
 
 
 def packed_linear_available() -> bool:
-    """Whether :func:`packed_linear` can run: native kernels enabled and torch built with oneDNN."""
-    return (
-        native_kernels_enabled()
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
+    """Whether :func:`packed_linear` can run: native kernels enabled, and oneDNN's packed product works in this
+    torch build (tried once on a small product against torch's)."""
+    return native_kernels_enabled() and _packed_linear_works()
+
+
+@functools.cache
+def _packed_linear_works() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        inputs, weight = torch.randn(5, 3, generator=generator), torch.randn(4, 3, generator=generator)
+        with torch.no_grad():
+            result = packed_linear(inputs, pack_linear_weight(weight, 5))
+        if torch.allclose(result, inputs @ weight.t(), rtol=1e-4, atol=1e-5):
+            return True
+        log.warning("oneDNN's packed product disagrees with torch's here: torch's slower path")
+    except (AttributeError, RuntimeError, NotImplementedError) as error:  # an op missing from, or broken in, this build
+        log.warning("oneDNN's packed product is unavailable (%s): torch's slower path", error)
+    return False
 
 
 def pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
