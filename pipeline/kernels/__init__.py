@@ -11,7 +11,7 @@ their torch implementation, which the tests hold the kernels to.
 :func:`packed_linear` runs an ``nn.Linear`` through oneDNN (torch's ``mkldnn`` ops) with its weight reordered
 once into oneDNN's blocked layout. It avoids repacking the weight on every product, as ``torch.mm`` does, and it
 uses the CPU's widest vectors where torch's BLAS may not (MKL keeps AVX-512 to Intel CPUs: on an AMD EPYC
-``torch.mm`` reaches about 170 GFLOP/s on two cores, oneDNN about 210).
+``torch.mm`` reaches 170-190 GFLOP/s on two cores, oneDNN about 220).
 """
 
 from __future__ import annotations
