@@ -1,7 +1,8 @@
 """`python -m stages bench likelihood`: speed of the importance-sampled log-likelihood against the matmul rate.
 
 Evaluates K importance samples for each of ``--points`` binary MNIST-size images with an MLP VAE
-(pixels-hidden-latent, the IWAE paper's evaluation setting is 10,000 test images, K = 5000) through
+(pixels-hidden-latent, the IWAE paper's evaluation setting is 10,000 test images, K = 5000; a Bernoulli decoder
+unless ``--likelihood gaussian``) through
 :func:`pipeline.likelihood.importance_sampled_log_likelihood`, the code the evaluate_vae stage runs.
 It reports decoder evaluations per second, the decoder's matrix-multiply FLOP rate, and that rate as a
 fraction of this machine's float32 matrix-multiply rate: the best of ``torch.mm`` and, on the CPU, oneDNN with a
@@ -9,8 +10,8 @@ prepacked weight (which the evaluation itself uses), measured here on large prod
 that rate drifts as neighbours come and go, so the points run in ``--segments`` parts with the rate measured
 between them: the overall fraction is against the highest rate seen, and the median of the segments' fractions
 is against the rate measured around each (the higher of before and after). A plain batched
-implementation (sample all K, decode, per-pixel cross-entropy, logsumexp) runs on a few points of the same
-model for comparison. Which Bernoulli kernel ran (native C or torch's fallback) is printed.
+implementation (sample all K, decode, per-pixel log-density, logsumexp) runs on a few points of the same
+model for comparison. Which decoder kernel ran (native C or torch's fallback) is printed.
 Timings on shared CPUs are provisional.
 """
 
@@ -23,7 +24,6 @@ import time
 
 import click
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline import kernels
@@ -76,15 +76,15 @@ def decoder_flops(model: VAE) -> int:
 
 @torch.no_grad()
 def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: int) -> torch.Tensor:
-    """The usual batched estimator: draw all K samples for a batch, decode them, Bernoulli log-likelihood per pixel
-    (binary cross-entropy on the logits), logsumexp over K."""
+    """The usual batched estimator: draw all K samples for a batch, decode them all at once, the log-density per
+    pixel (the model's per-pixel path: binary cross-entropy on the logits, or the Gaussian's), logsumexp over K."""
     out = []
     for xb in x.split(batch):
         mu, logvar = model.encode(xb)
         z = reparameterize(mu, logvar, num_samples)
-        logits = model.decode_logits(z.flatten(0, 1)).reshape(num_samples, xb.shape[0], -1)
-        target = xb.flatten(1).expand_as(logits)
-        log_px = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        # as one sample of K·B images, so the model takes its per-pixel path rather than the fused one
+        images = xb.repeat(num_samples, 1, 1, 1)
+        log_px = model.log_likelihood(images, z.flatten(0, 1)[None]).reshape(num_samples, xb.shape[0])
         log_w = log_px + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
         out.append(torch.logsumexp(log_w.double(), 0) - math.log(num_samples))
     return torch.cat(out)
@@ -95,6 +95,13 @@ def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: i
 @click.option("--samples", default=5000, show_default=True, help="K, importance samples per image")
 @click.option("--hidden", default=400, show_default=True, help="hidden width of the MLP VAE")
 @click.option("--latent", default=20, show_default=True, help="latent dimensions")
+@click.option(
+    "--likelihood",
+    type=click.Choice(["bernoulli", "gaussian"]),
+    default="bernoulli",
+    show_default=True,
+    help="the decoder's p(x|z)",
+)
 @click.option("--side", default=28, show_default=True, help="image side (28: MNIST)")
 @click.option("--memory-budget-mb", default=512, show_default=True)
 @click.option("--baseline-points", default=20, show_default=True, help="points for the plain implementation (0: skip)")
@@ -107,6 +114,7 @@ def main(
     samples: int,
     hidden: int,
     latent: int,
+    likelihood: str,
     side: int,
     memory_budget_mb: int,
     baseline_points: int,
@@ -120,13 +128,13 @@ def main(
         torch.set_num_threads(threads)
     device = select_device(device_name)
     torch.manual_seed(0)
-    config = Config(latent_dim=latent, vae=VaeConfig(hidden_sizes=[hidden]))
+    config = Config(latent_dim=latent, vae=VaeConfig(hidden_sizes=[hidden], likelihood=likelihood))
     model = build_vae(config, (1, side, side), None).to(device).eval()
     x = torch.bernoulli(torch.rand(points, 1, side, side, device=device) * 0.3)
     flops = decoder_flops(model)
     click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
-    path = "native kernel (pipeline/kernels)" if kernels.bernoulli_kernel_applies(x) else "torch (no native kernel)"
-    click.echo(f"Bernoulli log-likelihood: {path}")
+    path = "native kernel (pipeline/kernels)" if kernels.decoder_kernels_apply(x) else "torch (no native kernel)"
+    click.echo(f"{likelihood.capitalize()} log-likelihood: {path}")
     rates = matmul_rate(device, size=rate_size)
     for name, value in rates.items():
         click.echo(f"{name}: {value / 1e9:.1f} GFLOP/s")

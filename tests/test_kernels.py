@@ -1,5 +1,5 @@
-"""The native Bernoulli log-likelihood kernel: built here by the real compiler, held to float64 arithmetic, and
-replaced by torch's path when disabled."""
+"""The native decoder log-likelihood kernels (Bernoulli and Gaussian): built here by the real compiler, held to
+float64 arithmetic, and replaced by torch's path when disabled."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def fresh_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[pytest.
     """Kernels built into an empty cache under tmp_path, and the module's caches forgotten before and after."""
     monkeypatch.setenv("DGM_KERNEL_CACHE", str(tmp_path / "kernels"))
     kernels.load.cache_clear()
-    kernels._bernoulli_kernel.cache_clear()
+    kernels._decoder_kernels.cache_clear()
     yield monkeypatch
     kernels.load.cache_clear()
-    kernels._bernoulli_kernel.cache_clear()
+    kernels._decoder_kernels.cache_clear()
 
 
 def _reference(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,12 +43,12 @@ def _native(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 def test_kernel_is_built_once_into_the_cache(fresh_kernels: pytest.MonkeyPatch, tmp_path) -> None:
-    assert kernels.load("bernoulli_log_likelihood") is not None
+    assert kernels.load("decoder_log_likelihood") is not None
     built = list((tmp_path / "kernels").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"  # no temporary files left beside it
     modified = built[0].stat().st_mtime_ns
     kernels.load.cache_clear()
-    assert kernels.load("bernoulli_log_likelihood") is not None
+    assert kernels.load("decoder_log_likelihood") is not None
     assert built[0].stat().st_mtime_ns == modified  # loaded, not rebuilt
 
 
@@ -69,11 +69,45 @@ def test_kernel_matches_float64_arithmetic(pixels: int) -> None:
     assert ((_native(logits, bias, x).double() - expected).abs() / scale).max() < 2e-7
 
 
+def _gaussian_reference(
+    logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, inv_std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-½ Σ_d r_d² with r = (x - sigmoid(v)) inv_std, in float64, row r using image r % B; and Σ_d r_d² + |r_d|
+    inv_std_d, the scale of float32 rounding in that sum (a rounding of x - sigmoid(v), both in [0, 1], moves r_d²
+    by about 2^-24 |r_d| inv_std_d)."""
+    v = (logits + bias).double()
+    images = x.double().repeat(logits.shape[0] // x.shape[0], 1)
+    residuals = (images - torch.sigmoid(v)) * inv_std.double()
+    return -0.5 * residuals.square().sum(-1), (residuals.square() + residuals.abs() * inv_std).sum(-1)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])
+def test_gaussian_kernel_matches_float64_arithmetic(pixels: int) -> None:
+    """The Gaussian kernel (11.4) within float32 rounding of float64 (torch's float32 path: up to 6e-8 here), from
+    saturated means (|v| up to 120, where sigmoid is 0 or 1 in float32) to v = 0, with per-pixel standard
+    deviations, and the offset added in double."""
+    torch.manual_seed(0)
+    images, rows = 7, 7 * 40
+    logits = 6 * torch.randn(rows, pixels)
+    logits[:3] = torch.tensor([-120.0, -88.0, -30.0, -17.0, 0.0, 17.0, 30.0, 88.0, 120.0]).repeat(pixels)[:pixels]
+    bias, x = torch.randn(pixels), torch.rand(images, pixels)
+    inv_std = 1 / (0.05 + torch.rand(pixels))
+    expected, scale = _gaussian_reference(logits, bias, x, inv_std)
+    out, shifted = torch.empty(rows), torch.empty(rows)
+    kernels.gaussian_log_likelihood(logits, bias, x, inv_std, 0.0, out)
+    kernels.gaussian_log_likelihood(logits, bias, x, inv_std, 1234.5, shifted)
+    assert ((out.double() - expected).abs() / scale).max() < 1e-7  # a degree-4 exp polynomial (4e-6) would fail
+    torch.testing.assert_close(shifted, out + 1234.5)
+
+
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 def test_kernel_propagates_nan_to_its_row_only() -> None:
     logits, bias, x = torch.zeros(4, 40), torch.zeros(40), torch.ones(2, 40)
     logits[1, 7] = float("nan")
     out = _native(logits, bias, x)
+    assert out[1].isnan() and out[[0, 2, 3]].isfinite().all()
+    kernels.gaussian_log_likelihood(logits, bias, x, torch.ones(40), 0.0, out)
     assert out[1].isnan() and out[[0, 2, 3]].isfinite().all()
 
 
@@ -82,21 +116,28 @@ def test_kernel_rejects_shapes_that_do_not_fit() -> None:
         kernels.bernoulli_log_likelihood(torch.zeros(5, 8), torch.zeros(8), torch.zeros(2, 8), torch.empty(5))
     with pytest.raises(ValueError, match="contiguous"):
         kernels.bernoulli_log_likelihood(torch.zeros(8, 4).t(), torch.zeros(8), torch.zeros(2, 8), torch.empty(4))
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        kernels.gaussian_log_likelihood(
+            torch.zeros(4, 8), torch.zeros(8), torch.zeros(2, 8), torch.ones(7), 0.0, torch.empty(4)
+        )
 
 
-def test_disabled_kernels_leave_torch_computing_the_same_likelihood(fresh_kernels: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_disabled_kernels_leave_torch_computing_the_same_likelihood(
+    fresh_kernels: pytest.MonkeyPatch, likelihood: str
+) -> None:
     """DGM_NATIVE_KERNELS=0 (what a machine without a compiler gets): the VAE takes torch's path, same numbers."""
     torch.manual_seed(0)
-    model = VAE((1, 28, 28), 4, hidden_sizes=(32,)).eval()
-    x = torch.bernoulli(torch.rand(6, 1, 28, 28))
+    model = VAE((1, 28, 28), 4, hidden_sizes=(32,), likelihood=likelihood).eval()
+    x = torch.rand(6, 1, 28, 28)
     z = 3 * torch.randn(50, 6, 4)
     with torch.no_grad():
         native = model.log_likelihood(x, z)
-        native_used = kernels.bernoulli_kernel_applies(z)
+        native_used = kernels.decoder_kernels_apply(z)
         fresh_kernels.setenv("DGM_NATIVE_KERNELS", "0")
         kernels.load.cache_clear()
-        kernels._bernoulli_kernel.cache_clear()
-        assert not kernels.bernoulli_kernel_applies(z)
+        kernels._decoder_kernels.cache_clear()
+        assert not kernels.decoder_kernels_apply(z)
         fallback = model.log_likelihood(x, z)
     assert native_used == HAS_COMPILER
     torch.testing.assert_close(native, fallback, rtol=1e-6, atol=1e-4)
@@ -115,17 +156,17 @@ def test_an_unusable_cache_warns_and_leaves_torch_computing(
         log_px = model.log_likelihood(torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2))
     assert log_px.shape == (4, 3) and log_px.isfinite().all()
     assert "unavailable" in caplog.text and "DGM_KERNEL_CACHE" in caplog.text
-    assert not kernels.bernoulli_kernel_applies(log_px)
+    assert not kernels.decoder_kernels_apply(log_px)
 
 
 def test_kernel_does_not_apply_where_torch_must_run() -> None:
     """Gradients (AIS), float64 and non-CPU tensors keep torch's path."""
     weight = torch.zeros(3, requires_grad=True)
-    assert not kernels.bernoulli_kernel_applies(torch.zeros(3), weight)
-    assert not kernels.bernoulli_kernel_applies(torch.zeros(3, dtype=torch.float64))
-    assert not kernels.bernoulli_kernel_applies(torch.zeros(3, device="meta"))
+    assert not kernels.decoder_kernels_apply(torch.zeros(3), weight)
+    assert not kernels.decoder_kernels_apply(torch.zeros(3, dtype=torch.float64))
+    assert not kernels.decoder_kernels_apply(torch.zeros(3, device="meta"))
     with torch.no_grad():
-        assert kernels.bernoulli_kernel_applies(torch.zeros(3), weight) == HAS_COMPILER
+        assert kernels.decoder_kernels_apply(torch.zeros(3), weight) == HAS_COMPILER
 
 
 @pytest.mark.skipif(not kernels.packed_linear_available(), reason="torch without oneDNN")

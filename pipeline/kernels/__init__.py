@@ -108,46 +108,93 @@ def load(name: str) -> ctypes.CDLL | None:
 
 
 @functools.cache
-def _bernoulli_kernel() -> ctypes._CFuncPtr | None:
-    library = load("bernoulli_log_likelihood")
+def _decoder_kernels() -> ctypes.CDLL | None:
+    library = load("decoder_log_likelihood")
     if library is None:
         return None
-    kernel = library.bernoulli_log_likelihood
-    kernel.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    kernel.restype = None
-    return kernel
+    rows_images_pixels = [ctypes.c_long] * 3
+    library.bernoulli_log_likelihood.argtypes = [ctypes.c_void_p] * 4 + rows_images_pixels + [ctypes.c_int]
+    library.gaussian_log_likelihood.argtypes = (
+        [ctypes.c_void_p] * 5 + rows_images_pixels + [ctypes.c_double, ctypes.c_int]
+    )
+    library.bernoulli_log_likelihood.restype = library.gaussian_log_likelihood.restype = None
+    return library
 
 
-def bernoulli_kernel_applies(*tensors: torch.Tensor) -> bool:
-    """Whether :func:`bernoulli_log_likelihood` can run on these tensors: float32 on the CPU, no gradients needed,
-    and the kernel built."""
+def decoder_kernels_apply(*tensors: torch.Tensor) -> bool:
+    """Whether :func:`bernoulli_log_likelihood` and :func:`gaussian_log_likelihood` can run on these tensors:
+    float32 on the CPU, no gradients needed, and the kernels built."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False
-    return _bernoulli_kernel() is not None
+    return _decoder_kernels() is not None
+
+
+def _checked_kernels(
+    logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, out: torch.Tensor, *per_pixel: torch.Tensor
+) -> ctypes.CDLL:
+    rows, pixels = logits.shape
+    if (
+        bias.shape != (pixels,)
+        or x.shape[1:] != (pixels,)
+        or out.shape != (rows,)
+        or rows % x.shape[0]
+        or any(t.shape != (pixels,) for t in per_pixel)
+    ):
+        raise ValueError(
+            f"shapes do not fit: logits {tuple(logits.shape)}, bias {tuple(bias.shape)}, x {tuple(x.shape)}, "
+            f"out {tuple(out.shape)}{''.join(f', {tuple(t.shape)}' for t in per_pixel)} "
+            "(rows must be a multiple of the images)"
+        )
+    if not all(t.is_contiguous() for t in (logits, bias, x, out, *per_pixel)):
+        raise ValueError("the decoder kernels need contiguous tensors")
+    library = _decoder_kernels()
+    if library is None:
+        raise RuntimeError("the decoder kernels are not built here; check decoder_kernels_apply first")
+    return library
 
 
 def bernoulli_log_likelihood(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
     """out[r] = Σ_d x[r % B, d] v_d - softplus(v_d) with v = logits[r] + bias (11.2-11.3), for R×P logits
     (without the bias), a P bias, B×P images x and an R output, all contiguous float32 on the CPU.
 
-    Check :func:`bernoulli_kernel_applies` first.
+    Check :func:`decoder_kernels_apply` first.
     """
+    library = _checked_kernels(logits, bias, x, out)
     rows, pixels = logits.shape
-    images = x.shape[0]
-    if bias.shape != (pixels,) or x.shape[1:] != (pixels,) or out.shape != (rows,) or rows % images:
-        raise ValueError(
-            f"shapes do not fit: logits {tuple(logits.shape)}, bias {tuple(bias.shape)}, x {tuple(x.shape)}, "
-            f"out {tuple(out.shape)} (rows must be a multiple of the images)"
-        )
-    if not all(t.is_contiguous() for t in (logits, bias, x, out)):
-        raise ValueError("the Bernoulli kernel needs contiguous tensors")
-    kernel = _bernoulli_kernel()
-    if kernel is None:
-        raise RuntimeError("the Bernoulli kernel is not built here; check bernoulli_kernel_applies first")
-    kernel(
-        logits.data_ptr(), bias.data_ptr(), x.data_ptr(), out.data_ptr(), rows, images, pixels, torch.get_num_threads()
+    library.bernoulli_log_likelihood(
+        logits.data_ptr(),
+        bias.data_ptr(),
+        x.data_ptr(),
+        out.data_ptr(),
+        rows,
+        x.shape[0],
+        pixels,
+        torch.get_num_threads(),
+    )
+
+
+def gaussian_log_likelihood(
+    logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, inv_std: torch.Tensor, offset: float, out: torch.Tensor
+) -> None:
+    """out[r] = offset - ½ Σ_d ((x[r % B, d] - sigmoid(v_d)) inv_std_d)² with v = logits[r] + bias (11.4): with
+    ``offset`` = -Σ_d log s_d - P/2 log 2π, the log-density of N(sigmoid(v), diag s²). Shapes and types as for
+    :func:`bernoulli_log_likelihood`, ``inv_std`` a P vector.
+    """
+    library = _checked_kernels(logits, bias, x, out, inv_std)
+    rows, pixels = logits.shape
+    library.gaussian_log_likelihood(
+        logits.data_ptr(),
+        bias.data_ptr(),
+        x.data_ptr(),
+        inv_std.data_ptr(),
+        out.data_ptr(),
+        rows,
+        x.shape[0],
+        pixels,
+        offset,
+        torch.get_num_threads(),
     )
 
 

@@ -10,6 +10,7 @@ with ``vae.conv_channels``, mirrored by transposed convolutions). A conditional 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,9 +22,9 @@ from pipeline.config import Config, config_from_dict
 from pipeline.training import LabelError, load_checkpoint
 
 LOG_2PI = math.log(2 * math.pi)
-# Decoded rows the fused Bernoulli log-likelihood holds at once, on torch's path (GPU, autograd) and on the native
-# CPU path, where blocks of 512 to 2048 rows evaluate a 20-400-784 decoder equally fast within noise (1024 about 2%
-# ahead: 190 GFLOP/s on a 2-core AMD EPYC).
+# Decoded rows the fused MLP log-likelihood holds at once, on torch's path (GPU, autograd) and on the native CPU
+# path, where blocks of 512 to 2048 rows evaluate a 20-400-784 Bernoulli decoder equally fast within noise (1024
+# about 2% ahead: 190 GFLOP/s on a 2-core AMD EPYC).
 LOGIT_ROWS_PER_BLOCK = 2048
 NATIVE_LOGIT_ROWS_PER_BLOCK = 1024
 
@@ -176,67 +177,92 @@ class VAE(nn.Module):
         """log p(x|z) summed over pixels, K×B, for x B×C×H×W and z K×B×D (11.3 or 11.4)."""
         k, b, d = z.shape
         y_rep = None if y is None else y.repeat(k)
-        fused = self.likelihood == "bernoulli" and self.arch == "mlp" and k > 1
-        if fused and not torch.is_autocast_enabled(z.device.type):
-            return self._bernoulli_mlp_log_likelihood(x, z, y_rep)
-        out = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, *self.image_shape)
-        target = x.expand_as(out)
+        if self.arch == "mlp" and k > 1 and not torch.is_autocast_enabled(z.device.type):
+            return self._mlp_log_likelihood(x.reshape(b, -1).to(z.dtype), z, y_rep)
+        logits = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, -1)
+        return self._pixel_log_likelihood(logits, x.reshape(b, -1).to(logits.dtype))
+
+    def _pixel_log_likelihood(self, logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Σ_d log p(x_d | l_d) over the last axis of decoder outputs ``logits`` (…×B×P) for images ``pixels`` B×P."""
         if self.likelihood == "bernoulli":
             # x log sigma(l) + (1 - x) log(1 - sigma(l)) computed stably on the logits l (11.2-11.3)
-            log_px = -F.binary_cross_entropy_with_logits(out, target, reduction="none")
-        else:
-            std = self.decoder_std()
-            log_px = -0.5 * ((target - torch.sigmoid(out)) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI
-        return log_px.flatten(2).sum(-1)
+            return -F.binary_cross_entropy_with_logits(logits, pixels.expand_as(logits), reduction="none").sum(-1)
+        std = self.decoder_std().reshape(-1)
+        return (-0.5 * ((pixels - torch.sigmoid(logits)) / std) ** 2 - torch.log(std) - 0.5 * LOG_2PI).sum(-1)
 
-    def _bernoulli_mlp_log_likelihood(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Σ_d x_d l_d - softplus(l_d) (11.2-11.3) for the logits l = W h + c of the MLP decoder's last layer, K×B.
+    def _mlp_log_likelihood(self, pixels: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """log p(x|z), K×B, of the MLP decoder for K > 1 samples of each of the B images ``pixels`` (B×P), fused.
 
-        Fused for K > 1 samples per image (importance sampling, AIS, IWAE). The decoder runs on blocks of about
-        LOGIT_ROWS_PER_BLOCK rows (whole samples × all B images), so its activations stay small. Without
-        gradients on the CPU, blocks hold NATIVE_LOGIT_ROWS_PER_BLOCK rows, the linear layers run through oneDNN
-        with weights packed once per call (or per :func:`pipeline.kernels.frozen_weights` block), ReLU fused, and
-        the native kernel (pipeline/kernels/bernoulli_log_likelihood.c) reads each block's logits once, bias
-        included.
-        Elsewhere (GPU, autograd, no C compiler or oneDNN) torch computes x·l as h·(Wᵀx) + c·x, one product per
-        image against the hidden layer, and the softplus over the logits. Full precision only: under autocast the
-        K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel path there.
+        For importance sampling, AIS and IWAE: the decoder runs on blocks of whole samples × all B images, so its
+        activations stay small whatever K is. Without gradients on the CPU (:meth:`_native_block_log_likelihood`)
+        the layers run through oneDNN and a native kernel reads each block's logits once; elsewhere (GPU, autograd,
+        no C compiler or oneDNN) torch does (:meth:`_torch_block_log_likelihood`). Full precision only: under
+        autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel path there.
         """
         k, b, d = z.shape
         labels = self._labels(y, k * b, z.dtype)
-        last = self.decoder[-1]
-        pixels = x.reshape(b, -1).to(z.dtype).contiguous()
-        native = kernels.bernoulli_kernel_applies(z, pixels, *self.decoder.parameters())
-        native = native and kernels.packed_linear_available()
-        if native:
+        std = self.decoder_std().reshape(-1).to(z.dtype) if self.likelihood == "gaussian" else None
+        native = kernels.decoder_kernels_apply(z, pixels, *self.decoder.parameters(), *([] if std is None else [std]))
+        if native and kernels.packed_linear_available():
             samples_per_block = max(1, NATIVE_LOGIT_ROWS_PER_BLOCK // b)
-            linears = self.decoder[::2]  # _mlp alternates Linear and ReLU
-            packed = [kernels.pack_linear_weight(layer.weight, samples_per_block * b) for layer in linears]
+            block_log_likelihood = self._native_block_log_likelihood(pixels, std, samples_per_block * b)
         else:
             samples_per_block = max(1, LOGIT_ROWS_PER_BLOCK // b)
-            pixels_weight, pixels_bias = pixels @ last.weight, pixels @ last.bias
+            block_log_likelihood = self._torch_block_log_likelihood(pixels)
         out = []
         for start in range(0, k, samples_per_block):
-            z_block = z[start : start + samples_per_block]
-            inputs = z_block.reshape(-1, d)
+            inputs = z[start : start + samples_per_block].reshape(-1, d)
             if labels is not None:
                 inputs = torch.cat([inputs, labels[start * b : start * b + inputs.shape[0]]], dim=1)
-            if native:
-                hidden = inputs
-                for layer, weight in zip(linears[:-1], packed[:-1], strict=True):
-                    hidden = kernels.packed_linear(hidden, weight, layer.bias, relu=True)
-                logits = kernels.packed_linear(hidden, packed[-1])
-                log_px = torch.empty(z_block.shape[0], b)
-                kernels.bernoulli_log_likelihood(logits, last.bias, pixels, log_px.view(-1))
-                # Freed before the next block allocates its own, so each block reuses the same, still cached memory
-                # (held over, the two alternate: 15% slower importance sampling).
-                del hidden, logits
-            else:
-                hidden = self.decoder[:-1](inputs)
-                x_dot_logits = (hidden.reshape(z_block.shape[0], b, -1) * pixels_weight).sum(-1) + pixels_bias
-                log_px = x_dot_logits - F.softplus(last(hidden)).sum(-1).reshape(z_block.shape[0], b)
-            out.append(log_px)
+            out.append(block_log_likelihood(inputs).reshape(-1, b))
         return torch.cat(out)
+
+    def _native_block_log_likelihood(
+        self, pixels: torch.Tensor, std: torch.Tensor | None, rows: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """log p(x|z) of a block of decoder inputs (rows for sample-major K×B), through oneDNN layers with weights
+        packed once per call (or per :func:`pipeline.kernels.frozen_weights` block) and ReLU fused, then the native
+        kernel of pipeline/kernels/decoder_log_likelihood.c on the logits, bias included."""
+        linears = self.decoder[::2]  # _mlp alternates Linear and ReLU
+        packed = [kernels.pack_linear_weight(layer.weight, rows) for layer in linears]
+        last_bias = linears[-1].bias
+        if std is not None:
+            inv_std = std.reciprocal().contiguous()
+            offset = -(torch.log(std.double()).sum().item() + 0.5 * LOG_2PI * std.numel())
+
+        def block_log_likelihood(inputs: torch.Tensor) -> torch.Tensor:
+            hidden = inputs
+            for layer, weight in zip(linears[:-1], packed[:-1], strict=True):
+                hidden = kernels.packed_linear(hidden, weight, layer.bias, relu=True)
+            # hidden and logits die with this call, before the next block allocates its own, so every block reuses
+            # the same, still cached memory (held over, two sets alternate: 15% slower importance sampling)
+            logits = kernels.packed_linear(hidden, packed[-1])
+            log_px = torch.empty(inputs.shape[0])
+            if std is None:
+                kernels.bernoulli_log_likelihood(logits, last_bias, pixels, log_px)
+            else:
+                kernels.gaussian_log_likelihood(logits, last_bias, pixels, inv_std, offset, log_px)
+            return log_px
+
+        return block_log_likelihood
+
+    def _torch_block_log_likelihood(self, pixels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """log p(x|z) of a block of decoder inputs in torch ops. For a Bernoulli decoder x·l is h·(Wᵀx) + c·x, one
+        product per image against the last hidden layer, and only the softplus runs over the logits."""
+        last = self.decoder[-1]
+        images = pixels.shape[0]
+        if self.likelihood == "gaussian":
+            return lambda inputs: self._pixel_log_likelihood(
+                self.decoder(inputs).reshape(-1, images, last.out_features), pixels
+            )
+        pixels_weight, pixels_bias = pixels @ last.weight, pixels @ last.bias
+
+        def block_log_likelihood(inputs: torch.Tensor) -> torch.Tensor:
+            hidden = self.decoder[:-1](inputs)
+            x_dot_logits = (hidden.reshape(-1, images, hidden.shape[-1]) * pixels_weight).sum(-1) + pixels_bias
+            return x_dot_logits.flatten() - F.softplus(last(hidden)).sum(-1)
+
+        return block_log_likelihood
 
 
 def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
