@@ -77,14 +77,13 @@ def decoder_flops(model: VAE) -> int:
 @torch.no_grad()
 def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: int) -> torch.Tensor:
     """The usual batched estimator: draw all K samples for a batch, decode them all at once, the log-density per
-    pixel (the model's per-pixel path: binary cross-entropy on the logits, or the Gaussian's), logsumexp over K."""
+    pixel (binary cross-entropy on the logits, or the Gaussian's), logsumexp over K."""
     out = []
     for xb in x.split(batch):
         mu, logvar = model.encode(xb)
         z = reparameterize(mu, logvar, num_samples)
-        # as one sample of K·B images, so the model takes its per-pixel path rather than the fused one
-        images = xb.repeat(num_samples, 1, 1, 1)
-        log_px = model.log_likelihood(images, z.flatten(0, 1)[None]).reshape(num_samples, xb.shape[0])
+        logits = model.decode_logits(z.flatten(0, 1)).reshape(num_samples, xb.shape[0], -1)
+        log_px = model.log_likelihood_from_logits(logits, xb.flatten(1))
         log_w = log_px + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
         out.append(torch.logsumexp(log_w.double(), 0) - math.log(num_samples))
     return torch.cat(out)

@@ -180,9 +180,9 @@ class VAE(nn.Module):
         if self.arch == "mlp" and k > 1 and not torch.is_autocast_enabled(z.device.type):
             return self._mlp_log_likelihood(x.reshape(b, -1).to(z.dtype), z, y_rep)
         logits = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, -1)
-        return self._pixel_log_likelihood(logits, x.reshape(b, -1).to(logits.dtype))
+        return self.log_likelihood_from_logits(logits, x.reshape(b, -1).to(logits.dtype))
 
-    def _pixel_log_likelihood(self, logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    def log_likelihood_from_logits(self, logits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """Σ_d log p(x_d | l_d) over the last axis of decoder outputs ``logits`` (…×B×P) for images ``pixels`` B×P."""
         if self.likelihood == "bernoulli":
             # x log sigma(l) + (1 - x) log(1 - sigma(l)) computed stably on the logits l (11.2-11.3)
@@ -252,7 +252,7 @@ class VAE(nn.Module):
         last = self.decoder[-1]
         images = pixels.shape[0]
         if self.likelihood == "gaussian":
-            return lambda inputs: self._pixel_log_likelihood(
+            return lambda inputs: self.log_likelihood_from_logits(
                 self.decoder(inputs).reshape(-1, images, last.out_features), pixels
             )
         pixels_weight, pixels_bias = pixels @ last.weight, pixels @ last.bias
