@@ -144,7 +144,8 @@ def test_fused_gaussian_log_likelihood_matches_torch_distributions() -> None:
     ):
         torch.testing.assert_close(grad_actual, grad_expected, rtol=1e-10, atol=1e-8)
     with torch.no_grad():
-        evaluated = model.eval().log_likelihood(x.float(), z.float(), y)
+        channel = torch.cat([x, x], dim=1).float()[:, :1]  # a view whose rows are not contiguous
+        evaluated = model.eval().log_likelihood(channel, z.float(), y)
         expected = reference(copy.deepcopy(model).double(), z.float().double())
     assert evaluated.dtype == torch.float32
     torch.testing.assert_close(evaluated.double(), expected, rtol=1e-5, atol=1e-3)

@@ -178,7 +178,7 @@ class VAE(nn.Module):
         k, b, d = z.shape
         y_rep = None if y is None else y.repeat(k)
         if self.arch == "mlp" and k > 1 and not torch.is_autocast_enabled(z.device.type):
-            return self._mlp_log_likelihood(x.reshape(b, -1).to(z.dtype), z, y_rep)
+            return self._mlp_log_likelihood(x.reshape(b, -1).to(z.dtype).contiguous(), z, y_rep)
         logits = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, -1)
         return self.log_likelihood_from_logits(logits, x.reshape(b, -1).to(logits.dtype))
 
