@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline import kernels
 from pipeline.config import Config, VaeConfig
-from pipeline.device import select_device
+from pipeline.device import select_device, to_device
 from pipeline.likelihood import NOISE_POINTS, importance_sampled_log_likelihood
 from pipeline.models.vae import VAE, build_vae
 from pipeline.objectives.vae import gaussian_log_density, reparameterize, standard_normal_log_density
@@ -128,7 +128,7 @@ def main(
     device = select_device(device_name)
     torch.manual_seed(0)
     config = Config(latent_dim=latent, vae=VaeConfig(hidden_sizes=[hidden], likelihood=likelihood))
-    model = build_vae(config, (1, side, side), None).to(device).eval()
+    model = to_device(build_vae(config, (1, side, side), None), device).eval()
     x = torch.bernoulli(torch.rand(points, 1, side, side, device=device) * 0.3)
     flops = decoder_flops(model)
     click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pipeline.config import Config
 from pipeline.data.processed import ProcessedData
-from pipeline.device import seed_everything, select_device
+from pipeline.device import seed_everything, select_device, to_device
 from pipeline.io import write_json
 from pipeline.models.classifier import TRANSFORMATIONS, Classifier, build_classifier, transform_images
 from pipeline.training import (
@@ -48,7 +48,7 @@ class ClassifierTrainer:
     def __init__(self, config: Config, data: ProcessedData, device: torch.device) -> None:
         self.config, self.data, self.device = config, data, device
         seed_everything(config.seed)
-        self.model: Classifier = build_classifier(data.image_shape, data.num_classes).to(device)
+        self.model: Classifier = to_device(build_classifier(data.image_shape, data.num_classes), device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
         self.x = to_device_tensors(data.x, device)
         self.y = to_device_tensors(data.y, device) if data.y is not None else None

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData
-from pipeline.device import autocast, seed_everything
+from pipeline.device import autocast, seed_everything, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from pipeline.images import save_image_grid
 from pipeline.io import write_json
@@ -92,11 +92,11 @@ class GanTrainer:
         check_compatible(config, data)
         self.config, self.ctx, self.data = config, ctx, data
         self.device = ctx.device
-        self.classifier = classifier.to(self.device).eval() if classifier is not None else None
+        self.classifier = to_device(classifier, self.device).eval() if classifier is not None else None
         gan = config.gan
         seed_everything(config.seed)
-        self.generator = build_generator(config, data.image_shape, data.num_classes).to(self.device)
-        self.discriminator = build_discriminator(config, data.image_shape, data.num_classes).to(self.device)
+        self.generator = to_device(build_generator(config, data.image_shape, data.num_classes), self.device)
+        self.discriminator = to_device(build_discriminator(config, data.image_shape, data.num_classes), self.device)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.conditional = self.generator.num_classes is not None
         betas = (gan.beta1, gan.beta2)

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData
-from pipeline.device import autocast, seed_everything
+from pipeline.device import autocast, seed_everything, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from pipeline.images import save_image_grid
 from pipeline.io import write_json
@@ -106,7 +106,7 @@ class VaeTrainer:
         self.config, self.ctx, self.data = config, ctx, data
         self.device = ctx.device
         seed_everything(config.seed)
-        self.model = build_vae(config, data.image_shape, data.num_classes).to(self.device)
+        self.model = to_device(build_vae(config, data.image_shape, data.num_classes), self.device)
         self.conditional = self.model.num_classes is not None
         self.dequantized = config.vae.likelihood == "gaussian"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.vae.lr, fused=True)
@@ -249,7 +249,7 @@ class VaeTrainer:
         barrier(ctx)
         if not ctx.is_writer:
             return {}
-        best_model = build_vae(config, self.data.image_shape, self.data.num_classes).to(self.device)
+        best_model = to_device(build_vae(config, self.data.image_shape, self.data.num_classes), self.device)
         best_model.load_state_dict(load_checkpoint(loop.best_path, self.device)["model"])
         test = self.evaluate("test", sharded=False, model=best_model)
         test_y = self.y["test"] if self.y is not None else None

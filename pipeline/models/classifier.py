@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.device import to_device
 from pipeline.training import load_checkpoint
 
 TASKS = ("classes", "transformations")
@@ -86,4 +87,4 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
     state = load_checkpoint(path)
     classifier = build_classifier(tuple(state["data"]["image_shape"]), state["data"]["num_classes"])
     classifier.load_state_dict(state["model"])
-    return classifier.to(device).eval()
+    return to_device(classifier, device).eval()

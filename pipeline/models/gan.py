@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.config import Config, GanConfig, config_from_dict
+from pipeline.device import to_device
 from pipeline.training import load_checkpoint
 
 
@@ -198,4 +199,4 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bo
     data = state["data"]
     generator = build_generator(config_from_dict(state["config"]), tuple(data["image_shape"]), data["num_classes"])
     generator.load_state_dict(state["generator_ema" if ema else "generator"])
-    return generator.to(device).eval()
+    return to_device(generator, device).eval()

@@ -19,6 +19,7 @@ from torch import nn
 
 from pipeline import kernels
 from pipeline.config import Config, config_from_dict
+from pipeline.device import to_device
 from pipeline.training import LabelError, load_checkpoint
 
 LOG_2PI = math.log(2 * math.pi)
@@ -292,4 +293,4 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
     config = config_from_dict(state["config"])
     model = build_vae(config, tuple(state["data"]["image_shape"]), state["data"]["num_classes"])
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return to_device(model, device).eval()
