@@ -21,6 +21,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from pipeline.device import to_device
 from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.models.gan import build_generator, load_generator
 from pipeline.models.vae import build_vae, load_vae
@@ -61,8 +62,8 @@ def load_models(params_path: str, checkpoint_dir: Path, image_shape: tuple[int, 
     num_classes = 10
     data = {"image_shape": list(image_shape), "num_classes": num_classes, "dataset": "benchmark"}
     models = {
-        "vae": (build_vae(config, image_shape, num_classes), data, config.to_dict()),
-        "gan": (build_generator(config, image_shape, num_classes), data, config.to_dict()),
+        "vae": (to_device(build_vae(config, image_shape, num_classes), "cpu"), data, config.to_dict()),
+        "gan": (to_device(build_generator(config, image_shape, num_classes), "cpu"), data, config.to_dict()),
     }
     return models, f"untrained models from {params_path}, images {image_shape}"
 

@@ -32,6 +32,7 @@ from pipeline.training import (
     data_description,
     device_generator,
     load_checkpoint,
+    load_optimizer_state,
     to_device_tensors,
 )
 
@@ -101,7 +102,7 @@ class ClassifierTrainer:
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(self.optimizer, saved["optimizer"])
 
 
 def train_classifier(

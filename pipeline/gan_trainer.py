@@ -46,6 +46,7 @@ from pipeline.training import (
     check_resumable,
     data_description,
     device_generator,
+    load_optimizer_state,
     require_labels,
     to_device_tensors,
 )
@@ -246,8 +247,8 @@ class GanTrainer:
         self.generator.load_state_dict(saved["generator"])
         self.generator_ema.load_state_dict(saved["generator_ema"])
         self.discriminator.load_state_dict(saved["discriminator"])
-        self.optimizer_g.load_state_dict(saved["optimizer_g"])
-        self.optimizer_d.load_state_dict(saved["optimizer_d"])
+        load_optimizer_state(self.optimizer_g, saved["optimizer_g"])
+        load_optimizer_state(self.optimizer_d, saved["optimizer_d"])
         self.noise.set_state(saved["noise"])
         self.ema_updates = saved["ema_updates"]
 

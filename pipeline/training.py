@@ -83,6 +83,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, then each per-parameter state tensor laid out like its parameter.
+
+    load_state_dict keeps the saved memory layout, but a checkpoint may come from a model in another layout (written
+    on a GPU, resumed on the CPU, where :func:`pipeline.device.to_device` stores conv weights channels-last), and
+    fused Adam reads parameters, gradients and moments as flat memory: mismatched layouts would corrupt its updates.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            for name, value in moments.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    moments[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
     """Raise :class:`NonFiniteLossError` naming the step if ``loss`` is NaN or infinite."""
     if not torch.isfinite(loss).all():

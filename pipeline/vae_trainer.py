@@ -45,6 +45,7 @@ from pipeline.training import (
     data_description,
     device_generator,
     load_checkpoint,
+    load_optimizer_state,
     require_labels,
     to_device_tensors,
 )
@@ -222,7 +223,7 @@ class VaeTrainer:
         """Continue from a checkpoint written with the same parameters (vae.epochs may grow)."""
         check_resumable(saved["config"], self.config.to_dict(), "vae", RESUMABLE_CHANGES)
         self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(self.optimizer, saved["optimizer"])
         self.generator.set_state(saved["generator"])
 
     def fit(self, outputs: TrainingOutputs = OUTPUTS, progress: bool = True) -> dict:

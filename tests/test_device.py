@@ -36,10 +36,14 @@ def test_to_device_stores_conv_weights_channels_last_on_cpu_and_computes_the_sam
     model.decode_logits(z).sum().backward()
     assert all(p.grad is not None and p.grad.shape == p.shape for p in model.decoder.parameters())
 
-    # a checkpoint of the channels-last model loads into one in the default layout, and the reverse
+    # a checkpoint of the channels-last model loads into one in the default layout
     fresh = build_vae(config, (1, 28, 28), None)
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh.decode_logits(z), model.decode_logits(z), rtol=1e-5, atol=1e-5)
+
+    # any other device gets the default layout back ("meta" stands in for a GPU: it keeps shapes and strides only)
+    elsewhere = to_device(model, "meta")
+    assert all(p.device.type == "meta" and p.is_contiguous() for p in elsewhere.parameters())
 
 
 def test_to_device_leaves_models_without_conv_weights_exactly_as_they_were() -> None:

@@ -18,7 +18,7 @@ from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.distributed import DistContext
 from pipeline.models.vae import LabelError, load_vae
-from pipeline.training import NonFiniteLossError, TrainingOutputs
+from pipeline.training import NonFiniteLossError, TrainingOutputs, save_checkpoint
 from pipeline.vae_trainer import OUTPUTS, VaeTrainer, train_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +69,29 @@ def test_resumed_run_ends_with_bit_identical_weights(digits_processed_dir: Path,
     assert json.loads(straight.metrics_path.read_text()) == json.loads(interrupted.metrics_path.read_text())
     steps = json.loads((interrupted.live_dir / "metrics.json").read_text())["step"]
     assert steps == 3
+
+
+def test_conv_vae_resumes_bit_identically_from_a_checkpoint_in_the_default_layout(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """On the CPU conv weights train channels-last; a checkpoint written in the default layout (as on a GPU) must
+    resume to the same weights: fused Adam reads its moments as flat memory, so they are laid out like the weights."""
+    data = load_processed(digits_processed_dir)
+    conv = {"arch": "conv", "conv_channels": [4, 8], "kl_warmup_epochs": 1}
+    straight = _outputs(tmp_path / "straight")
+    train_vae(_config(epochs=3, **conv), data, straight, progress=False)
+    interrupted = _outputs(tmp_path / "interrupted")
+    train_vae(_config(epochs=2, **conv), data, interrupted, progress=False)
+    state = torch.load(interrupted.checkpoint_dir / "last.pt", weights_only=True)
+    moments = [v for s in state["optimizer"]["state"].values() for v in s.values() if v.dim() == 4]
+    assert any(not v.is_contiguous() for v in moments)  # written channels-last
+    state["model"] = {k: v.contiguous() for k, v in state["model"].items()}
+    for per_param in state["optimizer"]["state"].values():
+        per_param.update({k: v.contiguous() for k, v in per_param.items()})
+    save_checkpoint(interrupted.checkpoint_dir / "last.pt", state)
+    train_vae(_config(epochs=3, resume=True, **conv), data, interrupted, progress=False)
+    a, b = _weights(straight.checkpoint_dir / "last.pt"), _weights(interrupted.checkpoint_dir / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_a_checkpoint_trained_with_other_params(digits_processed_dir: Path, tmp_path: Path) -> None:
