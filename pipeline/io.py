@@ -2,42 +2,48 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Temporary paths of the atomic writes in progress. A path is listed before its file is created and unlisted only
+# after it is renamed or deleted, so whenever a signal unwinds the stack (even between two lines of atomic_path,
+# where no `finally` covers it yet), the exit handler below still finds and deletes it.
+_in_progress: set[Path] = set()
+
+
+@atexit.register
+def _delete_unfinished_temporaries() -> None:
+    for tmp in list(_in_progress):
+        tmp.unlink(missing_ok=True)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a new, empty temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}"
+    _in_progress.add(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as for any output
+        yield tmp
+        os.replace(tmp, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        _in_progress.discard(tmp)
 
 
 def unwind_on_sigterm() -> None:
     """Make SIGTERM unwind the stack like Ctrl-C, so atomic writes in progress delete their temporary files."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: str | Path, obj: Any) -> None:
