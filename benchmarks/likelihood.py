@@ -132,7 +132,9 @@ def main(
     x = torch.bernoulli(torch.rand(points, 1, side, side, device=device) * 0.3)
     flops = decoder_flops(model)
     click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
-    path = "native kernel (pipeline/kernels)" if kernels.decoder_kernels_apply(x) else "torch (no native kernel)"
+    path = "torch (no native kernel)"
+    if kernels.decoder_kernels_apply(x):
+        path = f"native kernel (pipeline/kernels, {kernels.decoder_kernel_lanes()}-float vectors)"
     click.echo(f"{likelihood.capitalize()} log-likelihood: {path}")
     rates = matmul_rate(device, size=rate_size)
     for name, value in rates.items():

@@ -3,8 +3,10 @@ float64 arithmetic, and replaced by torch's path when disabled."""
 
 from __future__ import annotations
 
+import platform
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +27,50 @@ def fresh_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[pytest.
     yield monkeypatch
     kernels.load.cache_clear()
     kernels._decoder_kernels.cache_clear()
+
+
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return set(next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "").split())
+
+
+X86 = platform.machine() in ("x86_64", "AMD64")
+NATIVE_LANES = 16 if "avx512f" in _cpu_flags() else 8 if "avx2" in _cpu_flags() else 4
+# build -> (flags, vector width); each one this CPU can run is tested
+BUILDS = {
+    "native": (None, NATIVE_LANES),
+    "portable": (["-O3"], 4),  # SSE2 on x86-64, NEON on arm64
+    "avx2": (["-O3", "-mavx2", "-mfma"], 8),
+    "avx512": (["-O3", "-mavx512f", "-mfma"], 16),
+}
+
+
+@pytest.fixture(params=list(BUILDS))
+def kernel_build(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    """The decoder kernels compiled with one build's flags (each once per session, in a cache of its own); yields
+    the vector width that build should run at."""
+    if not HAS_COMPILER:
+        pytest.skip("no C compiler on this machine")
+    flags, lanes = BUILDS[request.param]
+    if request.param in ("avx2", "avx512") and not (X86 and lanes <= NATIVE_LANES):
+        pytest.skip(f"this CPU does not run {request.param}")
+    if flags is not None:
+        monkeypatch.setattr(kernels, "FLAG_SETS", (flags,))
+    monkeypatch.setenv("DGM_KERNEL_CACHE", str(tmp_path_factory.getbasetemp() / f"kernels-{request.param}"))
+    kernels.load.cache_clear()
+    kernels._decoder_kernels.cache_clear()
+    yield lanes
+    kernels.load.cache_clear()
+    kernels._decoder_kernels.cache_clear()
+
+
+def test_kernels_run_at_the_vector_width_of_their_build(kernel_build: int) -> None:
+    """A build runs vectors of its own instruction set's width (native: the CPU's widest), not wider ones that the
+    compiler would split into scalar comparisons."""
+    assert kernels.decoder_kernel_lanes() == kernel_build
 
 
 def _reference(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,9 +98,8 @@ def test_kernel_is_built_once_into_the_cache(fresh_kernels: pytest.MonkeyPatch, 
     assert built[0].stat().st_mtime_ns == modified  # loaded, not rebuilt
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 @pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])  # MNIST, digits, below one vector, past a log flush
-def test_kernel_matches_float64_arithmetic(pixels: int) -> None:
+def test_kernel_matches_float64_arithmetic(kernel_build: int, pixels: int) -> None:
     """Within a few float32 roundings (2^-24 = 6e-8) of the terms' magnitude of a float64 evaluation, as torch's
     float32 path is, with logits from the far tails (|v| up to 120, where e^-|v| underflows) to zero, and
     fractional pixels. A less accurate exponential (a degree-4 polynomial, 4e-6) would fail."""
@@ -81,9 +126,8 @@ def _gaussian_reference(
     return -0.5 * residuals.square().sum(-1), (residuals.square() + residuals.abs() * inv_std).sum(-1)
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 @pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])
-def test_gaussian_kernel_matches_float64_arithmetic(pixels: int) -> None:
+def test_gaussian_kernel_matches_float64_arithmetic(kernel_build: int, pixels: int) -> None:
     """The Gaussian kernel (11.4) within float32 rounding of float64 (torch's float32 path: up to 6e-8 here), from
     saturated means (|v| up to 120, where sigmoid is 0 or 1 in float32) to v = 0, with per-pixel standard
     deviations, and the offset added in double."""
@@ -101,8 +145,7 @@ def test_gaussian_kernel_matches_float64_arithmetic(pixels: int) -> None:
     torch.testing.assert_close(shifted, out + 1234.5)
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
-def test_kernel_propagates_nan_to_its_row_only() -> None:
+def test_kernel_propagates_nan_to_its_row_only(kernel_build: int) -> None:
     logits, bias, x = torch.zeros(4, 40), torch.zeros(40), torch.ones(2, 40)
     logits[1, 7] = float("nan")
     out = _native(logits, bias, x)

@@ -118,7 +118,15 @@ def _decoder_kernels() -> ctypes.CDLL | None:
         [ctypes.c_void_p] * 5 + rows_images_pixels + [ctypes.c_double, ctypes.c_int]
     )
     library.bernoulli_log_likelihood.restype = library.gaussian_log_likelihood.restype = None
+    library.vector_lanes.restype = ctypes.c_int
     return library
+
+
+def decoder_kernel_lanes() -> int | None:
+    """The floats per vector the decoder kernels were built for (16: AVX-512, 8: AVX2, 4: SSE or NEON); None when
+    they are not built."""
+    library = _decoder_kernels()
+    return None if library is None else library.vector_lanes()
 
 
 def decoder_kernels_apply(*tensors: torch.Tensor) -> bool:
