@@ -92,7 +92,7 @@ def test_quantized_variants_are_close_to_float32_and_smaller(exported) -> None:
     entries = {e["file"]: e for e in card["models"]}
     z = np.random.default_rng(5).standard_normal((16, 4), dtype=np.float32)
     (reference,) = run_onnx(out / "vae_decoder.onnx", z=z)
-    for variant, bound in (("fp16", 1e-2), ("int8", 5e-2)):
+    for variant, bound in (("fp16", 1e-2), ("int8", 1e-2)):  # int8 weights would saturate without VNNI: 0.075
         entry = entries[f"vae_decoder.{variant}.onnx"]
         (got,) = run_onnx(out / entry["file"], z=z)
         assert got.dtype == np.float32  # float32 inputs and outputs, reduced weights inside
