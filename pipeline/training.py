@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.data.processed import ProcessedData
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, write_json
 
 
 class NonFiniteLossError(RuntimeError):
@@ -200,7 +200,15 @@ class LiveLog:
         if is_writer:
             from dvclive import Live
 
-            self.live = Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
+            class AtomicSummaryLive(Live):
+                """dvclive writes its summary (metrics.json) in place: interrupted mid-write, it was left empty and
+                the resumed run failed to read it back. This one renames a complete file into place."""
+
+                def make_summary(self) -> None:
+                    self.summary["step"] = self.step
+                    write_json(self.metrics_file, self.summary)
+
+            self.live = AtomicSummaryLive(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
 
     def record(self, step: int, metrics: dict[str, float]) -> None:
         """Log ``metrics`` at ``step`` without advancing (several records may precede one advance)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from pipeline.training import LiveLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,3 +49,19 @@ def test_interrupted_training_leaves_only_complete_files_and_resumes(
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert torch.load(last, weights_only=True)["epoch"] == saved["epoch"] + 1
     assert (tmp_path / "metrics/vae_train.json").exists()
+
+
+def test_a_summary_write_that_fails_midway_keeps_the_previous_summary(tmp_path: Path) -> None:
+    """dvclive's own summary writer truncates metrics.json first; the training log's writes are all or nothing, so
+    a resumed run always reads a complete summary back (the interrupted test above once found it empty)."""
+    log = LiveLog(tmp_path / "live")
+    log(0, {"valid/bound": -1.5})
+    summary = tmp_path / "live/metrics.json"
+    before = summary.read_text()
+    log.live.summary["unserializable"] = object()
+    with pytest.raises(TypeError):
+        log(1, {"valid/bound": -1.25})
+    assert summary.read_text() == before
+    assert json.loads(before) == {"step": 0, "valid": {"bound": -1.5}}
+    resumed = LiveLog(tmp_path / "live", resume=True)
+    assert resumed.live.summary == json.loads(before)
