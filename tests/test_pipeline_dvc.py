@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,14 @@ def run(args: list[str], cwd: Path) -> str:
     result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
+
+
+def _exp_show(project: Path) -> list[dict]:
+    """`dvc exp show --json`: one row per commit, its experiments under "experiments"."""
+    result = subprocess.run(
+        ["dvc", "exp", "show", "--json"], cwd=project, env=_env(), capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +139,32 @@ def test_exp_run_with_a_new_latent_dim_reaches_the_exported_models(project: Path
     assert "Running stage 'train_classifier'" not in out
     for name in ("vae_decoder", "gan_generator"):
         assert GenerativeModel(project / "export" / f"{name}.onnx").latent_dim == 3
-    shown = json.loads(
-        subprocess.run(
-            ["dvc", "exp", "show", "--json"], cwd=project, env=_env(), capture_output=True, text=True, check=True
-        ).stdout
-    )
-    rows = [row["data"] for row in shown if row.get("data")]
+    rows = [row["data"] for row in _exp_show(project) if row.get("data")]
     latent_dims = [row["params"]["params.yaml"]["data"]["latent_dim"] for row in rows]
     assert 3 in latent_dims and 2 in latent_dims, latent_dims
     for row in rows:
         assert "metrics/vae_likelihood.json" in row["metrics"]
+
+
+def test_queued_sweep_runs_in_the_queue_workers(project: Path) -> None:
+    """The README's sweep: `dvc exp run --queue` with comma-separated values queues one experiment per value, and
+    `dvc queue start -j 2` runs them in background workers, each with its own metrics in `dvc exp show`."""
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "results before the sweep", "--allow-empty"], project)
+    out = run(["dvc", "exp", "run", "--queue", "-S", "evaluate.num_samples=10,30"], project)
+    assert out.count("Queued experiment") == 2, out
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project)
+        if not any(state in status for state in ("Queued", "Running")):
+            break
+        time.sleep(2)
+    run(["dvc", "queue", "stop", "--kill"], project)
+    assert status.count("Success") == 2, status
+    experiments = [exp["revs"][0]["data"] for row in _exp_show(project) for exp in row.get("experiments") or []]
+    found = {e["params"]["params.yaml"]["data"]["evaluate"]["num_samples"]: e["metrics"] for e in experiments}
+    assert {10, 30} <= set(found), found
+    for num_samples in (10, 30):
+        likelihood = found[num_samples]["metrics/vae_likelihood.json"]["data"]
+        assert likelihood["num_samples"] == num_samples
