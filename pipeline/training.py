@@ -8,6 +8,7 @@ with ``torch.load(weights_only=True)`` (no arbitrary pickle).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.data.processed import ProcessedData
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path
 
 
 class NonFiniteLossError(RuntimeError):
@@ -199,14 +200,16 @@ class LiveLog:
         self.live = None
         if is_writer:
             from dvclive import Live
+            from dvclive.plots import NumpyEncoder
 
             class AtomicSummaryLive(Live):
                 """dvclive writes its summary (metrics.json) in place: interrupted mid-write, it was left empty and
-                the resumed run failed to read it back. This one renames a complete file into place."""
+                the resumed run failed to read it back. This one writes the same JSON and renames it into place."""
 
                 def make_summary(self) -> None:
                     self.summary["step"] = self.step
-                    write_json(self.metrics_file, self.summary)
+                    with atomic_path(self.metrics_file) as tmp:
+                        tmp.write_text(json.dumps(self.summary, indent=4, cls=NumpyEncoder) + "\n")
 
             self.live = AtomicSummaryLive(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
 
