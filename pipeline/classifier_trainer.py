@@ -120,6 +120,7 @@ def train_classifier(
         state=trainer.state,
         restore=trainer.restore,
         log=live,
+        live=live,
         progress=progress,
     )
     best = loop.run()

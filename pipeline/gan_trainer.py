@@ -280,6 +280,7 @@ class GanTrainer:
             state=self.state,
             restore=self.restore,
             log=log_epoch,
+            live=live,
             is_writer=ctx.is_writer,
             progress=progress,
         )

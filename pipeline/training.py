@@ -228,6 +228,31 @@ class LiveLog:
         if self.live is not None:
             self.live.end()
 
+    def snapshot(self) -> dict[str, Any]:
+        """What has been logged so far (the summary and each metric file's length), for a checkpoint to keep."""
+        from dvclive.plots import NumpyEncoder
+
+        root = Path(self.live.dir)
+        rows = {str(path.relative_to(root)): path.stat().st_size for path in sorted(root.rglob("*.tsv"))}
+        return {"summary": json.loads(json.dumps(self.live.summary, cls=NumpyEncoder)), "rows": rows}
+
+    def rewind(self, snapshot: dict[str, Any]) -> None:
+        """Forget what was logged after ``snapshot`` was taken: a run interrupted after logging an epoch but before
+        checkpointing it would otherwise log that epoch twice once resumed."""
+        if self.live is None:
+            return
+        root = Path(self.live.dir)
+        for path in root.rglob("*.tsv"):
+            size = snapshot["rows"].get(str(path.relative_to(root)))
+            if size is None:
+                path.unlink()
+            elif path.stat().st_size > size:
+                with atomic_path(path) as tmp, path.open("rb") as logged:
+                    tmp.write_bytes(logged.read(size))
+        self.live.summary = dict(snapshot["summary"])
+        self.live.step = self.live.summary.get("step", 0)
+        self.live.make_summary()
+
 
 @dataclass
 class EpochLoop:
@@ -238,7 +263,9 @@ class EpochLoop:
     ``restore(state)`` loads it back. The last checkpoint is written after every epoch, the
     best (by ``monitor``, higher is better unless ``higher_is_better`` is false) beside it.
     An epoch whose validation metrics lack ``monitor`` (not evaluated that epoch) does not
-    compete for best; with ``monitor`` None the latest epoch is always the best.
+    compete for best; with ``monitor`` None the latest epoch is always the best. With ``live``
+    (the :class:`LiveLog` that ``log`` writes to) each checkpoint keeps a snapshot of the log,
+    and resuming rewinds the log to it.
     """
 
     epochs: int
@@ -249,6 +276,7 @@ class EpochLoop:
     state: Callable[[], dict[str, Any]]
     restore: Callable[[dict[str, Any]], None]
     log: Callable[[int, dict[str, float]], None]
+    live: LiveLog | None = None  # where ``log`` writes: checkpoints keep its snapshot, resuming rewinds it there
     is_writer: bool = True
     progress: bool = True
     higher_is_better: bool = True
@@ -270,6 +298,8 @@ class EpochLoop:
             saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
             self.restore(saved)
             start, best = saved["epoch"] + 1, saved["best"]
+            if self.live is not None and "live" in saved:
+                self.live.rewind(saved["live"])
         bar = tqdm(
             range(start, self.epochs), desc=self.checkpoint_dir.name, disable=not (self.progress and self.is_writer)
         )
@@ -285,6 +315,8 @@ class EpochLoop:
             if self.is_writer:
                 self.log(epoch, metrics)
                 state = self.state() | {"epoch": epoch, "best": best}
+                if self.live is not None:
+                    state["live"] = self.live.snapshot()
                 save_checkpoint(self.last_path, state)
                 if improved:
                     save_checkpoint(self.best_path, state)

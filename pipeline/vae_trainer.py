@@ -243,6 +243,7 @@ class VaeTrainer:
             state=self.state,
             restore=self.restore,
             log=live,
+            live=live,
             is_writer=ctx.is_writer,
             progress=progress,
         )

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.training import LiveLog
+from pipeline.training import EpochLoop, LiveLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +65,38 @@ def test_a_summary_write_that_fails_midway_keeps_the_previous_summary(tmp_path: 
     assert json.loads(before) == {"step": 0, "valid": {"bound": -1.5}}
     resumed = LiveLog(tmp_path / "live", resume=True)
     assert resumed.live.summary == json.loads(before)
+
+
+def test_resuming_rewinds_the_log_to_the_checkpoint(tmp_path: Path) -> None:
+    """Interrupted after logging epoch 2 but before checkpointing it, the resumed run logs epoch 2 once, not twice."""
+    live = LiveLog(tmp_path / "live")
+    checkpoints = tmp_path / "checkpoints"
+
+    def loop(log: LiveLog, interrupt_at: int | None) -> EpochLoop:
+        def state() -> dict:
+            if log.live.step - 1 == interrupt_at:
+                raise KeyboardInterrupt
+            return {}
+
+        return EpochLoop(
+            epochs=4,
+            checkpoint_dir=checkpoints,
+            monitor="bound",
+            train_epoch=lambda epoch: {"loss": float(epoch)},
+            validate=lambda epoch: {"bound": -1.0 / (epoch + 1)},
+            state=state,
+            restore=lambda saved: None,
+            log=log,
+            live=log,
+            progress=False,
+        )
+
+    with pytest.raises(KeyboardInterrupt):
+        loop(live, interrupt_at=2).run()
+    assert torch.load(checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    resumed = LiveLog(tmp_path / "live", resume=True)
+    loop(resumed, interrupt_at=None).run(resume=True)
+    for name in ("train/loss", "valid/bound"):
+        rows = (tmp_path / f"live/plots/metrics/{name}.tsv").read_text().splitlines()
+        assert [row.split("\t")[0] for row in rows] == ["step", "0", "1", "2", "3"], rows
+    assert json.loads((tmp_path / "live/metrics.json").read_text())["step"] == 3
