@@ -49,6 +49,8 @@ def test_interrupted_training_leaves_only_complete_files_and_resumes(
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert torch.load(last, weights_only=True)["epoch"] == saved["epoch"] + 1
     assert (tmp_path / "metrics/vae_train.json").exists()
+    logged = (tmp_path / "dvclive/vae/plots/metrics/valid/bound.tsv").read_text().splitlines()[1:]
+    assert [int(row.split("\t")[0]) for row in logged] == list(range(saved["epoch"] + 2))  # each epoch once
 
 
 def test_a_summary_write_that_fails_midway_keeps_the_previous_summary(tmp_path: Path) -> None:
