@@ -190,6 +190,13 @@ def check_resumable(saved: dict[str, Any], config: dict[str, Any], section: str,
         )
 
 
+def _summary_json(summary: dict[str, Any], indent: int | None = None) -> str:
+    """dvclive's summary as JSON, numpy scalars included, as dvclive itself serializes it."""
+    from dvclive.plots import NumpyEncoder
+
+    return json.dumps(summary, indent=indent, cls=NumpyEncoder)
+
+
 class LiveLog:
     """The one logging path of training: dvclive metrics and plots under ``live_dir``, written by the writer rank.
 
@@ -200,7 +207,6 @@ class LiveLog:
         self.live = None
         if is_writer:
             from dvclive import Live
-            from dvclive.plots import NumpyEncoder
 
             class AtomicSummaryLive(Live):
                 """dvclive writes its summary (metrics.json) in place: interrupted mid-write, it was left empty and
@@ -209,7 +215,7 @@ class LiveLog:
                 def make_summary(self) -> None:
                     self.summary["step"] = self.step
                     with atomic_path(self.metrics_file) as tmp:
-                        tmp.write_text(json.dumps(self.summary, indent=4, cls=NumpyEncoder) + "\n")
+                        tmp.write_text(_summary_json(self.summary, indent=4) + "\n")
 
             self.live = AtomicSummaryLive(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
 
@@ -230,11 +236,9 @@ class LiveLog:
 
     def snapshot(self) -> dict[str, Any]:
         """What has been logged so far (the summary and each metric file's length), for a checkpoint to keep."""
-        from dvclive.plots import NumpyEncoder
-
         root = Path(self.live.dir)
         rows = {str(path.relative_to(root)): path.stat().st_size for path in sorted(root.rglob("*.tsv"))}
-        return {"summary": json.loads(json.dumps(self.live.summary, cls=NumpyEncoder)), "rows": rows}
+        return {"summary": json.loads(_summary_json(self.live.summary)), "rows": rows}
 
     def rewind(self, snapshot: dict[str, Any]) -> None:
         """Forget what was logged after ``snapshot`` was taken: a run interrupted after logging an epoch but before

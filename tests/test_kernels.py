@@ -6,7 +6,6 @@ from __future__ import annotations
 import platform
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,14 +28,9 @@ def fresh_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Iterator[pytest.
     kernels._decoder_kernels.cache_clear()
 
 
-def _cpu_flags() -> set[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    text = cpuinfo.read_text() if cpuinfo.exists() else ""
-    return set(next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "").split())
-
-
 X86 = platform.machine() in ("x86_64", "AMD64")
-NATIVE_LANES = 16 if "avx512f" in _cpu_flags() else 8 if "avx2" in _cpu_flags() else 4
+CPU_FLAGS = set(kernels._machine_fingerprint().split())  # the /proc/cpuinfo flags the kernel cache is keyed by
+NATIVE_LANES = 16 if "avx512f" in CPU_FLAGS else 8 if "avx2" in CPU_FLAGS else 4
 # build -> (flags, vector width); each one this CPU can run is tested
 BUILDS = {
     "native": (None, NATIVE_LANES),
