@@ -6,12 +6,12 @@ unless ``--likelihood gaussian``) through
 :func:`pipeline.likelihood.importance_sampled_log_likelihood`, the code the evaluate_vae stage runs.
 It reports decoder evaluations per second, the decoder's matrix-multiply FLOP rate, and that rate as a
 fraction of this machine's float32 matrix-multiply rate: the best of ``torch.mm`` and, on the CPU, oneDNN with a
-prepacked weight (which the evaluation itself uses), measured here on large products. On a shared machine
+prepacked weight, measured here on large products. On a shared machine
 that rate drifts as neighbours come and go, so the points run in ``--segments`` parts with the rate measured
 between them: the overall fraction is against the highest rate seen, and the median of the segments' fractions
 is against the rate measured around each (the higher of before and after). A plain batched
 implementation (sample all K, decode, per-pixel log-density, logsumexp) runs on a few points of the same
-model for comparison. Which decoder kernel ran (native C or torch's fallback) is printed.
+model for comparison. Which decoder path ran (the fused native kernel or torch's fallback) is printed.
 Timings on shared CPUs are provisional.
 """
 
@@ -134,7 +134,7 @@ def main(
     click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
     path = "torch (no native kernel)"
     if kernels.decoder_kernels_apply(x):
-        path = f"native kernel (pipeline/kernels, {kernels.decoder_kernel_lanes()}-float vectors)"
+        path = f"fused native kernel (pipeline/kernels, {kernels.decoder_kernel_lanes()}-float vectors)"
     click.echo(f"{likelihood.capitalize()} log-likelihood: {path}")
     rates = matmul_rate(device, size=rate_size)
     for name, value in rates.items():

@@ -1,5 +1,5 @@
-"""The native decoder log-likelihood kernels (Bernoulli and Gaussian): built here by the real compiler, held to
-float64 arithmetic, and replaced by torch's path when disabled."""
+"""The native decoder log-likelihood kernel (an MLP's last layers fused with the Bernoulli or Gaussian density):
+built here by the real compiler, held to float64 arithmetic, and replaced by torch's path when disabled."""
 
 from __future__ import annotations
 
@@ -68,44 +68,11 @@ def test_kernels_run_at_the_vector_width_of_their_build(kernel_build: int) -> No
 
 
 def _reference(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_d x v - softplus(v) for v = logits + bias (rounded to float32, as the kernel's input), in float64, row r
-    using image r % B; and Σ_d |x v| + softplus(v), the scale of float32 rounding in that sum."""
+    """Σ_d x v - softplus(v) for v = logits + bias (rounded to float32, as the kernel's logits are), in float64, row
+    r using image r % B; and Σ_d |x v| + softplus(v), the scale of float32 rounding in that sum."""
     v = (logits + bias).double()
     images = x.double().repeat(logits.shape[0] // x.shape[0], 1)
     return (images * v - F.softplus(v)).sum(-1), ((images * v).abs() + F.softplus(v)).sum(-1)
-
-
-def _native(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(logits.shape[0])
-    kernels.bernoulli_log_likelihood(logits, bias, x, out)
-    return out
-
-
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
-def test_kernel_is_built_once_into_the_cache(fresh_kernels: pytest.MonkeyPatch, tmp_path) -> None:
-    assert kernels.load("decoder_log_likelihood") is not None
-    built = list((tmp_path / "kernels").iterdir())
-    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary files left beside it
-    modified = built[0].stat().st_mtime_ns
-    kernels.load.cache_clear()
-    assert kernels.load("decoder_log_likelihood") is not None
-    assert built[0].stat().st_mtime_ns == modified  # loaded, not rebuilt
-
-
-@pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])  # MNIST, digits, below one vector, past a log flush
-def test_kernel_matches_float64_arithmetic(kernel_build: int, pixels: int) -> None:
-    """Within a few float32 roundings (2^-24 = 6e-8) of the terms' magnitude of a float64 evaluation, as torch's
-    float32 path is, with logits from the far tails (|v| up to 120, where e^-|v| underflows) to zero, and
-    fractional pixels. A less accurate exponential (a degree-4 polynomial, 4e-6) would fail."""
-    torch.manual_seed(0)
-    images, rows = 7, 7 * 40
-    logits = 6 * torch.randn(rows, pixels)
-    logits[:3] = torch.tensor([-120.0, -88.0, -30.0, -17.0, 0.0, 17.0, 30.0, 88.0, 120.0]).repeat(pixels)[:pixels]
-    bias = torch.randn(pixels)
-    x = torch.bernoulli(torch.rand(images, pixels))
-    x[0] = torch.rand(pixels)
-    expected, scale = _reference(logits, bias, x)
-    assert ((_native(logits, bias, x).double() - expected).abs() / scale).max() < 2e-7
 
 
 def _gaussian_reference(
@@ -120,43 +87,140 @@ def _gaussian_reference(
     return -0.5 * residuals.square().sum(-1), (residuals.square() + residuals.abs() * inv_std).sum(-1)
 
 
-@pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])
-def test_gaussian_kernel_matches_float64_arithmetic(kernel_build: int, pixels: int) -> None:
-    """The Gaussian kernel (11.4) within float32 rounding of float64 (torch's float32 path: up to 6e-8 here), from
-    saturated means (|v| up to 120, where sigmoid is 0 or 1 in float32) to v = 0, with per-pixel standard
-    deviations, and the offset added in double."""
-    torch.manual_seed(0)
-    images, rows = 7, 7 * 40
+def _identity_layer(bias: torch.Tensor) -> torch.nn.Linear:
+    """An output layer whose logits are its inputs plus ``bias`` exactly: the density alone is then under test."""
+    layer = torch.nn.Linear(len(bias), len(bias))
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(len(bias)))
+        layer.bias.copy_(bias)
+    return layer
+
+
+def _native(
+    inputs: torch.Tensor,
+    hidden: torch.nn.Linear | None,
+    output: torch.nn.Linear,
+    x: torch.Tensor,
+    inv_std: torch.Tensor | None = None,
+    offset: float = 0.0,
+) -> torch.Tensor:
+    out = torch.empty(inputs.shape[0])
+    with torch.no_grad():
+        kernels.mlp_log_likelihood(inputs, hidden, output, x, out, inv_std, offset)
+    return out
+
+
+def _tail_logits(rows: int, pixels: int) -> torch.Tensor:
+    """Logits from the far tails (|v| up to 120, where e^-|v| underflows and sigmoid is 0 or 1 in float32) to 0."""
     logits = 6 * torch.randn(rows, pixels)
     logits[:3] = torch.tensor([-120.0, -88.0, -30.0, -17.0, 0.0, 17.0, 30.0, 88.0, 120.0]).repeat(pixels)[:pixels]
-    bias, x = torch.randn(pixels), torch.rand(images, pixels)
+    return logits
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_kernel_is_built_once_into_the_cache(fresh_kernels: pytest.MonkeyPatch, tmp_path) -> None:
+    assert kernels.load("decoder_log_likelihood") is not None
+    built = list((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # no temporary files left beside it
+    modified = built[0].stat().st_mtime_ns
+    kernels.load.cache_clear()
+    assert kernels.load("decoder_log_likelihood") is not None
+    assert built[0].stat().st_mtime_ns == modified  # loaded, not rebuilt
+
+
+@pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])  # MNIST, digits, below one tile, many tiles
+def test_bernoulli_density_matches_float64_arithmetic(kernel_build: int, pixels: int) -> None:
+    """Within a few float32 roundings (2^-24 = 6e-8) of the terms' magnitude of a float64 evaluation, as torch's
+    float32 path is, with logits from the far tails to zero, and fractional pixels. A less accurate exponential
+    (a degree-4 polynomial, 4e-6) would fail."""
+    torch.manual_seed(0)
+    images, rows = 7, 7 * 40
+    logits, bias = _tail_logits(rows, pixels), torch.randn(pixels)
+    x = torch.bernoulli(torch.rand(images, pixels))
+    x[0] = torch.rand(pixels)
+    expected, scale = _reference(logits, bias, x)
+    actual = _native(logits, None, _identity_layer(bias), x)
+    assert ((actual.double() - expected).abs() / scale).max() < 2e-7
+
+
+@pytest.mark.parametrize("pixels", [784, 64, 5, 16 * 97 + 3])
+def test_gaussian_density_matches_float64_arithmetic(kernel_build: int, pixels: int) -> None:
+    """The Gaussian density (11.4) within float32 rounding of float64 (torch's float32 path: up to 6e-8 here), from
+    saturated means to v = 0, with per-pixel standard deviations, and the offset added in double."""
+    torch.manual_seed(0)
+    images, rows = 7, 7 * 40
+    logits, bias, x = _tail_logits(rows, pixels), torch.randn(pixels), torch.rand(images, pixels)
     inv_std = 1 / (0.05 + torch.rand(pixels))
     expected, scale = _gaussian_reference(logits, bias, x, inv_std)
-    out, shifted = torch.empty(rows), torch.empty(rows)
-    kernels.gaussian_log_likelihood(logits, bias, x, inv_std, 0.0, out)
-    kernels.gaussian_log_likelihood(logits, bias, x, inv_std, 1234.5, shifted)
+    out = _native(logits, None, _identity_layer(bias), x, inv_std)
+    shifted = _native(logits, None, _identity_layer(bias), x, inv_std, 1234.5)
     assert ((out.double() - expected).abs() / scale).max() < 1e-7  # a degree-4 exp polynomial (4e-6) would fail
     torch.testing.assert_close(shifted, out + 1234.5)
 
 
+# rows, inputs, hidden units, pixels, images: rows past a whole tile of rows, units and pixels past whole tiles of 6,
+# images that do not divide a tile's rows; and the evaluation's shape
+MLP_SHAPES = [(7 * 37, 5, 13, 29, 7), (40, 3, 0, 11, 8), (512, 20, 400, 784, 32)]
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize(("rows", "inputs", "hidden", "pixels", "images"), MLP_SHAPES)
+def test_fused_layers_are_as_accurate_as_torchs_float32(
+    kernel_build: int, likelihood: str, rows: int, inputs: int, hidden: int, pixels: int, images: int
+) -> None:
+    """The whole fused evaluation, products included (with a hidden layer and without), against float64: no
+    further from it than twice torch's float32 evaluation of the same layers and density is."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(inputs, hidden), torch.nn.Linear(hidden, pixels)] if hidden else []
+    layers = layers or [torch.nn.Linear(inputs, pixels)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.mul_(4)  # logits of a few units, out into softplus's and sigmoid's curved parts
+    u = torch.randn(rows, inputs)
+    x = torch.bernoulli(torch.rand(images, pixels)) if likelihood == "bernoulli" else torch.rand(images, pixels)
+    inv_std = 1 / (0.05 + torch.rand(pixels)) if likelihood == "gaussian" else None
+
+    def torch_path(dtype: torch.dtype) -> torch.Tensor:
+        v = u.to(dtype)
+        for i, layer in enumerate(layers):
+            v = F.linear(v, layer.weight.to(dtype), layer.bias.to(dtype))
+            v = v.relu() if i < len(layers) - 1 else v
+        pixels = x.to(dtype).repeat(rows // images, 1)
+        if inv_std is None:
+            return (pixels * v - F.softplus(v)).sum(-1)
+        return -0.5 * ((pixels - torch.sigmoid(v)) * inv_std.to(dtype)).square().sum(-1)
+
+    with torch.no_grad():
+        expected, torch_float32 = torch_path(torch.float64), torch_path(torch.float32)
+        actual = _native(u, layers[0] if hidden else None, layers[-1], x, inv_std)
+    torch_error = (torch_float32.double() - expected).abs().max()
+    assert (actual.double() - expected).abs().max() <= 2 * torch_error + 1e-6 * expected.abs().mean()
+
+
 def test_kernel_propagates_nan_to_its_row_only(kernel_build: int) -> None:
-    logits, bias, x = torch.zeros(4, 40), torch.zeros(40), torch.ones(2, 40)
+    """A NaN logit, or a NaN input through the hidden layer's ReLU, spoils its own row and no other of its tile."""
+    bias, x = torch.zeros(40), torch.ones(2, 40)
+    logits = torch.zeros(4, 40)
     logits[1, 7] = float("nan")
-    out = _native(logits, bias, x)
-    assert out[1].isnan() and out[[0, 2, 3]].isfinite().all()
-    kernels.gaussian_log_likelihood(logits, bias, x, torch.ones(40), 0.0, out)
-    assert out[1].isnan() and out[[0, 2, 3]].isfinite().all()
+    assert _native(logits, None, _identity_layer(bias), x).isnan().tolist() == [False, True, False, False]
+    gaussian = _native(logits, None, _identity_layer(bias), x, torch.ones(40))
+    assert gaussian.isnan().tolist() == [False, True, False, False]
+    inputs = torch.zeros(4, 3)
+    inputs[2, 1] = float("nan")
+    hidden = torch.nn.Linear(3, 5)
+    assert _native(inputs, hidden, torch.nn.Linear(5, 40), x).isnan().tolist() == [False, False, True, False]
 
 
 def test_kernel_rejects_shapes_that_do_not_fit() -> None:
+    hidden, output = torch.nn.Linear(3, 5), torch.nn.Linear(5, 8)
     with pytest.raises(ValueError, match="multiple of the images"):
-        kernels.bernoulli_log_likelihood(torch.zeros(5, 8), torch.zeros(8), torch.zeros(2, 8), torch.empty(5))
+        kernels.mlp_log_likelihood(torch.zeros(5, 3), hidden, output, torch.zeros(2, 8), torch.empty(5))
+    with pytest.raises(ValueError, match="3 -> 5 -> 8"):
+        kernels.mlp_log_likelihood(torch.zeros(4, 4), hidden, output, torch.zeros(2, 8), torch.empty(4))
     with pytest.raises(ValueError, match="contiguous"):
-        kernels.bernoulli_log_likelihood(torch.zeros(8, 4).t(), torch.zeros(8), torch.zeros(2, 8), torch.empty(4))
-    with pytest.raises(ValueError, match="shapes do not fit"):
-        kernels.gaussian_log_likelihood(
-            torch.zeros(4, 8), torch.zeros(8), torch.zeros(2, 8), torch.ones(7), 0.0, torch.empty(4)
-        )
+        kernels.mlp_log_likelihood(torch.zeros(3, 4).t(), hidden, output, torch.zeros(2, 8), torch.empty(4))
+    with pytest.raises(ValueError, match="inv_std"):
+        kernels.mlp_log_likelihood(torch.zeros(4, 3), hidden, output, torch.zeros(2, 8), torch.empty(4), torch.ones(7))
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
@@ -252,7 +316,7 @@ def test_a_broken_onednn_warns_and_leaves_torch_computing(
         raise RuntimeError("no oneDNN in this build")
 
     torch.manual_seed(0)
-    model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
+    model = VAE((1, 8, 8), 2, hidden_sizes=(8, 8)).eval()  # its first layer needs oneDNN
     x, z = torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2)
     with torch.no_grad():
         expected = model.log_likelihood(x, z)

@@ -1,17 +1,20 @@
 """Native CPU kernels: C files beside this one, compiled on first use by the system's C compiler, and linear
 layers through oneDNN with prepacked weights.
 
-A kernel is built once per machine into the user cache (``$XDG_CACHE_HOME/deep-generative-pipeline/kernels``,
-else ``~/.cache/...``; ``DGM_KERNEL_CACHE`` overrides) with ``-O3 -march=native`` and OpenMP where the compiler
-has them, and called through ctypes on contiguous float32 CPU tensors. The build goes to a temporary file that
-is renamed into place, so concurrent processes (DDP ranks) never load a half-written library. Where no
-compiler works, or with ``DGM_NATIVE_KERNELS=0``, the kernels report themselves unavailable and callers take
-their torch implementation, which the tests hold the kernels to.
+:func:`mlp_log_likelihood` (``decoder_log_likelihood.c``) runs an MLP decoder's last two layers and its Bernoulli or
+Gaussian log-density in one pass, on weights packed once into the kernel's tiles (per call, or per
+:func:`frozen_weights` block). A kernel is built once per machine into the user cache
+(``$XDG_CACHE_HOME/deep-generative-pipeline/kernels``, else ``~/.cache/...``; ``DGM_KERNEL_CACHE`` overrides) with
+``-O3 -march=native`` and OpenMP where the compiler has them, and called through ctypes on contiguous float32 CPU
+tensors. The build goes to a temporary file that is renamed into place, so concurrent processes (DDP ranks) never
+load a half-written library. Where no compiler works, or with ``DGM_NATIVE_KERNELS=0``, the kernels report
+themselves unavailable and callers take their torch implementation, which the tests hold the kernels to.
 
 :func:`packed_linear` runs an ``nn.Linear`` through oneDNN (torch's ``mkldnn`` ops) with its weight reordered
-once into oneDNN's blocked layout. It avoids repacking the weight on every product, as ``torch.mm`` does, and it
-uses the CPU's widest vectors where torch's BLAS may not (MKL keeps AVX-512 to Intel CPUs: on an AMD EPYC
-``torch.mm`` reaches 170-190 GFLOP/s on two cores, oneDNN about 220).
+once into oneDNN's blocked layout: the layers of a deeper MLP decoder before the fused two.
+It avoids repacking the weight on every product, as ``torch.mm`` does, and it uses the CPU's widest vectors where
+torch's BLAS may not (MKL keeps AVX-512 to Intel CPUs: on an AMD EPYC Zen 4 ``torch.mm`` reaches 170-190 GFLOP/s
+on two cores, oneDNN about 220).
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +116,14 @@ def _decoder_kernels() -> ctypes.CDLL | None:
     library = load("decoder_log_likelihood")
     if library is None:
         return None
-    rows_images_pixels = [ctypes.c_long] * 3
-    library.bernoulli_log_likelihood.argtypes = [ctypes.c_void_p] * 4 + rows_images_pixels + [ctypes.c_int]
-    library.gaussian_log_likelihood.argtypes = (
-        [ctypes.c_void_p] * 5 + rows_images_pixels + [ctypes.c_double, ctypes.c_int]
-    )
-    library.bernoulli_log_likelihood.restype = library.gaussian_log_likelihood.restype = None
-    library.vector_lanes.restype = ctypes.c_int
+    pointer, size = ctypes.c_void_p, ctypes.c_long
+    library.mlp_log_likelihood.argtypes = [pointer, size, size, pointer, pointer, size, pointer, pointer, size]
+    library.mlp_log_likelihood.argtypes += [pointer, size, pointer, ctypes.c_double, pointer, ctypes.c_int]
+    library.mlp_log_likelihood.restype = library.vector_lanes.restype = ctypes.c_int
+    library.pack_weight.argtypes = [pointer, pointer, size, size]
+    library.pack_weight.restype = None
+    library.packed_weight_floats.argtypes = [size, size]
+    library.packed_weight_floats.restype = size
     return library
 
 
@@ -130,8 +135,8 @@ def decoder_kernel_lanes() -> int | None:
 
 
 def decoder_kernels_apply(*tensors: torch.Tensor) -> bool:
-    """Whether :func:`bernoulli_log_likelihood` and :func:`gaussian_log_likelihood` can run on these tensors:
-    float32 on the CPU, no gradients needed, and the kernels built."""
+    """Whether :func:`mlp_log_likelihood` can run on these tensors: float32 on the CPU, no gradients needed, and the
+    kernels built."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
@@ -139,71 +144,79 @@ def decoder_kernels_apply(*tensors: torch.Tensor) -> bool:
     return _decoder_kernels() is not None
 
 
-def _checked_kernels(
-    logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, out: torch.Tensor, *per_pixel: torch.Tensor
-) -> ctypes.CDLL:
-    rows, pixels = logits.shape
+def _pack_tile_weight(weight: torch.Tensor) -> torch.Tensor:
+    """An out×in ``weight`` in the kernel's panels of output units (within :func:`frozen_weights`, packed once)."""
+
+    def pack(weight: torch.Tensor) -> torch.Tensor:
+        library = _decoder_kernels()
+        weight = weight.detach().contiguous()
+        packed = torch.empty(library.packed_weight_floats(*weight.shape))
+        library.pack_weight(weight.data_ptr(), packed.data_ptr(), *weight.shape)
+        return packed
+
+    return _packed(weight, "tiles", pack)
+
+
+def mlp_log_likelihood(
+    inputs: torch.Tensor,
+    hidden: nn.Linear | None,
+    output: nn.Linear,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    inv_std: torch.Tensor | None = None,
+    offset: float = 0.0,
+) -> None:
+    """log p(x|z) of an MLP decoder's last layers, fused: ``out[r]`` = log p(x[r % B] | v) with logits
+    v = output(relu(hidden(inputs[r]))) (v = output(inputs[r]) without ``hidden``), for R×I ``inputs``, B×P
+    images ``x`` and an R ``out``. Bernoulli (11.2-11.3) unless ``inv_std`` (P) is given: then the Gaussian
+    (11.4) N(sigmoid(v), diag s²) with ``offset`` = -Σ_d log s_d - P/2 log 2π. Float32 CPU tensors; check
+    :func:`decoder_kernels_apply` first.
+    """
+    layers = [output] if hidden is None else [hidden, output]
+    widths = [inputs.shape[1]] + [layer.out_features for layer in layers]
+    rows, pixels = inputs.shape[0], widths[-1]
     if (
-        bias.shape != (pixels,)
+        inputs.dim() != 2
+        or [layer.in_features for layer in layers] != widths[:-1]
         or x.shape[1:] != (pixels,)
         or out.shape != (rows,)
         or rows % x.shape[0]
-        or any(t.shape != (pixels,) for t in per_pixel)
+        or (inv_std is not None and inv_std.shape != (pixels,))
     ):
         raise ValueError(
-            f"shapes do not fit: logits {tuple(logits.shape)}, bias {tuple(bias.shape)}, x {tuple(x.shape)}, "
-            f"out {tuple(out.shape)}{''.join(f', {tuple(t.shape)}' for t in per_pixel)} "
-            "(rows must be a multiple of the images)"
+            f"shapes do not fit: inputs {tuple(inputs.shape)}, layers "
+            f"{' -> '.join(map(str, [layers[0].in_features, *widths[1:]]))}, "
+            f"x {tuple(x.shape)}, out {tuple(out.shape)}"
+            f"{'' if inv_std is None else f', inv_std {tuple(inv_std.shape)}'} (rows must be a multiple of the images)"
         )
-    if not all(t.is_contiguous() for t in (logits, bias, x, out, *per_pixel)):
+    tensors = [inputs, x, out, *([] if inv_std is None else [inv_std])]
+    if not all(t.is_contiguous() for t in tensors):
         raise ValueError("the decoder kernels need contiguous tensors")
     library = _decoder_kernels()
     if library is None:
         raise RuntimeError("the decoder kernels are not built here; check decoder_kernels_apply first")
-    return library
-
-
-def bernoulli_log_likelihood(logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
-    """out[r] = Σ_d x[r % B, d] v_d - softplus(v_d) with v = logits[r] + bias (11.2-11.3), for R×P logits
-    (without the bias), a P bias, B×P images x and an R output, all contiguous float32 on the CPU.
-
-    Check :func:`decoder_kernels_apply` first.
-    """
-    library = _checked_kernels(logits, bias, x, out)
-    rows, pixels = logits.shape
-    library.bernoulli_log_likelihood(
-        logits.data_ptr(),
-        bias.data_ptr(),
-        x.data_ptr(),
-        out.data_ptr(),
+    packed = [_pack_tile_weight(layer.weight) for layer in layers]
+    biases = [torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach() for layer in layers]
+    biases = [bias.contiguous() for bias in biases]
+    status = library.mlp_log_likelihood(
+        inputs.data_ptr(),
         rows,
-        x.shape[0],
+        widths[0],
+        None if hidden is None else packed[0].data_ptr(),
+        None if hidden is None else biases[0].data_ptr(),
+        0 if hidden is None else widths[1],
+        packed[-1].data_ptr(),
+        biases[-1].data_ptr(),
         pixels,
-        torch.get_num_threads(),
-    )
-
-
-def gaussian_log_likelihood(
-    logits: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, inv_std: torch.Tensor, offset: float, out: torch.Tensor
-) -> None:
-    """out[r] = offset - ½ Σ_d ((x[r % B, d] - sigmoid(v_d)) inv_std_d)² with v = logits[r] + bias (11.4): with
-    ``offset`` = -Σ_d log s_d - P/2 log 2π, the log-density of N(sigmoid(v), diag s²). Shapes and types as for
-    :func:`bernoulli_log_likelihood`, ``inv_std`` a P vector.
-    """
-    library = _checked_kernels(logits, bias, x, out, inv_std)
-    rows, pixels = logits.shape
-    library.gaussian_log_likelihood(
-        logits.data_ptr(),
-        bias.data_ptr(),
         x.data_ptr(),
-        inv_std.data_ptr(),
-        out.data_ptr(),
-        rows,
         x.shape[0],
-        pixels,
+        None if inv_std is None else inv_std.data_ptr(),
         offset,
+        out.data_ptr(),
         torch.get_num_threads(),
     )
+    if status:
+        raise MemoryError("the decoder kernel could not allocate its per-thread scratch")
 
 
 class _FrozenWeights(threading.local):
@@ -211,7 +224,7 @@ class _FrozenWeights(threading.local):
 
     def __init__(self) -> None:
         self.depth = 0
-        self.packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, packed)
+        self.packed: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (id(weight), layout) -> ...
 
 
 _FROZEN = _FrozenWeights()
@@ -257,17 +270,23 @@ def _packed_linear_works() -> bool:
     return False
 
 
-def pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """An out×in ``weight`` in oneDNN's blocked layout for products of about ``rows`` rows (within
-    :func:`frozen_weights`, packed once)."""
-    entry = _FROZEN.packed.get(id(weight)) if _FROZEN.depth else None
+def _packed(weight: torch.Tensor, layout: str, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``pack(weight)``, within :func:`frozen_weights` computed once per weight and layout."""
+    key = (id(weight), layout)
+    entry = _FROZEN.packed.get(key) if _FROZEN.depth else None
     if entry is not None and entry[0] is weight:
         return entry[1]
     with torch.no_grad():
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+        packed = pack(weight)
     if _FROZEN.depth:
-        _FROZEN.packed[id(weight)] = (weight, packed)
+        _FROZEN.packed[key] = (weight, packed)
     return packed
+
+
+def pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """An out×in ``weight`` in oneDNN's blocked layout for products of about ``rows`` rows (within
+    :func:`frozen_weights`, packed once)."""
+    return _packed(weight, "oneDNN", lambda w: torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows))
 
 
 def packed_linear(

@@ -1,19 +1,31 @@
-/* log p(x|z) of decoder outputs, fused: one pass over the logits instead of torch's bias copy, elementwise terms,
- * products and sums, each a pass of its own. Row r of the logits is a decoded sample for image r % images.
+/* log p(x|z) of an MLP decoder, its last two layers and the density fused into one pass: the logits never
+ * leave the vector registers.
  *
+ *   v = W2 relu(W1 u + b1) + b2            (v = W2 u + b2 for a decoder without a hidden layer)
  *   Bernoulli (11.2-11.3): out[r] = Σ_d x_d v_d - softplus(v_d)
- *   Gaussian  (11.4):      out[r] = offset - ½ Σ_d ((x_d - sigmoid(v_d)) / s_d)²,   offset = -Σ_d log s_d - D/2 log 2π
+ *   Gaussian  (11.4):      out[r] = offset - ½ Σ_d ((x_d - sigmoid(v_d)) inv_std_d)²,  offset = -Σ_d log s_d - D/2 log 2π
  *
- * with v = logits[r] + bias. Both need e^{-|v|} per pixel: Cephes' expf polynomial (about 1 ulp).
- * softplus(v) = max(v, 0) + log(1 + e^{-|v|}). The logs are the cost torch pays per pixel; here the factors
- * 1 + e^{-|v|}, each in [1, 2], are multiplied per SIMD lane and the log is taken of the product, so a row of
- * 784 pixels takes one log instead of 784. sigmoid(v) = 1 / (1 + e^{-v}) for v >= 0, e^{v} / (1 + e^{v}) below.
- * Sums run per lane in float32 and across lanes in double, so a row agrees with a double-precision evaluation to
- * float32 rounding (relative error about 1e-7; tests/test_kernels.py holds it to that), as torch's float32 path
- * does. Written with GCC/Clang vector extensions of the machine's vector width: AVX-512, AVX2, SSE or NEON.
+ * for each row u = inputs[r] (a latent, or an earlier layer's activations), with image x = x[r % images].
+ *
+ * Products run on tiles of MR = 6 output units × NR = two vectors of rows: per step of the inner product two
+ * vector loads of activations, six broadcast weights and twelve fused multiply-adds into twelve accumulators,
+ * which with the loads fit the 16 vector registers of AVX2 (and of SSE; AVX-512 and NEON have 32). So that a row
+ * is a vector lane, a panel of NR rows is transposed once (activations[k][lane]), the hidden layer writes its
+ * output in that layout, and weights are packed once per model into panels of MR output units (pack_weight).
+ * A thread takes PANELS_PER_TASK panels at a time; their hidden activations stay in the L2 cache while each
+ * packed panel of W2 is reused across them.
+ *
+ * Each tile's six pixels are added into its rows at once: a float32 sum of six terms per lane, accumulated in
+ * double, so a row agrees with a double-precision evaluation to float32 rounding (tests/test_kernels.py holds it
+ * to that). Both densities need e^{-|v|} per pixel: Cephes' expf polynomial (about 1 ulp). softplus(v) =
+ * max(v, 0) + log(1 + e^{-|v|}), and the logs are what torch pays per pixel: here the factors 1 + e^{-|v|}, each
+ * in [1, 2], are multiplied per lane, the product's exponent bits moved into an integer count after every tile,
+ * and one log taken per row. sigmoid(v) = 1 / (1 + e^{-v}) for v >= 0, e^{v} / (1 + e^{v}) below. Written with
+ * GCC/Clang vector extensions of the machine's vector width: AVX-512, AVX2, SSE or NEON.
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Vectors of the machine's own width: GCC splits wider ones and then turns their comparisons and selects into
@@ -27,8 +39,12 @@
 #endif
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(LANES * sizeof(float))));
-/* Chunks of LANES pixels between two logs: the per-lane product of as many factors in [1, 2) stays below 2^96. */
-#define CHUNKS_PER_LOG 96
+typedef double vd __attribute__((vector_size(LANES * sizeof(double))));
+
+#define MR 6                /* output units per tile */
+#define NR (2 * LANES)      /* rows per tile */
+#define PANELS_PER_TASK 4   /* panels of NR rows a thread takes at a time (tuned on AMD Zen 3 and Zen 4) */
+#define LN2 0.69314718055994530942
 
 static inline vf load(const float *p) {
     vf v;
@@ -36,15 +52,21 @@ static inline vf load(const float *p) {
     return v;
 }
 
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* An initializer, not 0 + s: GCC keeps the addition (for -0) and broadcasts its result, an extra step per weight. */
 static inline vf broadcast(float s) {
-    vf v = {0};
-    return v + s;
+#if LANES == 16
+    return (vf){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+#elif LANES == 8
+    return (vf){s, s, s, s, s, s, s, s};
+#else
+    return (vf){s, s, s, s};
+#endif
 }
 
 /* Lanes of a where mask is set, of b elsewhere. */
-static inline vf select(vi mask, vf a, vf b) {
-    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
-}
+static inline vf lanes_where(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
 /* e^a for a in [-87, 0]: a = n ln 2 + r with |r| <= ln 2 / 2, e^r by Cephes' degree-6 polynomial, 2^n in the
  * exponent bits. Rounding to n adds 1.5 * 2^23 so the integer lands in the low mantissa bits of t. */
@@ -66,89 +88,176 @@ static inline vf exp_nonpositive(vf a) {
 static inline vf exp_minus_abs(vf v) {
     const vf floor = broadcast(-87.0f);
     vf minus_abs = (vf)((vi)v | (int32_t)0x80000000);
-    return exp_nonpositive(select(minus_abs < floor, floor, minus_abs));
+    return exp_nonpositive(lanes_where(minus_abs < floor, floor, minus_abs));
 }
 
-/* Σ_j log(prod_j) over the lanes with one log: each lane is mantissa × 2^exponent, the mantissas (in [1, 2))
- * are multiplied in double and the exponents summed. */
-static double sum_of_lane_logs(vf prod) {
-    vi bits = (vi)prod;
-    vi exponent = (bits >> 23) - 127;
-    vf mantissa = (vf)((bits & 0x007FFFFF) | 0x3F800000);
-    double product = 1.0;
-    long exponents = 0;
-    for (int j = 0; j < LANES; j++) {
-        product *= mantissa[j];
-        exponents += exponent[j];
-    }
-    return log(product) + exponents * 0.69314718055994530942;
-}
+typedef struct {
+    vf c[MR][2];
+} tile_t;
 
-static double lane_sum(vf v) {
-    double total = 0.0;
-    for (int j = 0; j < LANES; j++)
-        total += v[j];
-    return total;
-}
-
-static double bernoulli_row(const float *logits, const float *bias, const float *x, long pixels) {
-    vf prod = broadcast(1.0f), positive = broadcast(0.0f), x_dot_v = broadcast(0.0f);
-    double total = 0.0;
-    long d = 0, chunks = 0;
-    for (; d + LANES <= pixels; d += LANES) {
-        vf v = load(logits + d) + load(bias + d);
-        prod *= 1.0f + exp_minus_abs(v);
-        positive += (vf)((vi)v & (v > 0.0f));
-        x_dot_v += load(x + d) * v;
-        if (++chunks == CHUNKS_PER_LOG) {
-            total -= sum_of_lane_logs(prod);
-            prod = broadcast(1.0f);
-            chunks = 0;
-        }
+/* c[i] = Σ_k weights[k][i] activations[k][:] for a packed panel of MR output units and a panel of NR rows. */
+static inline tile_t tile(const float *restrict weights, const float *restrict activations, long depth) {
+    vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+    vf c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+    for (long k = 0; k < depth; k++) {
+        const float *w = weights + k * MR;
+        vf a0 = load(activations + k * NR), a1 = load(activations + k * NR + LANES), s;
+        s = broadcast(w[0]), c00 += s * a0, c01 += s * a1;
+        s = broadcast(w[1]), c10 += s * a0, c11 += s * a1;
+        s = broadcast(w[2]), c20 += s * a0, c21 += s * a1;
+        s = broadcast(w[3]), c30 += s * a0, c31 += s * a1;
+        s = broadcast(w[4]), c40 += s * a0, c41 += s * a1;
+        s = broadcast(w[5]), c50 += s * a0, c51 += s * a1;
     }
-    total += lane_sum(x_dot_v) - lane_sum(positive) - sum_of_lane_logs(prod);
-    for (; d < pixels; d++) {
-        float v = logits[d] + bias[d];
-        total += (double)x[d] * v - (fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))));
-    }
-    return total;
-}
-
-static double gaussian_row(const float *logits, const float *bias, const float *x, const float *inv_std,
-                           long pixels) {
-    const vf one = broadcast(1.0f);
-    vf squares = broadcast(0.0f);
-    long d = 0;
-    for (; d + LANES <= pixels; d += LANES) {
-        vf v = load(logits + d) + load(bias + d);
-        vf e = exp_minus_abs(v);
-        vf residual = (load(x + d) - select(v >= 0.0f, one, e) / (1.0f + e)) * load(inv_std + d);
-        squares += residual * residual;
-    }
-    double total = lane_sum(squares);
-    for (; d < pixels; d++) {
-        float v = logits[d] + bias[d], e = expf(-fabsf(v));
-        float residual = (x[d] - (v >= 0.0f ? 1.0f : e) / (1.0f + e)) * inv_std[d];
-        total += (double)residual * residual;
-    }
-    return -0.5 * total;
+    return (tile_t){{{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}}};
 }
 
 /* The vector width this build runs at, in floats. */
 int vector_lanes(void) { return LANES; }
 
-void bernoulli_log_likelihood(const float *logits, const float *bias, const float *x, float *out, long rows,
-                              long images, long pixels, int threads) {
-    (void)threads; /* used by the OpenMP pragma; a build without OpenMP runs on the calling thread */
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (long r = 0; r < rows; r++)
-        out[r] = (float)bernoulli_row(logits + r * pixels, bias, x + (r % images) * pixels, pixels);
+/* Floats of pack_weight's output for an out×in weight. */
+long packed_weight_floats(long out, long in) { return (out + MR - 1) / MR * MR * in; }
+
+/* An out×in weight (nn.Linear's layout) in panels of MR output units: packed[o / MR][k][o % MR] = weight[o][k],
+ * zero for the units past out in the last panel. */
+void pack_weight(const float *weight, float *packed, long out, long in) {
+    for (long o = 0; o < (out + MR - 1) / MR * MR; o++)
+        for (long k = 0; k < in; k++)
+            packed[(o / MR * in + k) * MR + o % MR] = o < out ? weight[o * in + k] : 0.0f;
 }
 
-void gaussian_log_likelihood(const float *logits, const float *bias, const float *x, const float *inv_std,
-                             float *out, long rows, long images, long pixels, double offset, int threads) {
-    (void)threads;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (long r = 0; r < rows; r++)
-        out[r] = (float)(offset + gaussian_row(logits + r * pixels, bias, x + (r % images) * pixels, inv_std, pixels));
+/* A thread's scratch, grown to the largest call and kept for the next (OpenMP's threads persist): NULL when
+ * memory runs out. */
+static float *scratch(size_t floats) {
+    static _Thread_local float *buffer;
+    static _Thread_local size_t capacity;
+    if (floats > capacity) {
+        free(buffer);
+        buffer = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        capacity = buffer ? floats : 0;
+    }
+    return buffer;
+}
+
+/* h[j][:] = relu(Σ_k weight[j][k] u[k][:] + bias[j]), NaN kept, for a panel of rows transposed into u. */
+static void hidden_layer(const float *u, float *h, const float *weight, const float *bias, long in, long hidden) {
+    for (long j = 0; j < hidden; j += MR) {
+        tile_t t = tile(weight + j * in, u, in);
+        for (int i = 0; i < MR && j + i < hidden; i++)
+            for (int v = 0; v < 2; v++) {
+                vf a = t.c[i][v] + broadcast(bias[j + i]);
+                store(h + (j + i) * NR + v * LANES, lanes_where(a < 0.0f, broadcast(0.0f), a));
+            }
+    }
+}
+
+/* Per panel of rows, what its lanes have summed so far. */
+typedef struct {
+    vd sum[2];      /* Bernoulli: Σ x v - max(v, 0); Gaussian: Σ residual² */
+    vf product[2];  /* Bernoulli: Π (1 + e^{-|v|}) / 2^exponents, in [1, 2) */
+    vi exponents[2];
+} row_sums;
+
+/* The output layer of `count` panels of rows (activations h[s], x panels xs[s]) and the density of its logits,
+ * into sums[s]. gaussian is a constant at each call, so each density gets a loop of its own. */
+static inline void output_layer(float *const *h, float *const *xs, long count, row_sums *sums, const float *weight,
+                                const float *bias, const float *inv_std, long depth, long pixels, int gaussian) {
+    for (long p = 0; p < pixels; p += MR)
+        for (long s = 0; s < count; s++) {
+            tile_t t = tile(weight + p * depth, h[s], depth);
+            for (int v = 0; v < 2; v++) {
+                vf sum = {0}, product = sums[s].product[v];
+                for (int i = 0; i < MR; i++) {
+                    long d = p + i;
+                    vf a = t.c[i][v] + broadcast(d < pixels ? bias[d] : 0.0f), x = load(xs[s] + d * NR + v * LANES);
+                    if (gaussian) {
+                        vf e = exp_minus_abs(a);
+                        vf residual = (x - lanes_where(a >= 0.0f, broadcast(1.0f), e) / (1.0f + e)) *
+                                      broadcast(d < pixels ? inv_std[d] : 0.0f);
+                        sum += residual * residual;
+                    } else {
+                        product *= 1.0f + exp_minus_abs(a);
+                        sum += x * a - (vf)((vi)a & (a > 0.0f));
+                    }
+                }
+                if (!gaussian) {
+                    vi bits = (vi)product;
+                    sums[s].exponents[v] += (bits >> 23) - 127;
+                    sums[s].product[v] = (vf)((bits & 0x007FFFFF) | 0x3F800000);
+                }
+                sums[s].sum[v] += __builtin_convertvector(sum, vd);
+            }
+        }
+}
+
+/* out[r] as above for rows × in inputs. hidden_weight (hidden × in) and output_weight (pixels × hidden, or
+ * pixels × in when hidden_weight is NULL) packed by pack_weight; inv_std NULL for the Bernoulli density.
+ * Returns 0, or -1 when a thread's scratch could not be allocated. */
+int mlp_log_likelihood(const float *inputs, long rows, long in, const float *hidden_weight, const float *hidden_bias,
+                       long hidden, const float *output_weight, const float *output_bias, long pixels, const float *x,
+                       long images, const float *inv_std, double offset, float *out, int threads) {
+    long depth = hidden_weight ? hidden : in, padded = (pixels + MR - 1) / MR * MR;
+    long panels = (rows + NR - 1) / NR, tasks = (panels + PANELS_PER_TASK - 1) / PANELS_PER_TASK;
+    size_t per_panel = (size_t)(in + (hidden_weight ? hidden : 0) + padded) * NR;
+    int failed = 0;
+    (void)threads; /* used by the OpenMP pragma; a build without OpenMP runs on the calling thread */
+#pragma omp parallel num_threads(threads)
+    {
+        float *buffer = scratch(PANELS_PER_TASK * per_panel);
+        float *u[PANELS_PER_TASK], *h[PANELS_PER_TASK], *xs[PANELS_PER_TASK];
+        long x_phase[PANELS_PER_TASK]; /* the x panel in a slot holds images (phase + lane) % images */
+        for (int s = 0; s < PANELS_PER_TASK && buffer; s++) {
+            u[s] = buffer + s * per_panel;
+            h[s] = hidden_weight ? u[s] + in * NR : u[s];
+            xs[s] = (hidden_weight ? h[s] + hidden * NR : u[s] + in * NR);
+            x_phase[s] = -1;
+        }
+#pragma omp for schedule(static)
+        for (long task = 0; task < tasks; task++) {
+            if (!buffer) {
+                failed = 1;
+                continue;
+            }
+            long first = task * PANELS_PER_TASK * NR;
+            long count = panels - task * PANELS_PER_TASK < PANELS_PER_TASK ? panels - task * PANELS_PER_TASK
+                                                                           : PANELS_PER_TASK;
+            row_sums sums[PANELS_PER_TASK];
+            for (long s = 0; s < count; s++) {
+                long start = first + s * NR;
+                for (int lane = 0; lane < NR; lane++)
+                    for (long k = 0; k < in; k++)
+                        u[s][k * NR + lane] = start + lane < rows ? inputs[(start + lane) * in + k] : 0.0f;
+                if (x_phase[s] != start % images) {
+                    x_phase[s] = start % images;
+                    for (int lane = 0; lane < NR; lane++) {
+                        const float *image = x + (start + lane) % images * pixels;
+                        for (long d = 0; d < padded; d++)
+                            xs[s][d * NR + lane] = d < pixels ? image[d] : 0.0f;
+                    }
+                }
+                if (hidden_weight)
+                    hidden_layer(u[s], h[s], hidden_weight, hidden_bias, in, hidden);
+                for (int v = 0; v < 2; v++) {
+                    sums[s].sum[v] = (vd){0};
+                    sums[s].product[v] = broadcast(1.0f);
+                    sums[s].exponents[v] = (vi){0};
+                }
+            }
+            if (inv_std)
+                output_layer(h, xs, count, sums, output_weight, output_bias, inv_std, depth, pixels, 1);
+            else
+                output_layer(h, xs, count, sums, output_weight, output_bias, NULL, depth, pixels, 0);
+            for (long s = 0; s < count; s++)
+                for (int lane = 0; lane < NR && first + s * NR + lane < rows; lane++) {
+                    int v = lane / LANES, l = lane % LANES;
+                    double total = sums[s].sum[v][l];
+                    if (inv_std)
+                        total = offset - 0.5 * total;
+                    else  /* each padded pixel (v = 0) multiplied in a factor of 2 */
+                        total -= log(sums[s].product[v][l]) + (sums[s].exponents[v][l] - (padded - pixels)) * LN2;
+                    out[first + s * NR + lane] = (float)total;
+                }
+        }
+    }
+    return failed ? -1 : 0;
 }

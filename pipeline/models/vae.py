@@ -23,11 +23,11 @@ from pipeline.device import to_device
 from pipeline.training import LabelError, load_checkpoint
 
 LOG_2PI = math.log(2 * math.pi)
-# Decoded rows the fused MLP log-likelihood holds at once, on torch's path (GPU, autograd) and on the native CPU
-# path, where blocks of 512 to 2048 rows evaluate a 20-400-784 Bernoulli decoder equally fast within noise (1024
-# about 2% ahead: 190 GFLOP/s on a 2-core AMD EPYC).
+# Decoded rows the fused MLP log-likelihood holds at once on torch's path (GPU, autograd), and takes per call of the
+# native CPU kernel, which holds only a few tiles of rows at a time whatever the block: there 8192 rows run 5-9%
+# faster than 1024 (a 20-400-784 and a 20-512-256-784 Bernoulli decoder on a 2-core AMD EPYC Zen 3).
 LOGIT_ROWS_PER_BLOCK = 2048
-NATIVE_LOGIT_ROWS_PER_BLOCK = 1024
+NATIVE_ROWS_PER_BLOCK = 8192
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -196,16 +196,17 @@ class VAE(nn.Module):
 
         For importance sampling, AIS and IWAE: the decoder runs on blocks of whole samples × all B images, so its
         activations stay small whatever K is. Without gradients on the CPU (:meth:`_native_block_log_likelihood`)
-        the layers run through oneDNN and a native kernel reads each block's logits once; elsewhere (GPU, autograd,
-        no C compiler or oneDNN) torch does (:meth:`_torch_block_log_likelihood`). Full precision only: under
-        autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the per-pixel path there.
+        a native kernel runs the last two layers and the density in one pass; elsewhere (GPU, autograd, no C
+        compiler, or no oneDNN for the earlier layers) torch does (:meth:`_torch_block_log_likelihood`). Full
+        precision only: under autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the
+        per-pixel path there.
         """
         k, b, d = z.shape
         labels = self._labels(y, k * b, z.dtype)
         std = self.decoder_std().reshape(-1).to(z.dtype) if self.likelihood == "gaussian" else None
         native = kernels.decoder_kernels_apply(z, pixels, *self.decoder.parameters(), *([] if std is None else [std]))
-        if native and kernels.packed_linear_available():
-            samples_per_block = max(1, NATIVE_LOGIT_ROWS_PER_BLOCK // b)
+        if native and (len(self.decoder) <= 3 or kernels.packed_linear_available()):
+            samples_per_block = max(1, NATIVE_ROWS_PER_BLOCK // b)
             block_log_likelihood = self._native_block_log_likelihood(pixels, std, samples_per_block * b)
         else:
             samples_per_block = max(1, LOGIT_ROWS_PER_BLOCK // b)
@@ -221,28 +222,23 @@ class VAE(nn.Module):
     def _native_block_log_likelihood(
         self, pixels: torch.Tensor, std: torch.Tensor | None, rows: int
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """log p(x|z) of a block of decoder inputs (rows for sample-major K×B), through oneDNN layers with weights
-        packed once per call (or per :func:`pipeline.kernels.frozen_weights` block) and ReLU fused, then the native
-        kernel of pipeline/kernels/decoder_log_likelihood.c on the logits, bias included."""
-        linears = self.decoder[::2]  # _mlp alternates Linear and ReLU
-        packed = [kernels.pack_linear_weight(layer.weight, rows) for layer in linears]
-        last_bias = linears[-1].bias
+        """log p(x|z) of a block of decoder inputs (rows for sample-major K×B): the layers before the last two
+        through oneDNN with weights packed once per call (or per :func:`pipeline.kernels.frozen_weights` block) and
+        ReLU fused, then the last two and the density in the native kernel of pipeline/kernels, whose logits never
+        reach memory."""
+        linears = list(self.decoder[::2])  # _mlp alternates Linear and ReLU
+        *earlier, hidden, output = [None, *linears] if len(linears) == 1 else linears
+        packed = [kernels.pack_linear_weight(layer.weight, rows) for layer in earlier]
+        inv_std, offset = None, 0.0
         if std is not None:
             inv_std = std.reciprocal().contiguous()
             offset = -(torch.log(std.double()).sum().item() + 0.5 * LOG_2PI * std.numel())
 
         def block_log_likelihood(inputs: torch.Tensor) -> torch.Tensor:
-            hidden = inputs
-            for layer, weight in zip(linears[:-1], packed[:-1], strict=True):
-                hidden = kernels.packed_linear(hidden, weight, layer.bias, relu=True)
-            # hidden and logits die with this call, before the next block allocates its own, so every block reuses
-            # the same, still cached memory (held over, two sets alternate: 15% slower importance sampling)
-            logits = kernels.packed_linear(hidden, packed[-1])
+            for layer, weight in zip(earlier, packed, strict=True):
+                inputs = kernels.packed_linear(inputs, weight, layer.bias, relu=True)
             log_px = torch.empty(inputs.shape[0])
-            if std is None:
-                kernels.bernoulli_log_likelihood(logits, last_bias, pixels, log_px)
-            else:
-                kernels.gaussian_log_likelihood(logits, last_bias, pixels, inv_std, offset, log_px)
+            kernels.mlp_log_likelihood(inputs.contiguous(), hidden, output, pixels, log_px, inv_std, offset)
             return log_px
 
         return block_log_likelihood
