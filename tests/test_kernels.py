@@ -215,6 +215,8 @@ def test_kernel_rejects_shapes_that_do_not_fit() -> None:
     hidden, output = torch.nn.Linear(3, 5), torch.nn.Linear(5, 8)
     with pytest.raises(ValueError, match="multiple of the images"):
         kernels.mlp_log_likelihood(torch.zeros(5, 3), hidden, output, torch.zeros(2, 8), torch.empty(5))
+    with pytest.raises(ValueError, match="x \\(0, 8\\)"):
+        kernels.mlp_log_likelihood(torch.zeros(5, 3), hidden, output, torch.zeros(0, 8), torch.empty(5))
     with pytest.raises(ValueError, match="3 -> 5 -> 8"):
         kernels.mlp_log_likelihood(torch.zeros(4, 4), hidden, output, torch.zeros(2, 8), torch.empty(4))
     with pytest.raises(ValueError, match="contiguous"):

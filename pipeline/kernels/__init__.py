@@ -177,6 +177,8 @@ def mlp_log_likelihood(
     rows, pixels = inputs.shape[0], widths[-1]
     if (
         inputs.dim() != 2
+        or x.dim() != 2
+        or not x.shape[0]
         or [layer.in_features for layer in layers] != widths[:-1]
         or x.shape[1:] != (pixels,)
         or out.shape != (rows,)

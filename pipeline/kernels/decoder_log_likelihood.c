@@ -217,6 +217,7 @@ int mlp_log_likelihood(const float *inputs, long rows, long in, const float *hid
 #pragma omp for schedule(static)
         for (long task = 0; task < tasks; task++) {
             if (!buffer) {
+#pragma omp atomic write
                 failed = 1;
                 continue;
             }
