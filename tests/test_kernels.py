@@ -211,6 +211,21 @@ def test_kernel_propagates_nan_to_its_row_only(kernel_build: int) -> None:
     assert _native(inputs, hidden, torch.nn.Linear(5, 40), x).isnan().tolist() == [False, False, True, False]
 
 
+def test_infinite_logits_give_the_saturated_gaussian_means(kernel_build: int) -> None:
+    """Logits of ±inf (an input of ±inf times weights ±1), in a last tile of pixels only partly filled (5 of 6,
+    where the padding's zero weights times inf are NaN), give torch's finite density."""
+    output = torch.nn.Linear(1, 5)
+    with torch.no_grad():
+        output.weight.copy_(torch.tensor([[1.0], [-1.0], [1.0], [-1.0], [1.0]]))
+    inputs = torch.tensor([[0.0], [float("inf")], [-float("inf")], [1.0]])
+    x, inv_std = torch.rand(2, 5), torch.full((5,), 2.0)
+    with torch.no_grad():
+        expected, _ = _gaussian_reference(inputs @ output.weight.t(), output.bias, x, inv_std)
+    actual = _native(inputs, None, output, x, inv_std)
+    assert expected.isfinite().all()
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_kernel_rejects_shapes_that_do_not_fit() -> None:
     hidden, output = torch.nn.Linear(3, 5), torch.nn.Linear(5, 8)
     with pytest.raises(ValueError, match="multiple of the images"):
@@ -221,6 +236,14 @@ def test_kernel_rejects_shapes_that_do_not_fit() -> None:
         kernels.mlp_log_likelihood(torch.zeros(4, 4), hidden, output, torch.zeros(2, 8), torch.empty(4))
     with pytest.raises(ValueError, match="contiguous"):
         kernels.mlp_log_likelihood(torch.zeros(3, 4).t(), hidden, output, torch.zeros(2, 8), torch.empty(4))
+    with pytest.raises(ValueError, match="float32 CPU"):
+        kernels.mlp_log_likelihood(torch.zeros(4, 3), hidden, output, torch.zeros(2, 8), torch.empty(4).double())
+    with pytest.raises(ValueError, match="float32 CPU"):
+        kernels.mlp_log_likelihood(
+            torch.zeros(4, 3), torch.nn.Linear(3, 5).double(), output, torch.zeros(2, 8), torch.empty(4)
+        )
+    with pytest.raises(ValueError, match="matrices"):
+        kernels.mlp_log_likelihood(torch.zeros(3), hidden, output, torch.zeros(2, 8), torch.empty(4))
     with pytest.raises(ValueError, match="inv_std"):
         kernels.mlp_log_likelihood(torch.zeros(4, 3), hidden, output, torch.zeros(2, 8), torch.empty(4), torch.ones(7))
 
@@ -302,6 +325,18 @@ def test_weights_are_packed_once_only_within_frozen_weights() -> None:
     assert not kernels._FROZEN.packed
     with kernels.frozen_weights():
         assert kernels.pack_linear_weight(weight, 8) is not packed
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_tile_packs_are_kept_only_within_frozen_weights() -> None:
+    """The fused kernel's weight packs follow the same rule as oneDNN's, in a layout of their own."""
+    weight = torch.randn(37, 20)
+    assert kernels._pack_tile_weight(weight) is not kernels._pack_tile_weight(weight)
+    with kernels.frozen_weights():
+        packed = kernels._pack_tile_weight(weight)
+        assert kernels._pack_tile_weight(weight) is packed
+        assert kernels.pack_linear_weight(weight, 8) is not packed
+    assert not kernels._FROZEN.packed
 
 
 def test_packed_linear_is_off_with_the_native_kernels(monkeypatch: pytest.MonkeyPatch) -> None:

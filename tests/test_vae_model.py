@@ -116,6 +116,23 @@ def test_evaluation_path_of_the_fused_log_likelihood_matches_torch_distributions
     torch.testing.assert_close(changed.double(), expected.flatten(2).sum(-1), rtol=1e-5, atol=1e-4)
 
 
+def test_evaluation_path_under_a_float64_default_dtype() -> None:
+    """A float32 model evaluated while torch's default dtype is float64 still gets float32 results of the right
+    value (the native path's buffers are float32 whatever the default)."""
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
+    x, z = torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2)
+    with torch.no_grad():
+        expected = model.log_likelihood(x, z)
+        torch.set_default_dtype(torch.float64)
+        try:
+            actual = model.log_likelihood(x, z)
+        finally:
+            torch.set_default_dtype(torch.float32)
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected)
+
+
 def test_fused_gaussian_log_likelihood_matches_torch_distributions() -> None:
     """The fused MLP path for a Gaussian decoder (11.4), over several blocks of rows of a conditional model with two
     hidden layers: with autograd (torch's blocks, which AIS and M-sample training take) it equals

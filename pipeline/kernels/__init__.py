@@ -150,7 +150,7 @@ def _pack_tile_weight(weight: torch.Tensor) -> torch.Tensor:
     def pack(weight: torch.Tensor) -> torch.Tensor:
         library = _decoder_kernels()
         weight = weight.detach().contiguous()
-        packed = torch.empty(library.packed_weight_floats(*weight.shape))
+        packed = torch.empty(library.packed_weight_floats(*weight.shape), dtype=torch.float32)
         library.pack_weight(weight.data_ptr(), packed.data_ptr(), *weight.shape)
         return packed
 
@@ -173,12 +173,16 @@ def mlp_log_likelihood(
     :func:`decoder_kernels_apply` first.
     """
     layers = [output] if hidden is None else [hidden, output]
+    tensors = [inputs, x, out, *([] if inv_std is None else [inv_std])]
+    parameters = [p for layer in layers for p in layer.parameters()]
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors + parameters):
+        raise ValueError("the decoder kernels take float32 CPU tensors and layers (check decoder_kernels_apply)")
+    if inputs.dim() != 2 or x.dim() != 2:
+        raise ValueError(f"inputs and x must be matrices, got shapes {tuple(inputs.shape)} and {tuple(x.shape)}")
     widths = [inputs.shape[1]] + [layer.out_features for layer in layers]
     rows, pixels = inputs.shape[0], widths[-1]
     if (
-        inputs.dim() != 2
-        or x.dim() != 2
-        or not x.shape[0]
+        not x.shape[0]
         or [layer.in_features for layer in layers] != widths[:-1]
         or x.shape[1:] != (pixels,)
         or out.shape != (rows,)
@@ -191,15 +195,18 @@ def mlp_log_likelihood(
             f"x {tuple(x.shape)}, out {tuple(out.shape)}"
             f"{'' if inv_std is None else f', inv_std {tuple(inv_std.shape)}'} (rows must be a multiple of the images)"
         )
-    tensors = [inputs, x, out, *([] if inv_std is None else [inv_std])]
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("the decoder kernels need contiguous tensors")
     library = _decoder_kernels()
     if library is None:
         raise RuntimeError("the decoder kernels are not built here; check decoder_kernels_apply first")
     packed = [_pack_tile_weight(layer.weight) for layer in layers]
-    biases = [torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach() for layer in layers]
-    biases = [bias.contiguous() for bias in biases]
+    biases = [
+        (
+            torch.zeros(layer.out_features, dtype=torch.float32) if layer.bias is None else layer.bias.detach()
+        ).contiguous()
+        for layer in layers
+    ]
     status = library.mlp_log_likelihood(
         inputs.data_ptr(),
         rows,

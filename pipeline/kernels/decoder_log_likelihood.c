@@ -126,19 +126,6 @@ void pack_weight(const float *weight, float *packed, long out, long in) {
             packed[(o / MR * in + k) * MR + o % MR] = o < out ? weight[o * in + k] : 0.0f;
 }
 
-/* A thread's scratch, grown to the largest call and kept for the next (OpenMP's threads persist): NULL when
- * memory runs out. */
-static float *scratch(size_t floats) {
-    static _Thread_local float *buffer;
-    static _Thread_local size_t capacity;
-    if (floats > capacity) {
-        free(buffer);
-        buffer = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
-        capacity = buffer ? floats : 0;
-    }
-    return buffer;
-}
-
 /* h[j][:] = relu(Σ_k weight[j][k] u[k][:] + bias[j]), NaN kept, for a panel of rows transposed into u. */
 static void hidden_layer(const float *u, float *h, const float *weight, const float *bias, long in, long hidden) {
     for (long j = 0; j < hidden; j += MR) {
@@ -167,13 +154,12 @@ static inline void output_layer(float *const *h, float *const *xs, long count, r
             tile_t t = tile(weight + p * depth, h[s], depth);
             for (int v = 0; v < 2; v++) {
                 vf sum = {0}, product = sums[s].product[v];
-                for (int i = 0; i < MR; i++) {
+                for (int i = 0; i < MR && p + i < pixels; i++) {
                     long d = p + i;
-                    vf a = t.c[i][v] + broadcast(d < pixels ? bias[d] : 0.0f), x = load(xs[s] + d * NR + v * LANES);
+                    vf a = t.c[i][v] + broadcast(bias[d]), x = load(xs[s] + d * NR + v * LANES);
                     if (gaussian) {
                         vf e = exp_minus_abs(a);
-                        vf residual = (x - lanes_where(a >= 0.0f, broadcast(1.0f), e) / (1.0f + e)) *
-                                      broadcast(d < pixels ? inv_std[d] : 0.0f);
+                        vf residual = (x - lanes_where(a >= 0.0f, broadcast(1.0f), e) / (1.0f + e)) * broadcast(inv_std[d]);
                         sum += residual * residual;
                     } else {
                         product *= 1.0f + exp_minus_abs(a);
@@ -192,18 +178,18 @@ static inline void output_layer(float *const *h, float *const *xs, long count, r
 
 /* out[r] as above for rows × in inputs. hidden_weight (hidden × in) and output_weight (pixels × hidden, or
  * pixels × in when hidden_weight is NULL) packed by pack_weight; inv_std NULL for the Bernoulli density.
- * Returns 0, or -1 when a thread's scratch could not be allocated. */
+ * Returns 0, or -1 when a thread's scratch (a few tiles of rows: under 1 MB for MNIST) could not be allocated. */
 int mlp_log_likelihood(const float *inputs, long rows, long in, const float *hidden_weight, const float *hidden_bias,
                        long hidden, const float *output_weight, const float *output_bias, long pixels, const float *x,
                        long images, const float *inv_std, double offset, float *out, int threads) {
-    long depth = hidden_weight ? hidden : in, padded = (pixels + MR - 1) / MR * MR;
+    long depth = hidden_weight ? hidden : in;
     long panels = (rows + NR - 1) / NR, tasks = (panels + PANELS_PER_TASK - 1) / PANELS_PER_TASK;
-    size_t activations = (size_t)(in + (hidden_weight ? hidden : 0)) * NR, x_panel = (size_t)padded * NR;
+    size_t activations = (size_t)(in + (hidden_weight ? hidden : 0)) * NR, x_panel = (size_t)pixels * NR;
     int failed = 0;
     (void)threads; /* used by the OpenMP pragma; a build without OpenMP runs on the calling thread */
 #pragma omp parallel num_threads(threads)
     {
-        float *buffer = scratch(PANELS_PER_TASK * (activations + x_panel));
+        float *buffer = aligned_alloc(64, (PANELS_PER_TASK * (activations + x_panel) * sizeof(float) + 63) / 64 * 64);
         float *u[PANELS_PER_TASK], *h[PANELS_PER_TASK], *xs[PANELS_PER_TASK], *x_pool[PANELS_PER_TASK];
         /* x_pool[j] holds x[(x_phase[j] + lane) % images] in lane order: the same for every panel whose first row
          * is x_phase[j] modulo the images, so the evaluation's few phases are gathered once per call */
@@ -240,8 +226,8 @@ int mlp_log_likelihood(const float *inputs, long rows, long in, const float *hid
                     x_phase[j] = phase;
                     for (int lane = 0; lane < NR; lane++) {
                         const float *image = x + (phase + lane) % images * pixels;
-                        for (long d = 0; d < padded; d++)
-                            x_pool[j][d * NR + lane] = d < pixels ? image[d] : 0.0f;
+                        for (long d = 0; d < pixels; d++)
+                            x_pool[j][d * NR + lane] = image[d];
                     }
                 }
                 taken |= 1u << j;
@@ -264,11 +250,12 @@ int mlp_log_likelihood(const float *inputs, long rows, long in, const float *hid
                     double total = sums[s].sum[v][l];
                     if (inv_std)
                         total = offset - 0.5 * total;
-                    else  /* each padded pixel (v = 0) multiplied in a factor of 2 */
-                        total -= log(sums[s].product[v][l]) + (sums[s].exponents[v][l] - (padded - pixels)) * LN2;
+                    else
+                        total -= log(sums[s].product[v][l]) + sums[s].exponents[v][l] * LN2;
                     out[first + s * NR + lane] = (float)total;
                 }
         }
+        free(buffer);
     }
     return failed ? -1 : 0;
 }

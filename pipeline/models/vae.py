@@ -237,7 +237,7 @@ class VAE(nn.Module):
         def block_log_likelihood(inputs: torch.Tensor) -> torch.Tensor:
             for layer, weight in zip(earlier, packed, strict=True):
                 inputs = kernels.packed_linear(inputs, weight, layer.bias, relu=True)
-            log_px = torch.empty(inputs.shape[0])
+            log_px = torch.empty(inputs.shape[0], dtype=torch.float32)
             kernels.mlp_log_likelihood(inputs.contiguous(), hidden, output, pixels, log_px, inv_std, offset)
             return log_px
 
