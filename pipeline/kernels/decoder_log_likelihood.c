@@ -119,7 +119,7 @@ int vector_lanes(void) { return LANES; }
 long packed_weight_floats(long out, long in) { return (out + MR - 1) / MR * MR * in; }
 
 /* An out×in weight (nn.Linear's layout) in panels of MR output units: packed[o / MR][k][o % MR] = weight[o][k],
- * zero for the units past out in the last panel. */
+ * zero for the units past out in the last panel (the tiles compute them; nothing reads them). */
 void pack_weight(const float *weight, float *packed, long out, long in) {
     for (long o = 0; o < (out + MR - 1) / MR * MR; o++)
         for (long k = 0; k < in; k++)
@@ -159,7 +159,8 @@ static inline void output_layer(float *const *h, float *const *xs, long count, r
                     vf a = t.c[i][v] + broadcast(bias[d]), x = load(xs[s] + d * NR + v * LANES);
                     if (gaussian) {
                         vf e = exp_minus_abs(a);
-                        vf residual = (x - lanes_where(a >= 0.0f, broadcast(1.0f), e) / (1.0f + e)) * broadcast(inv_std[d]);
+                        vf mean = lanes_where(a >= 0.0f, broadcast(1.0f), e) / (1.0f + e);
+                        vf residual = (x - mean) * broadcast(inv_std[d]);
                         sum += residual * residual;
                     } else {
                         product *= 1.0f + exp_minus_abs(a);
