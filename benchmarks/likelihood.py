@@ -43,7 +43,7 @@ def _synchronize(device: torch.device) -> None:
 def matmul_rate(device: torch.device, repeats: int = 5, size: int = 4096) -> dict[str, float]:
     """Float32 matrix-multiply rates (FLOP/s) on a size³ product and a (2 size)×(size/4)² one, each the best of
     ``repeats`` runs: through ``torch.mm`` and, on the CPU where torch has oneDNN, through oneDNN with the weight
-    prepacked (:func:`pipeline.kernels.packed_linear`, which the evaluation uses and which can be the faster)."""
+    prepacked (:func:`pipeline.kernels.packed_linear`, which can be the faster)."""
     rates = {}
     for m, k, n in ((size, size, size), (2 * size, size // 4, size // 4)):
         a = torch.randn(m, k, device=device)

@@ -205,7 +205,8 @@ class VAE(nn.Module):
         labels = self._labels(y, k * b, z.dtype)
         std = self.decoder_std().reshape(-1).to(z.dtype) if self.likelihood == "gaussian" else None
         native = kernels.decoder_kernels_apply(z, pixels, *self.decoder.parameters(), *([] if std is None else [std]))
-        if native and (len(self.decoder) <= 3 or kernels.packed_linear_available()):
+        needs_onednn = len(self.decoder[::2]) > 2  # linear layers before the two the kernel fuses
+        if native and (not needs_onednn or kernels.packed_linear_available()):
             samples_per_block = max(1, NATIVE_ROWS_PER_BLOCK // b)
             block_log_likelihood = self._native_block_log_likelihood(pixels, std, samples_per_block * b)
         else:
