@@ -30,15 +30,14 @@ import torch
 import yaml
 
 from benchmarks.common import epoch_images_per_second
+from pipeline.checkpoint import load_model
 from pipeline.classifier_trainer import train_classifier
-from pipeline.config import Config, EvaluateConfig, GanConfig
+from pipeline.config import Config, EvaluateParams, GanParams
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.device import select_device
 from pipeline.distributed import DistContext
+from pipeline.evaluation import conditional_sampler, sample_quality_report
 from pipeline.gan_trainer import GanTrainer, train_gan
-from pipeline.metrics import conditional_sampler, sample_quality_report
-from pipeline.models.classifier import load_classifier
-from pipeline.models.gan import load_generator
 from pipeline.training import TrainingOutputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +102,7 @@ def main(
         torch.set_num_threads(threads)
     torch_device = select_device(device)
     gan = dataclasses.replace(
-        GanConfig(),
+        GanParams(),
         arch="dcgan",
         base_channels=base_channels,
         batch_size=batch_size,
@@ -123,19 +122,19 @@ def main(
     if train_images:
         x = data.x | {"train": data.x["train"][:train_images]}
         data = dataclasses.replace(data, x=x, y=data.y | {"train": data.y["train"][:train_images]})
-    settings = dataclasses.replace(EvaluateConfig(), classifier_epochs=classifier_epochs, num_generated=num_generated)
+    settings = dataclasses.replace(EvaluateParams(), classifier_epochs=classifier_epochs, num_generated=num_generated)
     config = dataclasses.replace(
         config, gan=dataclasses.replace(gan, epochs=fashion_mnist_epochs, sample_every_epochs=10**5), evaluate=settings
     )
     start = time.perf_counter()
-    classifier_outputs = TrainingOutputs.for_model("classifier", root, "metrics/classifier.json")
-    accuracy = train_classifier(config, data, classifier_outputs)["test_accuracy"]
+    classifier_outputs = TrainingOutputs.for_model("classifier", root)
+    accuracy = train_classifier(config, data, classifier_outputs)["accuracy"]
     click.echo(f"classifier: test accuracy {accuracy:.4f} after {classifier_epochs} epochs")
     outputs = TrainingOutputs.for_model("gan", root)
     train_gan(config, data, outputs)
     minutes = (time.perf_counter() - start) / 60
-    classifier = load_classifier(classifier_outputs.checkpoint_dir / "best.pt", torch_device)
-    generator = load_generator(outputs.checkpoint_dir / "last.pt", torch_device)
+    classifier = load_model(classifier_outputs.best_path, "model", torch_device)
+    generator = load_model(outputs.last_path, "generator_ema", torch_device)
     sampler = conditional_sampler(generator, generator.latent_dim, torch_device, None, config.seed)
     test, train = torch.from_numpy(data.x["test"]), torch.from_numpy(data.x["train"])
     report = sample_quality_report(sampler, classifier, test, train, num_generated, seed=config.seed)

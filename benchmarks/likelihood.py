@@ -3,16 +3,14 @@
 Evaluates K importance samples for each of ``--points`` binary MNIST-size images with an MLP VAE
 (pixels-hidden-latent, the IWAE paper's evaluation setting is 10,000 test images, K = 5000; a Bernoulli decoder
 unless ``--likelihood gaussian``) through
-:func:`pipeline.likelihood.importance_sampled_log_likelihood`, the code the evaluate_vae stage runs.
+:func:`pipeline.estimators.importance_sampled_log_likelihood`, the code the evaluate_vae stage runs.
 It reports decoder evaluations per second, the decoder's matrix-multiply FLOP rate, and that rate as a
-fraction of this machine's float32 matrix-multiply rate: the best of ``torch.mm`` and, on the CPU, oneDNN with a
-prepacked weight, measured here on large products. On a shared machine
+fraction of this machine's float32 ``torch.mm`` rate, measured here on large products. On a shared machine
 that rate drifts as neighbours come and go, so the points run in ``--segments`` parts with the rate measured
 between them: the overall fraction is against the highest rate seen, and the median of the segments' fractions
 is against the rate measured around each (the higher of before and after). A plain batched
 implementation (sample all K, decode, per-pixel log-density, logsumexp) runs on a few points of the same
-model for comparison. Which decoder path ran (the fused native kernel or torch's fallback) is printed.
-Timings on shared CPUs are provisional.
+model for comparison. Timings on shared CPUs are provisional.
 """
 
 from __future__ import annotations
@@ -26,12 +24,12 @@ import click
 import torch
 from torch import nn
 
-from pipeline import kernels
-from pipeline.config import Config, VaeConfig
+from pipeline.config import Config, VaeParams
 from pipeline.device import select_device, to_device
-from pipeline.likelihood import NOISE_POINTS, importance_sampled_log_likelihood
-from pipeline.models.vae import VAE, build_vae
+from pipeline.estimators import NOISE_POINTS, importance_sampled_log_likelihood
+from pipeline.models.vae import VAE
 from pipeline.objectives.vae import gaussian_log_density, reparameterize, standard_normal_log_density
+from pipeline.vae_trainer import build_vae
 
 
 def _synchronize(device: torch.device) -> None:
@@ -41,17 +39,13 @@ def _synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def matmul_rate(device: torch.device, repeats: int = 5, size: int = 4096) -> dict[str, float]:
-    """Float32 matrix-multiply rates (FLOP/s) on a size³ product and a (2 size)×(size/4)² one, each the best of
-    ``repeats`` runs: through ``torch.mm`` and, on the CPU where torch has oneDNN, through oneDNN with the weight
-    prepacked (:func:`pipeline.kernels.packed_linear`, which can be the faster)."""
+    """Float32 ``torch.mm`` rates (FLOP/s) on a size³ product and a (2 size)×(size/4)² one, each the best of
+    ``repeats`` runs."""
     rates = {}
     for m, k, n in ((size, size, size), (2 * size, size // 4, size // 4)):
         a = torch.randn(m, k, device=device)
         b = torch.randn(k, n, device=device)
         products = {f"torch.mm {m}x{k}x{n}": functools.partial(torch.mm, a, b)}
-        if device.type == "cpu" and kernels.packed_linear_available():
-            packed = kernels.pack_linear_weight(b.t().contiguous(), m)
-            products[f"oneDNN packed {m}x{k}x{n}"] = functools.partial(kernels.packed_linear, a, packed)
         for name, product in products.items():
             product()
             best = math.inf
@@ -63,10 +57,6 @@ def matmul_rate(device: torch.device, repeats: int = 5, size: int = 4096) -> dic
                 best = min(best, time.perf_counter() - start)
             rates[name] = 2 * m * k * n / best
     return rates
-
-
-def _torch_mm_rate(rates: dict[str, float]) -> float:
-    return max(value for name, value in rates.items() if name.startswith("torch.mm"))
 
 
 def decoder_flops(model: VAE) -> int:
@@ -127,15 +117,11 @@ def main(
         torch.set_num_threads(threads)
     device = select_device(device_name)
     torch.manual_seed(0)
-    config = Config(latent_dim=latent, vae=VaeConfig(hidden_sizes=[hidden], likelihood=likelihood))
+    config = Config(latent_dim=latent, vae=VaeParams(hidden_sizes=[hidden], likelihood=likelihood))
     model = to_device(build_vae(config, (1, side, side), None), device).eval()
     x = torch.bernoulli(torch.rand(points, 1, side, side, device=device) * 0.3)
     flops = decoder_flops(model)
     click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
-    path = "torch (no native kernel)"
-    if kernels.decoder_kernels_apply(x):
-        path = f"fused native kernel (pipeline/kernels, {kernels.decoder_kernel_lanes()}-float vectors)"
-    click.echo(f"{likelihood.capitalize()} log-likelihood: {path}")
     rates = matmul_rate(device, size=rate_size)
     for name, value in rates.items():
         click.echo(f"{name}: {value / 1e9:.1f} GFLOP/s")
@@ -143,7 +129,6 @@ def main(
     importance_sampled_log_likelihood(model, model, x[:16], None, 256, memory_budget_mb=memory_budget_mb)  # warm-up
     size = NOISE_POINTS * math.ceil(points / segments / NOISE_POINTS)
     rate_before, seen_rates, local_fractions, seconds, log_px = max(rates.values()), [], [], 0.0, []
-    torch_mm_rates = [_torch_mm_rate(rates)]
     for start in range(0, points, size):
         part = x[start : start + size]
         _synchronize(device)
@@ -155,7 +140,6 @@ def main(
         elapsed = time.perf_counter() - began
         rates_after = matmul_rate(device, repeats=3, size=rate_size)
         rate_after = max(rates_after.values())
-        torch_mm_rates.append(_torch_mm_rate(rates_after))
         local = max(rate_before, rate_after)
         fraction = part.shape[0] * samples * flops / elapsed / local
         click.echo(
@@ -177,10 +161,6 @@ def main(
         f"decoder matmul rate {achieved / 1e9:.1f} GFLOP/s = {achieved / max(seen_rates):.1%} of the highest "
         f"matmul rate measured ({max(seen_rates) / 1e9:.1f} GFLOP/s); median over the {len(local_fractions)} "
         f"segments against the rate measured around each: {statistics.median(local_fractions):.1%}"
-    )
-    click.echo(
-        f"against torch.mm alone (highest {max(torch_mm_rates) / 1e9:.1f} GFLOP/s): "
-        f"{achieved / max(torch_mm_rates):.1%}"
     )
     if points != 10000:
         click.echo(f"projected for 10,000 points: {seconds * 10000 / points:.0f} s")

@@ -21,12 +21,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.device import to_device
 from pipeline.export import export_generator, export_vae, write_exported
-from pipeline.models.gan import build_generator, load_generator
-from pipeline.models.vae import build_vae, load_vae
+from pipeline.gan_trainer import build_generator
 from pipeline.runtime import INPUT_NAMES, LABEL_NAME, GenerativeModel, open_session
-from pipeline.training import load_checkpoint
+from pipeline.vae_trainer import build_vae
 from stages.common import load_params, params_option
 
 
@@ -56,8 +56,8 @@ def load_models(params_path: str, checkpoint_dir: Path, image_shape: tuple[int, 
     if vae_path.exists() and gan_path.exists():
         vae_state, gan_state = load_checkpoint(vae_path), load_checkpoint(gan_path)
         return {
-            "vae": (load_vae(vae_path), vae_state["data"], vae_state["config"]),
-            "gan": (load_generator(gan_path), gan_state["data"], gan_state["config"]),
+            "vae": (model_from_state(vae_state, "model"), vae_state["data"], vae_state["params"]),
+            "gan": (model_from_state(gan_state, "generator_ema"), gan_state["data"], gan_state["params"]),
         }, f"checkpoints in {checkpoint_dir}"
     num_classes = 10
     data = {"image_shape": list(image_shape), "num_classes": num_classes, "dataset": "benchmark"}

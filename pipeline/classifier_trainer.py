@@ -17,43 +17,50 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from pipeline.checkpoint import model_from_state
 from pipeline.config import Config
 from pipeline.data.processed import ProcessedData
-from pipeline.device import seed_everything, select_device, to_device
-from pipeline.io import write_json
-from pipeline.models.classifier import TRANSFORMATIONS, Classifier, build_classifier, transform_images
+from pipeline.device import to_device
+from pipeline.models.classifier import TRANSFORMATIONS, Classifier, classifier_config, transform_images
+from pipeline.seeds import stream_seed, torch_generator
 from pipeline.training import (
-    EpochLoop,
     IndexBatches,
-    LiveLog,
     TrainingOutputs,
     check_finite,
-    data_description,
-    device_generator,
-    load_checkpoint,
     load_optimizer_state,
     to_device_tensors,
+    train,
 )
 
 log = logging.getLogger(__name__)
 
+# what train_classifier's outputs depend on (dvc.yaml declares the same; a test checks both against what it reads)
+PARAMS = ("seed", "device", "evaluate.classifier_epochs")
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
-OUTPUTS = TrainingOutputs.for_model("classifier", metrics_path="metrics/classifier.json")  # no images written
+OUTPUTS = TrainingOutputs.for_model("classifier")  # no images written
 
 
 class ClassifierTrainer:
-    """The classifier, its optimizer and the device tensors of every split."""
+    """The classifier, its optimizer and the device tensors of every split (a :class:`pipeline.training.Trainer`)."""
+
+    name = "classifier"
+    monitor = "accuracy"
+    higher_is_better = True
+    resumable = ()
 
     def __init__(self, config: Config, data: ProcessedData, device: torch.device) -> None:
         self.config, self.data, self.device = config, data, device
-        seed_everything(config.seed)
-        self.model: Classifier = to_device(build_classifier(data.image_shape, data.num_classes), device)
+        self.epochs = config.evaluate.classifier_epochs
+        self.model: Classifier = to_device(Classifier(classifier_config(data.image_shape, data.num_classes)), device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
         self.x = to_device_tensors(data.x, device)
         self.y = to_device_tensors(data.y, device) if data.y is not None else None
-        self.batches = IndexBatches(len(data.x["train"]), BATCH_SIZE, config.seed, device)
+        self.batches = IndexBatches(
+            len(data.x["train"]), BATCH_SIZE, stream_seed(config.seed, "classifier", "batches"), device
+        )
 
     def _inputs_and_targets(
         self, x: torch.Tensor, y: torch.Tensor | None, which: torch.Tensor
@@ -67,7 +74,7 @@ class ClassifierTrainer:
         self.model.train()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         # the transformations drawn in an epoch depend on the seed and the epoch alone, so resuming repeats them
-        draws = device_generator(self.device, self.config.seed * 1_000_003 + epoch)
+        draws = torch_generator(self.device, self.config.seed, "classifier", "transformations", epoch)
         for i, idx in enumerate(self.batches.epoch(epoch)):
             which = torch.randint(len(TRANSFORMATIONS), idx.shape, generator=draws, device=self.device)
             labels = None if self.y is None else self.y["train"][idx]
@@ -80,64 +87,44 @@ class ClassifierTrainer:
             sums += torch.stack([loss.detach().double() * len(idx), loss.new_tensor(len(idx)).double()])
         return {"loss": (sums[0] / sums[1]).item()}
 
+    def validate(self, epoch: int) -> dict[str, float]:
+        return self.evaluate("valid")
+
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str, model: Classifier | None = None) -> dict[str, float]:
         """Cross-entropy and accuracy on a split (for the transformations task, image i under transformation i % 4)."""
-        self.model.eval()
+        model = model or self.model
+        model.eval()
         which = torch.arange(len(self.x[split]), device=self.device) % len(TRANSFORMATIONS)
         x, y = self._inputs_and_targets(self.x[split], None if self.y is None else self.y[split], which)
-        logits = torch.cat([self.model(batch) for batch in x.split(500)])
+        logits = torch.cat([model(batch) for batch in x.split(500)])
         return {
             "loss": F.cross_entropy(logits, y).item(),
             "accuracy": (logits.argmax(1) == y).double().mean().item(),
         }
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "data": data_description(self.data, self.data.num_classes),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
 
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        load_optimizer_state(self.optimizer, saved["optimizer"])
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        load_optimizer_state(self.optimizer, state["optimizer"])
+
+    def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
+        return [(epoch + 1, metrics)]
+
+    def finish(self, best: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The best epoch's test accuracy (the metric); its task, loss and chance level (the card)."""
+        test = self.evaluate("test", to_device(model_from_state(best, "model"), self.device))
+        card = {"task": self.model.task, "test": test, "chance_accuracy": 1.0 / self.model.num_classes}
+        return {"accuracy": test["accuracy"]}, card
 
 
 def train_classifier(
     config: Config, data: ProcessedData, outputs: TrainingOutputs = OUTPUTS, progress: bool = True
 ) -> dict:
-    """Train the feature classifier; writes checkpoints, dvclive logs and the metrics JSON it returns."""
-    trainer = ClassifierTrainer(config, data, select_device(config.device))
-    live = LiveLog(outputs.live_dir)
-    loop = EpochLoop(
-        epochs=config.evaluate.classifier_epochs,
-        checkpoint_dir=outputs.checkpoint_dir,
-        monitor="accuracy",
-        train_epoch=trainer.train_epoch,
-        validate=lambda epoch: trainer.evaluate("valid"),
-        state=trainer.state,
-        restore=trainer.restore,
-        log=live,
-        live=live,
-        progress=progress,
-    )
-    best = loop.run()
-    trainer.model.load_state_dict(load_checkpoint(loop.best_path, trainer.device)["model"])
-    test = trainer.evaluate("test")
-    summary = {
-        "task": trainer.model.task,
-        "best_epoch": best["epoch"],
-        "epochs": config.evaluate.classifier_epochs,
-        "valid_accuracy": best["value"],
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "chance_accuracy": 1.0 / trainer.model.num_classes,
-    }
-    write_json(outputs.metrics_path, summary)
-    live.end()
-    log.info(
-        "train_classifier: %s, best epoch %d, test accuracy %.4f", trainer.model.task, best["epoch"], test["accuracy"]
-    )
-    return summary
+    """Train the feature classifier (single process); writes checkpoints, dvclive logs, the metrics JSON it returns
+    and the run card."""
+    return train(lambda ctx: ClassifierTrainer(config, data, ctx.device), outputs, config, data, PARAMS, None, progress)

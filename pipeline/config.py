@@ -1,14 +1,16 @@
-"""The one typed schema of ``params.yaml``.
+"""The one typed schema of ``params.yaml``, and its one set of defaults (equal to the shipped file, by test).
 
-Every stage loads its parameters through :func:`load_config`, which rejects an
-unknown key, a wrong type or an out-of-range value with one message naming the
-key, the bad value and what is allowed, before any work is done.
+Every stage loads its parameters through :func:`load_config`, which rejects a missing or
+unknown key, a wrong type, NaN or infinity, or an out-of-range value with one message naming
+the key, the bad value and what is allowed, before any work is done. :func:`check_compatible`
+is the one check of parameters against the data they will train on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "binarized_mnist", "npz", "image_folder")
+from pipeline.data.processed import ProcessedData
+from pipeline.data.registry import REGISTRY
+
+DATASETS = tuple(REGISTRY)
 
 
 class ConfigError(ValueError):
@@ -36,10 +41,8 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    dataset: Literal["digits", "mnist", "fashion_mnist", "binarized_mnist", "npz", "image_folder"] = _f(
-        "digits", "which dataset the download stage fetches"
-    )
+class DataParams:
+    dataset: Literal[DATASETS] = _f("digits", "which dataset the download stage fetches")
     mirror: str | None = _f(None, "local directory consulted before any remote source (env DGM_DATA_MIRROR overrides)")
     path: str | None = _f(None, "the user's .npz file (dataset npz) or image directory (dataset image_folder)")
     image_size: int = _f(28, "side length images of an image_folder are resized to", **_range(4, 512))
@@ -57,7 +60,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class VaeConfig:
+class VaeParams:
     arch: Literal["mlp", "conv"] = _f("mlp", "encoder/decoder architecture")
     hidden_sizes: list[int] = _f([512, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
     conv_channels: list[int] = _f([32, 64], "channels of the conv architecture's stride-2 blocks", **_range(1, 4096))
@@ -81,24 +84,24 @@ class VaeConfig:
 
 
 @dataclass(frozen=True)
-class GanConfig:
+class GanParams:
     arch: Literal["mlp", "dcgan"] = _f("mlp", "generator/discriminator architecture")
     hidden_sizes: list[int] = _f([256, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
     base_channels: int = _f(64, "channel width of the dcgan architecture", **_range(1, 4096))
     loss: Literal["minimax", "non_saturating", "hinge"] = _f("non_saturating", "adversarial objective")
-    spectral_norm: bool = _f(True, "spectral normalization of the discriminator's layers")
+    spectral_norm: bool = _f(False, "spectral normalization of the discriminator's layers")
     label_smoothing: float = _f(0.0, "one-sided label smoothing: real target is 1 - this", **_range(0.0, 0.5))
     feature_matching: bool = _f(False, "generator matches discriminator features (Salimans et al. 2016)")
     ema_decay: float = _f(0.999, "decay of the generator's weight EMA used for sampling and export", **_range(0.0, 1.0))
     conditional: bool = _f(False, "feed the class label to both networks (Mirza & Osindero 2014)")
-    epochs: int = _f(50, "training epochs", **_range(1, 100000))
-    batch_size: int = _f(128, "training batch size", **_range(1, 1 << 20))
-    lr_g: float = _f(2e-4, "generator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
-    lr_d: float = _f(2e-4, "discriminator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
+    epochs: int = _f(100, "training epochs", **_range(1, 100000))
+    batch_size: int = _f(32, "training batch size", **_range(1, 1 << 20))
+    lr_g: float = _f(1e-3, "generator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
+    lr_d: float = _f(1e-3, "discriminator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     beta1: float = _f(0.5, "Adam beta1", **_range(0.0, 1.0))
     beta2: float = _f(0.999, "Adam beta2", **_range(0.0, 1.0))
     d_steps: int = _f(1, "discriminator updates per generator update", **_range(1, 100))
-    sample_every_epochs: int = _f(5, "epochs between logged sample grids and metrics", **_range(1, 100000))
+    sample_every_epochs: int = _f(25, "epochs between logged sample grids and metrics", **_range(1, 100000))
     log_every_steps: int = _f(
         50, "discriminator steps per logged window of losses, D(x) and D(g(z))", **_range(1, 1 << 30)
     )
@@ -107,7 +110,7 @@ class GanConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateParams:
     num_samples: int = _f(1000, "K, importance samples per test point (the literature uses 5000)", **_range(1, 1 << 24))
     curve_ks: list[int] = _f(
         [1, 10, 100], "K values of the convergence curve (num_samples is added)", **_range(1, 1 << 24)
@@ -123,7 +126,7 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportParams:
     opset: int = _f(18, "ONNX opset of the exported models (the dynamo exporter emits 18 or newer)", **_range(18, 23))
     parity_atol: float = _f(
         1e-5, "max abs error allowed between onnxruntime and torch (float32)", **_range(0.0, 1.0, lo_open=True)
@@ -136,14 +139,27 @@ class Config:
     seed: int = _f(0, "seed of every random draw", **_range(0, 2**31 - 1))
     latent_dim: int = _f(16, "size of z, shared by the VAE and the GAN", **_range(1, 4096))
     device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "auto: CUDA, else Apple MPS, else CPU")
-    data: DataConfig = field(default_factory=DataConfig)
-    vae: VaeConfig = field(default_factory=VaeConfig)
-    gan: GanConfig = field(default_factory=GanConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    data: DataParams = field(default_factory=DataParams)
+    vae: VaeParams = field(default_factory=VaeParams)
+    gan: GanParams = field(default_factory=GanParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def select(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The values of ``keys`` (top-level names, whole sections such as "vae", or dotted keys such as
+        "evaluate.num_samples") as a nested dict: what a stage's outputs depend on, as dvc.yaml declares."""
+        selected: dict[str, Any] = {}
+        for key in keys:
+            *sections, name = key.split(".")
+            node, target = self, selected
+            for section in sections:
+                node, target = getattr(node, section), target.setdefault(section, {})
+            value = getattr(node, name)
+            target[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return selected
 
 
 def _describe(tp: Any) -> str:
@@ -208,6 +224,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: {value!r} is not a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not allowed; give a finite number")
         _check_range(key, float(value), meta)
         return float(value)
     if tp is str:
@@ -215,6 +233,20 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
             raise ConfigError(f"{key}: {value!r} is not a string")
         return value
     raise TypeError(f"schema type {tp!r} of {key} is not supported")
+
+
+def _missing(cls: type, raw: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of the schema that ``raw`` leaves out (a missing section counts as one key)."""
+    if not isinstance(raw, dict):
+        return []
+    hints, missing = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name not in raw:
+            missing.append(key)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            missing += _missing(hints[f.name], raw[f.name], f"{key}.")
+    return missing
 
 
 def _build(cls: type, raw: Any, prefix: str = "") -> Any:
@@ -239,13 +271,42 @@ def _build(cls: type, raw: Any, prefix: str = "") -> Any:
     return cls(**values)
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Validate a params mapping against the schema; raise ConfigError naming the first bad key."""
+def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
+    """Validate a params mapping against the schema (keys left out take the defaults, unless ``complete``); raise
+    ConfigError naming the first bad key, or every missing one."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping of keys, got {raw!r}")
+    if complete and not raw:
+        raise ConfigError("the parameters file is empty; restore params.yaml from the repository (git checkout)")
+    missing = _missing(Config, raw) if complete else []
+    if missing:
+        raise ConfigError(f"missing keys: {', '.join(missing)}; every key of the shipped params.yaml is required")
     config = _build(Config, raw)
     data = config.data
     if data.dataset in ("npz", "image_folder") and not data.path:
         raise ConfigError(f"data.path: null is not allowed with data.dataset {data.dataset!r}; give the file or folder")
+    if config.vae.free_bits > 0 and config.vae.iwae_k > 1:
+        raise ConfigError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
+    if config.gan.loss == "hinge" and config.gan.label_smoothing > 0:
+        raise ConfigError("gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for hinge")
     return config
+
+
+def check_compatible(config: Config, section: str, data: ProcessedData) -> None:
+    """The one check of a model's parameters (``section``: "vae" or "gan") against the data it will train on: a
+    ConfigError naming the parameter and the fix for a conditional model on unlabelled data, or a Gaussian decoder
+    on binary data."""
+    params = getattr(config, section)
+    if params.conditional and data.y is None:
+        raise ConfigError(
+            f"{section}.conditional is true but dataset {data.dataset!r} has no labels; "
+            f"set {section}.conditional: false or use a labelled dataset"
+        )
+    if section == "vae" and params.likelihood == "gaussian" and data.binary:
+        raise ConfigError(
+            "vae.likelihood: 'gaussian' models grey values but the data are binary "
+            f"(data.binarize: {data.binarize!r}); set data.binarize: none on grey data, or vae.likelihood: bernoulli"
+        )
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
@@ -257,16 +318,20 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raise ConfigError(f"{path}: no such parameters file; run from the project root or pass --params") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return config_from_dict(raw or {})
+    try:
+        return config_from_dict(raw, complete=True)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def schema_help(cls: type = Config, prefix: str = "") -> list[str]:
     """One line per parameter: dotted key, default and description (for --help and the README)."""
     lines = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
-            lines += schema_help(typing.get_type_hints(cls)[f.name], f"{key}.")
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += schema_help(hints[f.name], f"{key}.")
             continue
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         lines.append(f"{key} = {default!r}: {f.metadata.get('help', '')}")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import random
 from typing import TypeVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -39,12 +37,3 @@ def to_device(model: Module, device: str | torch.device) -> Module:
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when asked for; a no-op context everywhere else (same code path)."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; make CPU kernels deterministic; return a CPU generator."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    return torch.Generator().manual_seed(seed)

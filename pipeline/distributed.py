@@ -47,14 +47,12 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     return DistContext(rank, world_size, device)
 
 
-def all_reduce_mean(metrics: dict[str, float], ctx: DistContext) -> dict[str, float]:
-    """Average scalar metrics over ranks (identity in a single process)."""
-    if not ctx.distributed or not metrics:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(values)
-    return {k: v / ctx.world_size for k, v in zip(keys, values.tolist(), strict=True)}
+def wrap(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``module`` under DistributedDataParallel when running distributed (gradients synchronized), else itself."""
+    if not ctx.distributed:
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -39,12 +39,10 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import nn
 
-from pipeline.config import ExportConfig
+from pipeline.checkpoint import load_checkpoint, model_from_state
+from pipeline.config import ExportParams
 from pipeline.io import atomic_path, write_json
-from pipeline.models.gan import load_generator
-from pipeline.models.vae import load_vae
 from pipeline.runtime import INPUT_NAMES, LABEL_NAME, OUTPUT_NAMES, ModelMetadata
-from pipeline.training import load_checkpoint
 
 PARITY_BATCH_SIZES = (1, 5, 64)
 CARD_NAME = "models.json"
@@ -338,7 +336,7 @@ def _inputs(kind: str, model: nn.Module) -> list[InputSpec]:
 
 
 def export_vae(
-    vae: nn.Module, data: dict[str, Any], config: dict[str, Any], export_config: ExportConfig, seed: int = 0
+    vae: nn.Module, data: dict[str, Any], config: dict[str, Any], export_config: ExportParams, seed: int = 0
 ) -> list[ExportedModel]:
     """The VAE's decoder z[, label] -> E[x|z] (11.1-11.4) and encoder x[, label] -> (mu, logvar) (11.18)."""
     options = {"opset": export_config.opset, "parity_atol": export_config.parity_atol, "seed": seed}
@@ -363,7 +361,7 @@ def export_vae(
 
 
 def export_generator(
-    generator: nn.Module, data: dict[str, Any], config: dict[str, Any], export_config: ExportConfig, seed: int = 0
+    generator: nn.Module, data: dict[str, Any], config: dict[str, Any], export_config: ExportParams, seed: int = 0
 ) -> list[ExportedModel]:
     """The GAN generator z[, label] -> g(z) in [0, 1] (§11.2), an implicit model without a likelihood."""
     return export_module(
@@ -378,7 +376,7 @@ def export_generator(
     )
 
 
-def export_checkpoints(checkpoint_dir: str | Path, export_config: ExportConfig, seed: int = 0) -> list[ExportedModel]:
+def export_checkpoints(checkpoint_dir: str | Path, export_config: ExportParams, seed: int = 0) -> list[ExportedModel]:
     """Export ``vae/best.pt`` and ``gan/best.pt`` (EMA generator) under ``checkpoint_dir``, whichever exist."""
     checkpoint_dir = Path(checkpoint_dir)
     vae_path, gan_path = checkpoint_dir / "vae" / "best.pt", checkpoint_dir / "gan" / "best.pt"
@@ -387,12 +385,12 @@ def export_checkpoints(checkpoint_dir: str | Path, export_config: ExportConfig, 
     models = []
     if vae_path.exists():
         state = load_checkpoint(vae_path)
-        models += export_vae(load_vae(vae_path), state["data"], state["config"], export_config, seed)
+        vae = model_from_state(state, "model", str(vae_path))
+        models += export_vae(vae, state["data"], state["params"], export_config, seed)
     if gan_path.exists():
         state = load_checkpoint(gan_path)
-        models += export_generator(
-            load_generator(gan_path, ema=True), state["data"], state["config"], export_config, seed
-        )
+        generator = model_from_state(state, "generator_ema", str(gan_path))
+        models += export_generator(generator, state["data"], state["params"], export_config, seed)
     return models
 
 

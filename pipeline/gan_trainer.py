@@ -25,55 +25,56 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config
 from pipeline.data.processed import ProcessedData
-from pipeline.device import autocast, seed_everything, to_device
-from pipeline.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
+from pipeline.device import autocast, to_device
+from pipeline.distributed import DistContext, all_reduce_sum, wrap
+from pipeline.evaluation import sample_quality_report
 from pipeline.images import save_image_grid
-from pipeline.io import write_json
-from pipeline.metrics import sample_quality_report
 from pipeline.models.classifier import Classifier
-from pipeline.models.gan import build_discriminator, build_generator
+from pipeline.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from pipeline.objectives.gan import discriminator_loss, feature_matching_loss, generator_loss
+from pipeline.seeds import stream_seed, torch_generator
 from pipeline.training import (
-    EpochLoop,
     IndexBatches,
-    LiveLog,
     TrainingOutputs,
     check_finite,
-    check_resumable,
-    data_description,
-    device_generator,
     load_optimizer_state,
-    require_labels,
     to_device_tensors,
+    train,
 )
 
 log = logging.getLogger(__name__)
 
-# keys that may differ between the run that wrote last.pt and the run resuming from it ("evaluate.": that section)
-RESUMABLE_CHANGES = (
-    "gan.epochs",
-    "gan.resume",
-    "gan.sample_every_epochs",
-    "gan.log_every_steps",
-    "device",
-    "evaluate.",
-)
+# what train_gan's outputs depend on (dvc.yaml declares the same; a test checks both against what the stage reads)
+PARAMS = ("seed", "latent_dim", "device", "gan", "evaluate.num_generated")
 # the logged window statistics, in the order they are accumulated
 WINDOW_KEYS = ("d_loss", "g_loss", "d_real", "d_fake")
-OUTPUTS = TrainingOutputs.for_model("gan")
+OUTPUTS = TrainingOutputs.for_model("gan", metrics=False)  # the samples' metrics are evaluate_samples'
 
 
-def check_compatible(config: Config, data: ProcessedData) -> None:
-    """Reject parameter combinations the data cannot support, before any work is done."""
+def gan_configs(
+    config: Config, image_shape: tuple[int, int, int], num_classes: int | None
+) -> tuple[GeneratorConfig, DiscriminatorConfig]:
+    """The generator and discriminator ``config.gan`` describes (``num_classes`` used only when conditional)."""
     gan = config.gan
-    if gan.conditional:
-        require_labels(data, "gan.conditional")
-    if gan.loss == "hinge" and gan.label_smoothing > 0:
-        raise ConfigError("gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for hinge")
+    classes = num_classes if gan.conditional else None
+    common = {"arch": gan.arch, "hidden_sizes": tuple(gan.hidden_sizes), "base_channels": gan.base_channels}
+    return (
+        GeneratorConfig(config.latent_dim, tuple(image_shape), num_classes=classes, **common),
+        DiscriminatorConfig(tuple(image_shape), spectral_norm=gan.spectral_norm, num_classes=classes, **common),
+    )
+
+
+def build_generator(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> Generator:
+    """A fresh generator of :func:`gan_configs`."""
+    return Generator(gan_configs(config, image_shape, num_classes)[0])
+
+
+def build_discriminator(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> Discriminator:
+    """A fresh discriminator of :func:`gan_configs`."""
+    return Discriminator(gan_configs(config, image_shape, num_classes)[1])
 
 
 @torch.no_grad()
@@ -87,15 +88,28 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> 
 
 
 class GanTrainer:
-    """One rank's training state: both networks, their optimizers, the EMA, noise generator and device tensors."""
+    """One rank's GAN training (a :class:`pipeline.training.Trainer`): both networks, their optimizers, the EMA,
+    the noise generator and device tensors. With a classifier, best.pt is the epoch of the lowest validation Fréchet
+    distance (sample metrics every ``gan.sample_every_epochs``); without one, the last epoch."""
 
-    def __init__(self, config: Config, data: ProcessedData, ctx: DistContext, classifier: Classifier | None = None):
-        check_compatible(config, data)
-        self.config, self.ctx, self.data = config, ctx, data
+    name = "gan"
+    higher_is_better = False
+    resumable = ("gan.epochs", "gan.resume", "gan.sample_every_epochs", "gan.log_every_steps", "device", "evaluate.")
+
+    def __init__(
+        self,
+        config: Config,
+        data: ProcessedData,
+        ctx: DistContext,
+        classifier: Classifier | None = None,
+        outputs: TrainingOutputs = OUTPUTS,
+    ) -> None:
+        self.config, self.ctx, self.data, self.outputs = config, ctx, data, outputs
         self.device = ctx.device
+        self.epochs = config.gan.epochs
         self.classifier = to_device(classifier, self.device).eval() if classifier is not None else None
+        self.monitor = "frechet_distance" if classifier is not None else None
         gan = config.gan
-        seed_everything(config.seed)
         self.generator = to_device(build_generator(config, data.image_shape, data.num_classes), self.device)
         self.discriminator = to_device(build_discriminator(config, data.image_shape, data.num_classes), self.device)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
@@ -103,16 +117,19 @@ class GanTrainer:
         betas = (gan.beta1, gan.beta2)
         self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=gan.lr_g, betas=betas)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=gan.lr_d, betas=betas)
-        self.train_g, self.train_d = self.generator, self.discriminator
-        if ctx.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_g = DistributedDataParallel(self.generator, device_ids=ids)
-            self.train_d = DistributedDataParallel(self.discriminator, device_ids=ids)
-        self.noise = device_generator(self.device, config.seed * 1009 + ctx.rank)
+        self.train_g, self.train_d = wrap(self.generator, ctx), wrap(self.discriminator, ctx)
+        self.noise = torch_generator(self.device, config.seed, "gan", "noise", ctx.rank)
         self.x = to_device_tensors(data.x, self.device)
         self.y = to_device_tensors(data.y, self.device) if data.y is not None else None
+        # batch norm (mlp and dcgan generators) cannot train on a batch of one image: a last batch of one is left out
         self.batches = IndexBatches(
-            len(data.x["train"]), gan.batch_size, config.seed, self.device, True, ctx.rank, ctx.world_size
+            len(data.x["train"]),
+            gan.batch_size,
+            stream_seed(config.seed, "gan", "batches"),
+            self.device,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            min_batch=2,
         )
         self.ema_updates = 0
         self.window_sums = torch.zeros(len(WINDOW_KEYS) + 2, dtype=torch.float64, device=self.device)
@@ -121,7 +138,7 @@ class GanTrainer:
 
     def _fixed_noise(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """The noise of every logged grid: 8×8 samples, or one row of 10 per class when conditional."""
-        generator = torch.Generator().manual_seed(self.config.seed + 3)
+        generator = torch_generator("cpu", self.config.seed, "gan", "fixed noise")
         if self.conditional:
             columns = 10
             y = torch.arange(self.generator.num_classes).repeat_interleave(columns)
@@ -191,7 +208,7 @@ class GanTrainer:
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
         """``n`` images from the weight-averaged generator (labels cycle through the classes if not given)."""
-        generator = device_generator(self.device, seed)
+        generator = torch_generator(self.device, seed, "gan", "samples")
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
         if self.conditional and labels is None:
             labels = torch.arange(n, device=self.device) % self.generator.num_classes
@@ -201,25 +218,25 @@ class GanTrainer:
         return (epoch + 1) % self.config.gan.sample_every_epochs == 0 or epoch == self.config.gan.epochs - 1
 
     @torch.no_grad()
-    def evaluate(self, epoch: int, image_dir: Path | None) -> dict[str, float]:
+    def validate(self, epoch: int) -> dict[str, float]:
         """On sample epochs: the fixed-noise grid (writer only) and, given a classifier, the sample metrics on the
         validation split (never the test split, which would leak into the choice of best.pt)."""
         if not self.is_sample_epoch(epoch):
             return {}
-        if image_dir is not None and self.ctx.is_writer:
-            save_fixed_noise_grid(self, image_dir / f"samples_epoch{epoch + 1:04d}.png")
+        if self.ctx.is_writer:
+            save_fixed_noise_grid(self, self.outputs.image_dir / f"samples_epoch{epoch + 1:04d}.png")
         if self.classifier is None:
             return {}
         return self.sample_metrics("valid")
 
     def sample_metrics(self, split: str) -> dict[str, float]:
         """Sample-quality metrics of the EMA generator against ``split`` (labels drawn from that split's)."""
-        seed = self.config.seed + 4
+        seed = stream_seed(self.config.seed, "gan", "sample metrics")
 
         def sampler(n: int) -> torch.Tensor:
             labels = None
             if self.conditional:
-                pick = torch.randint(len(self.y[split]), (n,), generator=torch.Generator().manual_seed(seed))
+                pick = torch.randint(len(self.y[split]), (n,), generator=torch_generator("cpu", seed, "labels"))
                 labels = self.y[split][pick.to(self.device)]
             return self.sample(n, labels, seed=seed)
 
@@ -227,81 +244,43 @@ class GanTrainer:
             sampler, self.classifier, self.x[split], self.x["train"], self.config.evaluate.num_generated, seed=seed
         )
 
+    def networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "generator_ema": self.generator_ema, "discriminator": self.discriminator}
+
     def state(self) -> dict[str, Any]:
-        """The checkpoint: both networks, the EMA, exact config, data description, optimizers, noise generator."""
         return {
-            "config": self.config.to_dict(),
-            "data": data_description(self.data, self.generator.num_classes),
-            "generator": self.generator.state_dict(),
-            "generator_ema": self.generator_ema.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
             "optimizer_g": self.optimizer_g.state_dict(),
             "optimizer_d": self.optimizer_d.state_dict(),
             "noise": self.noise.get_state(),
             "ema_updates": self.ema_updates,
+            "window_sums": self.window_sums.cpu(),  # a logging window may span the interruption
         }
 
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Continue from a checkpoint written with the same parameters (gan.epochs may grow)."""
-        check_resumable(saved["config"], self.config.to_dict(), "gan", RESUMABLE_CHANGES)
-        self.generator.load_state_dict(saved["generator"])
-        self.generator_ema.load_state_dict(saved["generator_ema"])
-        self.discriminator.load_state_dict(saved["discriminator"])
-        load_optimizer_state(self.optimizer_g, saved["optimizer_g"])
-        load_optimizer_state(self.optimizer_d, saved["optimizer_d"])
-        self.noise.set_state(saved["noise"])
-        self.ema_updates = saved["ema_updates"]
+    def restore(self, state: dict[str, Any]) -> None:
+        load_optimizer_state(self.optimizer_g, state["optimizer_g"])
+        load_optimizer_state(self.optimizer_d, state["optimizer_d"])
+        self.noise.set_state(state["noise"])
+        self.ema_updates = state["ema_updates"]
+        self.window_sums.copy_(state["window_sums"])
 
-    def fit(self, outputs: TrainingOutputs = OUTPUTS, progress: bool = True) -> dict:
-        """Run the epochs (resuming if asked); rank 0 writes checkpoints, dvclive logs, PNGs and the metrics JSON.
+    def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
+        """Window losses at their step, then the epoch's validation metrics at the epoch's last step."""
+        records = [(step, {f"train/{name}": value for name, value in window.items()}) for step, window in self.window]
+        valid = {name: value for name, value in metrics.items() if name.startswith("valid/")}
+        return [*records, ((epoch + 1) * len(self.batches), {"epoch": epoch + 1} | valid)]
 
-        With a classifier the sample metrics are logged every ``gan.sample_every_epochs`` and best.pt is the
-        epoch with the lowest validation Fréchet distance; without one, best.pt is the last epoch. Returns the
-        summary written to ``outputs.metrics_path`` on rank 0, {} on other ranks.
-        """
-        config, ctx = self.config, self.ctx
-        resume = config.gan.resume and (outputs.checkpoint_dir / "last.pt").exists()
-        live = LiveLog(outputs.live_dir, resume, ctx.is_writer)
-
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            """Window losses at their step, then the epoch's validation metrics at the epoch's last step."""
-            for step, window in self.window:
-                live.record(step, {f"train/{name}": value for name, value in window.items()})
-            valid = {name: value for name, value in metrics.items() if name.startswith("valid/")}
-            live((epoch + 1) * len(self.batches), {"epoch": epoch + 1} | valid)
-
-        loop = EpochLoop(
-            epochs=config.gan.epochs,
-            checkpoint_dir=outputs.checkpoint_dir,
-            monitor="frechet_distance" if self.classifier is not None else None,
-            higher_is_better=False,
-            train_epoch=self.train_epoch,
-            validate=lambda epoch: self.evaluate(epoch, outputs.image_dir),
-            state=self.state,
-            restore=self.restore,
-            log=log_epoch,
-            live=live,
-            is_writer=ctx.is_writer,
-            progress=progress,
-        )
-        best = loop.run(resume=resume)
-        barrier(ctx)
-        if not ctx.is_writer:
-            return {}
-        save_fixed_noise_grid(self, outputs.image_dir / "samples.png")
-        summary = {
-            "best_epoch": best["epoch"],
-            "best_by": "valid frechet_distance" if self.classifier is not None else "last epoch",
-            "epochs": config.gan.epochs,
-            **{f"best_epoch_{k.replace('/', '_')}": v for k, v in best["metrics"].items() if k.startswith("train/")},
-            **{k.replace("/", "_"): v for k, v in best["metrics"].items() if k.startswith("valid/")},
-            "world_size": ctx.world_size,
-            "effective_batch_size": config.gan.batch_size * ctx.world_size,
+    def finish(self, best: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The best epoch's metrics (in the card: the samples' metrics are evaluate_samples') and the final grid."""
+        save_fixed_noise_grid(self, self.outputs.image_dir / "samples.png")
+        metrics = best["training"]["best"]["metrics"]
+        summary = {"valid_fd": metrics["valid/frechet_distance"]} if self.monitor else {}
+        card = {
+            "best_by": "valid frechet_distance" if self.monitor else "last epoch",
+            "best_epoch_metrics": metrics,
+            "effective_batch_size": self.config.gan.batch_size * self.ctx.world_size,
+            "device": self.device.type,
         }
-        write_json(outputs.metrics_path, summary)
-        live.end()
-        log.info("train_gan: %.1f s training; best epoch %d", loop.seconds, best["epoch"])
-        return summary
+        return summary, card
 
 
 def _means(sums: torch.Tensor) -> dict[str, float]:
@@ -328,8 +307,8 @@ def train_gan(
     progress: bool = True,
 ) -> dict:
     """Train (or resume) the GAN in this process or under torchrun; returns rank 0's summary ({} on other ranks)."""
-    ctx = init_distributed(config.device)
-    try:
-        return GanTrainer(config, data, ctx, classifier).fit(outputs, progress)
-    finally:
-        shutdown(ctx)
+
+    def make_trainer(ctx: DistContext) -> GanTrainer:
+        return GanTrainer(config, data, ctx, classifier, outputs)
+
+    return train(make_trainer, outputs, config, data, PARAMS, "gan", progress)

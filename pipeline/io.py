@@ -46,6 +46,21 @@ def unwind_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def check_writable(*directories: str | Path) -> None:
+    """Create each directory if needed and check a file can be made in it, before any work that would write
+    there: a PermissionError naming the directory, instead of a traceback after the work is done."""
+    for directory in map(Path, directories):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with atomic_path(directory / ".write-check"):
+                pass
+            (directory / ".write-check").unlink(missing_ok=True)
+        except OSError as err:
+            raise PermissionError(
+                f"{directory}: cannot write there ({err.strerror or err}); fix its permissions or remove it"
+            ) from None
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

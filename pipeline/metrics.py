@@ -10,31 +10,17 @@ training split. In its penultimate-layer features:
 - Precision and recall (Kynkäänniemi et al. 2019): the share of generated samples inside the real
   manifold (union of k-NN balls of real features) and of real samples inside the generated one.
 
-And the GAN's log-likelihood by annealed importance sampling under a Gaussian observation model.
+The procedure that applies them to a sampler is :func:`pipeline.evaluation.sample_quality_report`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.config import EvaluateConfig
-from pipeline.data.processed import ProcessedData
-from pipeline.likelihood import GaussianObservationModel, annealed_importance_sampling, choose_observation_sigma
 from pipeline.models.classifier import Classifier
-from pipeline.models.gan import Generator
-from pipeline.objectives.vae import bits_per_dim, dequantize, discrete_log_likelihood
-from pipeline.training import device_generator
-
-log = logging.getLogger(__name__)
-
-Sampler = Callable[[int], torch.Tensor]
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
@@ -111,135 +97,3 @@ def classifier_outputs(
         features.append(f.cpu())
         probabilities.append(classifier.head(f).softmax(1).cpu())
     return torch.cat(features), torch.cat(probabilities)
-
-
-def sample_quality_report(
-    sampler: Sampler,
-    classifier: Classifier,
-    real_test: torch.Tensor,
-    real_train: torch.Tensor,
-    n: int,
-    seed: int = 0,
-    k: int = 3,
-    splits: int = 10,
-) -> dict[str, float]:
-    """All sample metrics for ``sampler`` (n -> n×C×H×W images in [0, 1]) against held-out real images.
-
-    ``n`` is capped by the real sets so every Fréchet distance compares equally many images; the floor
-    is the distance between that many training and held-out images (what a perfect sampler would get).
-    The classifier score needs class probabilities, so a classifier of the transformations task (data
-    without labels) leaves it out; the distances and precision/recall use its features all the same.
-    """
-    count = min(n, len(real_test), len(real_train))
-    if count < max(k + 1, 2):
-        raise ValueError(f"sample metrics need at least {max(k + 1, 2)} real images per split, got {count}")
-    pick = torch.Generator().manual_seed(seed)
-    test = real_test[torch.randperm(len(real_test), generator=pick)[:count]]
-    train = real_train[torch.randperm(len(real_train), generator=pick)[:count]]
-    generated = sampler(count)
-    if generated.shape[1:] != test.shape[1:]:
-        raise ValueError(f"sampler returned images of shape {tuple(generated.shape[1:])}, data are {test.shape[1:]}")
-    test_features, _ = classifier_outputs(classifier, test)
-    train_features, _ = classifier_outputs(classifier, train)
-    fake_features, fake_probabilities = classifier_outputs(classifier, generated)
-    precision, recall = precision_recall(test_features, fake_features, k)
-    report = {
-        "frechet_distance": frechet_distance(fake_features, test_features),
-        "frechet_floor": frechet_distance(train_features, test_features),
-        "precision": precision,
-        "recall": recall,
-        "num_images": count,
-    }
-    if classifier.task == "classes":
-        report["classifier_score"], report["classifier_score_std"] = inception_score(fake_probabilities, splits)
-    return report
-
-
-def conditional_sampler(
-    decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-    latent_dim: int,
-    device: torch.device,
-    labels: torch.Tensor | None,
-    seed: int,
-) -> Sampler:
-    """n -> decode(z, y) with z ~ N(0, I) seeded, and y drawn from ``labels`` (the real class mix) if given."""
-
-    @torch.no_grad()
-    def sample(n: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, latent_dim, generator=generator).to(device)
-        y = None
-        if labels is not None:
-            y = labels[torch.randint(len(labels), (n,), generator=generator)].to(device)
-        return decode(z, y).float().cpu()
-
-    return sample
-
-
-# observation noise candidates of the GAN's Gaussian observation model, in units of the [0, 1] pixel range
-SIGMA_CANDIDATES = (0.01, 0.02, 0.05, 0.1, 0.2)
-
-
-@torch.no_grad()
-def gan_log_likelihood(
-    generator: Generator, data: ProcessedData, settings: EvaluateConfig, seed: int, progress: bool = False
-) -> dict[str, Any]:
-    """AIS estimate of the GAN's log p(x) under p(x|z) = N(g(z), sigma² I) (Wu et al. 2017) on test images.
-
-    sigma is chosen among :data:`SIGMA_CANDIDATES` by AIS (a quarter of the steps) on validation images.
-    The GAN models the stored images, so grey levels are uniformly dequantized (256 levels; 2 after static
-    binarization) and the density becomes a lower bound on the discrete data's log-likelihood. The result depends
-    on the seed only (timings go to the log).
-    """
-    device = next(generator.parameters()).device
-    levels = 2 if data.binarize == "static" else 256
-    dims = math.prod(data.image_shape)
-    heldout = {}
-    for split in ("valid", "test"):
-        count = min(len(data.x[split]), settings.ais_points)
-        x = torch.from_numpy(data.x[split][:count]).to(device)
-        x = dequantize(x, device_generator(device, seed + 1), levels)
-        y = torch.from_numpy(data.y[split][:count]).to(device) if generator.num_classes is not None else None
-        heldout[split] = (x, y)
-    ais = {
-        "num_chains": settings.ais_chains,
-        "leapfrog_steps": settings.ais_leapfrog_steps,
-        "memory_budget_mb": settings.memory_budget_mb,
-        "progress": progress,
-    }
-    start = time.perf_counter()
-    choice = choose_observation_sigma(
-        generator,
-        heldout["valid"][0],
-        SIGMA_CANDIDATES,
-        heldout["valid"][1],
-        method="ais",
-        ais_steps=max(1, settings.ais_steps // 4),
-        ais_chains=ais["num_chains"],
-        leapfrog_steps=ais["leapfrog_steps"],
-        seed=seed,
-        memory_budget_mb=ais["memory_budget_mb"],
-    )
-    result = annealed_importance_sampling(
-        GaussianObservationModel(generator, choice.sigma), *heldout["test"], settings.ais_steps, seed=seed + 1, **ais
-    )
-    log.info("gan likelihood: sigma choice and AIS: %.1f s", time.perf_counter() - start)
-    log_px = discrete_log_likelihood(result.log_px, dims, levels)
-    n = len(log_px)
-    return {
-        "log_px": log_px.mean().item(),
-        "log_px_stderr": log_px.std(correction=1).item() / math.sqrt(n) if n > 1 else 0.0,
-        "sampling_stderr": result.stderr.pow(2).mean().sqrt().item() / math.sqrt(n),
-        "bits_per_dim": bits_per_dim(log_px.mean().item(), dims),
-        "chain_spread": result.chain_spread.mean().item(),
-        "acceptance": result.acceptance,
-        "sigma": choice.sigma,
-        "sigma_candidates_valid_log_px": {
-            str(s): discrete_log_likelihood(v, dims, levels) for s, v in choice.log_px.items()
-        },
-        "points": n,
-        "steps": settings.ais_steps,
-        "chains": settings.ais_chains,
-        "levels": levels,
-        "units": "nats per image (lower bound on the discrete data)",
-    }

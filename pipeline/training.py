@@ -1,87 +1,86 @@
-"""What every training stage shares: output paths, data on the device, batching, checkpoints, resume, NaN guard,
-label checks and the one logging path (dvclive).
+"""The one training loop, :func:`fit`, and what it is made of: batching, the NaN guard, dvclive, resume.
 
-One checkpoint format for every model: a dict of state dicts, tensors and plain
-values plus the exact config, saved atomically with ``torch.save`` and loadable
-with ``torch.load(weights_only=True)`` (no arbitrary pickle).
+Each model's trainer (``pipeline/*_trainer.py``) supplies a :class:`Trainer`: its epoch, its validation, its
+networks and the rest of its state, and its final summary. :func:`train` does the rest once for all of them:
+joining torchrun's process group, seeding, the epochs with per-epoch logging, the last and best checkpoints
+(``pipeline/checkpoint.py``), resume, and the metrics and run-card files. Epochs are counted from 1 wherever a
+person reads them (logs, metrics, messages).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.config import ConfigError
+from pipeline.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
+from pipeline.config import Config, ConfigError, check_compatible
 from pipeline.data.processed import ProcessedData
-from pipeline.io import atomic_path
+from pipeline.distributed import DistContext, barrier, init_distributed, shutdown
+from pipeline.io import check_writable, write_json
+from pipeline.models.base import LabelError
+from pipeline.seeds import seed_everything, stream_seed
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
 
 
-class LabelError(ValueError):
-    """A conditional model or the classifier was given no labels, or labels it cannot use."""
+# what a training stage reports as one line: bad params for the data, unreadable checkpoints or data, a diverged run
+TRAINING_ERRORS = (ConfigError, CheckpointError, LabelError, NonFiniteLossError, ValueError, OSError)
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
+    """Raise :class:`NonFiniteLossError` naming the step if ``loss`` is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(
+            f"{what} is {loss.detach().float().mean().item()} at step {step}; training stopped and the last good "
+            "checkpoint is kept. Lower the learning rate, enable a KL warm-up or check the data for bad values."
+        )
 
 
 @dataclass(frozen=True)
 class TrainingOutputs:
-    """Where a training stage writes: checkpoints (last.pt, best.pt), dvclive logs, images and the metrics JSON."""
+    """Where a training stage writes: checkpoints (last.pt, best.pt), dvclive logs, images, the metrics JSON (the
+    numbers people compare) and the run card (what the run was: counts, settings, devices)."""
 
     checkpoint_dir: Path
     live_dir: Path
     image_dir: Path
-    metrics_path: Path
+    metrics_path: Path | None  # None: the training's figures live in the run card and dvclive only
+    card_path: Path
 
     @classmethod
-    def for_model(cls, name: str, root: str | Path = ".", metrics_path: str | Path | None = None) -> TrainingOutputs:
-        """checkpoints/<name>, dvclive/<name>, outputs/<name> and metrics/<name>_train.json (or ``metrics_path``,
-        relative to ``root``) below ``root``: the paths dvc.yaml declares for the train_<name> stage."""
+    def for_model(cls, name: str, root: str | Path = ".", metrics: bool = True) -> TrainingOutputs:
+        """checkpoints/<name>, dvclive/<name>, outputs/<name>, metrics/train_<name>.json (if ``metrics``) and
+        cards/train_<name>.json below ``root``: the paths dvc.yaml declares for the train_<name> stage."""
         root = Path(root)
-        metrics = root / (metrics_path or f"metrics/{name}_train.json")
-        return cls(root / "checkpoints" / name, root / "dvclive" / name, root / "outputs" / name, metrics)
-
-
-def require_labels(data: ProcessedData, param: str) -> None:
-    """Raise :class:`LabelError` before any work when ``data`` has no class labels but ``param`` (a boolean
-    parameter such as "vae.conditional") asks for them; the message names the parameter and the fix."""
-    if data.y is None:
-        raise LabelError(
-            f"{param} is true but dataset {data.dataset!r} has no labels; set {param}: false or use a labelled dataset"
+        return cls(
+            root / "checkpoints" / name,
+            root / "dvclive" / name,
+            root / "outputs" / name,
+            root / "metrics" / f"train_{name}.json" if metrics else None,
+            root / "cards" / f"train_{name}.json",
         )
 
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
 
-def data_description(data: ProcessedData, num_classes: int | None) -> dict[str, Any]:
-    """The "data" entry of every checkpoint: what the model was trained on (``num_classes`` as the model uses it)."""
-    return {
-        "image_shape": list(data.image_shape),
-        "num_classes": num_classes,
-        "dataset": data.dataset,
-        "binarize": data.binarize,
-    }
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Save ``state`` (state dicts, tensors, plain values, the config dict) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint; train the model first (dvc repro)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -100,27 +99,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
                     moments[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
-    """Raise :class:`NonFiniteLossError` naming the step if ``loss`` is NaN or infinite."""
-    if not torch.isfinite(loss).all():
-        raise NonFiniteLossError(
-            f"{what} is {loss.detach().float().mean().item()} at step {step}; training stopped and the last good "
-            "checkpoint is kept. Lower the learning rate, enable a KL warm-up or check the data for bad values."
-        )
-
-
-def changed_config_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two ``Config.to_dict()`` dicts (to refuse an unsafe resume)."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_config_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
 def to_device_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """Move whole splits to the device once; batches are then taken by index (no per-sample Python work)."""
     return {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()}
@@ -128,7 +106,10 @@ def to_device_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> di
 
 @dataclass
 class IndexBatches:
-    """Shuffled index batches whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    """Shuffled index batches whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    ``min_batch``: a last batch smaller than this is left out of the epoch (batch norm cannot train on one image).
+    """
 
     size: int
     batch_size: int
@@ -137,50 +118,101 @@ class IndexBatches:
     shuffle: bool = True
     rank: int = 0
     world_size: int = 1
-
-    def __len__(self) -> int:
-        return math.ceil(self._shard_size() / self.batch_size)
-
-    def _used(self) -> int:
-        """Examples used per epoch: a multiple of world_size, so every rank runs the same number of steps."""
-        return self.size - self.size % self.world_size
+    min_batch: int = 1
 
     def _shard_size(self) -> int:
-        return self._used() // self.world_size
+        """Examples per rank and epoch: a multiple of world_size is used, so every rank runs the same steps."""
+        return (self.size - self.size % self.world_size) // self.world_size
+
+    def __len__(self) -> int:
+        full, rest = divmod(self._shard_size(), self.batch_size)
+        return full + (rest >= self.min_batch and rest > 0)
 
     def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
         if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
         else:
             order = torch.arange(self.size)
-        order = order[: self._used()][self.rank :: self.world_size].to(self.device)
-        yield from order.split(self.batch_size)
+        order = order[: self._shard_size() * self.world_size][self.rank :: self.world_size].to(self.device)
+        yield from order.split(self.batch_size)[: len(self)]
 
 
-def binarize_dynamically(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A fresh Bernoulli draw of grey values in [0, 1] (dynamic binarization).
+class LiveLog:
+    """The one logging path of training: dvclive metrics and plots under ``live_dir``, written by the writer rank,
+    through dvclive's public API only. Every record is also kept in ``history`` (which checkpoints store): a resumed
+    run starts the log afresh and replays the history, so it holds exactly the epochs the checkpoint has."""
 
-    A pixel is 1 when a uniform 16-bit integer u in [0, 65536) has u < 65536 x, so P(1) = ceil(65536 x) / 65536:
-    x to within 2e-5, exact at 0 and 1. Four pixels share one 64-bit draw: 3x faster on CPU than ``torch.bernoulli``.
+    def __init__(self, live_dir: Path, is_writer: bool = True, history: list | None = None) -> None:
+        self.history: list[list] = []
+        self.live = None
+        if is_writer:
+            from dvclive import Live
+
+            self.live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+        for step, metrics in history or []:
+            self.log(step, metrics)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` at ``step`` (and write dvclive's summary)."""
+        self.history.append([int(step), {name: float(value) for name, value in metrics.items()}])
+        if self.live is not None:
+            self.live.step = step
+            for name, value in metrics.items():
+                self.live.log_metric(name, float(value))
+            self.live.next_step()
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+class Trainer(Protocol):
+    """What one model's training supplies to :func:`fit`.
+
+    ``networks()``: the modules a checkpoint stores (name -> network); ``state()`` / ``restore(state)``: the rest
+    of what a resume needs (optimizers, generators); ``log_records(epoch, metrics)``: the (step, metrics) rows to
+    log for an epoch; ``finish(best)``: the summary metrics and the run card, from the best checkpoint's state.
     """
-    n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None, generator=generator)
-    centred = bits.view(torch.int16)[:n].reshape(x.shape).to(x.dtype)  # u - 32768
-    return (centred < x * 65536 - 32768).to(x.dtype)
+
+    name: str
+    epochs: int
+    monitor: str | None  # validation metric choosing best.pt (None: the last epoch)
+    higher_is_better: bool
+    resumable: tuple[str, ...]  # params keys that may differ when resuming (dotted, or a prefix ending in ".")
+
+    def train_epoch(self, epoch: int) -> dict[str, float]: ...
+
+    def validate(self, epoch: int) -> dict[str, float]: ...
+
+    def networks(self) -> dict[str, nn.Module]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: dict[str, Any]) -> None: ...
+
+    def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]: ...
+
+    def finish(self, best: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]: ...
 
 
-def device_generator(device: torch.device, seed: int) -> torch.Generator:
-    """A seeded generator living on ``device`` (its state goes into checkpoints for exact resume)."""
-    return torch.Generator(device=device).manual_seed(seed)
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested params dicts."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
-def check_resumable(saved: dict[str, Any], config: dict[str, Any], section: str, allowed: Iterable[str]) -> None:
-    """Refuse to resume from a checkpoint whose config differs from ``config`` in keys outside ``allowed``
-    (dotted keys, or prefixes ending in "."); the message names the keys and ``<section>.resume``."""
-    allowed = tuple(allowed)
+def check_resumable(saved: dict[str, Any], params: dict[str, Any], section: str, allowed: tuple[str, ...]) -> None:
+    """Refuse to resume from a checkpoint whose params (only those its training depends on) differ from ``params``
+    outside ``allowed``; the message names the keys and ``<section>.resume``."""
     changed = [
         key
-        for key in changed_config_keys(saved, config)
+        for key in changed_keys(saved, params)
         if not any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed)
     ]
     if changed:
@@ -190,148 +222,101 @@ def check_resumable(saved: dict[str, Any], config: dict[str, Any], section: str,
         )
 
 
-def _summary_json(summary: dict[str, Any], indent: int | None = None) -> str:
-    """dvclive's summary as JSON, numpy scalars included, as dvclive itself serializes it."""
-    from dvclive.plots import NumpyEncoder
-
-    return json.dumps(summary, indent=indent, cls=NumpyEncoder)
+def _load_weights(networks: dict[str, nn.Module], saved: dict[str, Any]) -> None:
+    for name, network in networks.items():
+        network.load_state_dict(saved["models"][name]["weights"])
 
 
-class LiveLog:
-    """The one logging path of training: dvclive metrics and plots under ``live_dir``, written by the writer rank.
-
-    Called as :class:`EpochLoop`'s ``log``, it records every metric at step = epoch and advances the step.
-    """
-
-    def __init__(self, live_dir: Path, resume: bool = False, is_writer: bool = True) -> None:
-        self.live = None
-        if is_writer:
-            from dvclive import Live
-
-            class AtomicSummaryLive(Live):
-                """dvclive writes its summary (metrics.json) in place: interrupted mid-write, it was left empty and
-                the resumed run failed to read it back. This one writes the same JSON and renames it into place."""
-
-                def make_summary(self) -> None:
-                    self.summary["step"] = self.step
-                    with atomic_path(self.metrics_file) as tmp:
-                        tmp.write_text(_summary_json(self.summary, indent=4) + "\n")
-
-            self.live = AtomicSummaryLive(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None)
-
-    def record(self, step: int, metrics: dict[str, float]) -> None:
-        """Log ``metrics`` at ``step`` without advancing (several records may precede one advance)."""
-        self.live.step = step
-        for name, value in metrics.items():
-            self.live.log_metric(name, value)
-
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        """Log ``metrics`` at ``step``, then write the summary and advance."""
-        self.record(step, metrics)
-        self.live.next_step()
-
-    def end(self) -> None:
-        if self.live is not None:
-            self.live.end()
-
-    def snapshot(self) -> dict[str, Any]:
-        """What has been logged so far (the summary and each metric file's length), for a checkpoint to keep."""
-        root = Path(self.live.dir)
-        rows = {str(path.relative_to(root)): path.stat().st_size for path in sorted(root.rglob("*.tsv"))}
-        return {"summary": json.loads(_summary_json(self.live.summary)), "rows": rows}
-
-    def rewind(self, snapshot: dict[str, Any]) -> None:
-        """Forget what was logged after ``snapshot`` was taken: a run interrupted after logging an epoch but before
-        checkpointing it would otherwise log that epoch twice once resumed."""
-        if self.live is None:
-            return
-        root = Path(self.live.dir)
-        for path in root.rglob("*.tsv"):
-            size = snapshot["rows"].get(str(path.relative_to(root)))
-            if size is None:
-                path.unlink()
-            elif path.stat().st_size > size:
-                with atomic_path(path) as tmp, path.open("rb") as logged:
-                    tmp.write_bytes(logged.read(size))
-        self.live.summary = dict(snapshot["summary"])
-        self.live.step = self.live.summary.get("step", 0)
-        self.live.make_summary()
+def _improves(monitor: str | None, higher_is_better: bool, value: float | None, best: dict[str, Any]) -> bool:
+    if monitor is None:
+        return True
+    if value is None:
+        return False
+    if best["epoch"] < 1:
+        return True
+    return value > best["value"] if higher_is_better else value < best["value"]
 
 
-@dataclass
-class EpochLoop:
-    """Runs epochs with per-epoch logging, last/best checkpoints and resume.
-
-    ``train_epoch(epoch)`` trains one epoch and returns metrics; ``validate(epoch)`` returns
-    validation metrics including ``monitor``; ``state()`` returns the checkpoint dict and
-    ``restore(state)`` loads it back. The last checkpoint is written after every epoch, the
-    best (by ``monitor``, higher is better unless ``higher_is_better`` is false) beside it.
-    An epoch whose validation metrics lack ``monitor`` (not evaluated that epoch) does not
-    compete for best; with ``monitor`` None the latest epoch is always the best. With ``live``
-    (the :class:`LiveLog` that ``log`` writes to) each checkpoint keeps a snapshot of the log,
-    and resuming rewinds the log to it.
-    """
-
-    epochs: int
-    checkpoint_dir: Path
-    monitor: str | None
-    train_epoch: Callable[[int], dict[str, float]]
-    validate: Callable[[int], dict[str, float]]
-    state: Callable[[], dict[str, Any]]
-    restore: Callable[[dict[str, Any]], None]
-    log: Callable[[int, dict[str, float]], None]
-    live: LiveLog | None = None  # where ``log`` writes: checkpoints keep its snapshot, resuming rewinds it there
-    is_writer: bool = True
-    progress: bool = True
-    higher_is_better: bool = True
-    seconds: float = field(default=0.0, init=False)  # wall time of the last run(), for the log (never in metrics)
-
-    @property
-    def last_path(self) -> Path:
-        return self.checkpoint_dir / "last.pt"
-
-    @property
-    def best_path(self) -> Path:
-        return self.checkpoint_dir / "best.pt"
-
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train to ``epochs``; returns a summary with the best epoch and its metrics."""
-        began = time.perf_counter()
-        start, best = 0, {"epoch": -1, "value": -math.inf, "metrics": {}}
-        if resume and self.last_path.exists():
-            saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
-            self.restore(saved)
-            start, best = saved["epoch"] + 1, saved["best"]
-            if self.live is not None and "live" in saved:
-                self.live.rewind(saved["live"])
-        bar = tqdm(
-            range(start, self.epochs), desc=self.checkpoint_dir.name, disable=not (self.progress and self.is_writer)
-        )
-        for epoch in bar:
-            metrics = {f"train/{k}": v for k, v in self.train_epoch(epoch).items()}
-            metrics |= {f"valid/{k}": v for k, v in self.validate(epoch).items()}
-            value = metrics.get(f"valid/{self.monitor}")
-            improved = self._improves(value, best)
+def fit(
+    trainer: Trainer,
+    outputs: TrainingOutputs,
+    *,
+    params: dict[str, Any],
+    data: dict[str, Any],
+    resume: bool,
+    ctx: DistContext,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``trainer`` to its last epoch (resuming from ``last.pt`` if asked and present); the writer rank saves
+    last.pt every epoch and best.pt when the monitored validation metric improves, logs to dvclive, and at the end
+    writes the summary metrics and the run card. ``params``: what the training depends on (stored as provenance,
+    compared on resume); ``data``: the description of the training data. Returns the summary ({} on other ranks)."""
+    if ctx.is_writer:
+        check_writable(outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent)
+        if outputs.metrics_path is not None:
+            check_writable(outputs.metrics_path.parent)
+    began = time.perf_counter()
+    start, best, history = 0, {"epoch": 0, "value": -math.inf, "metrics": {}}, []
+    if resume and outputs.last_path.exists():
+        saved = load_checkpoint(outputs.last_path)
+        check_resumable(saved["params"], params, trainer.name, trainer.resumable)
+        _load_weights(trainer.networks(), saved)
+        trainer.restore(saved["training"]["state"])
+        start, best = saved["training"]["epoch"], saved["training"]["best"]
+        history = saved["training"]["history"]
+    live = LiveLog(outputs.live_dir, ctx.is_writer, history)
+    bar = tqdm(range(start, trainer.epochs), desc=trainer.name, disable=not (progress and ctx.is_writer))
+    for epoch in bar:
+        metrics = {f"train/{k}": v for k, v in trainer.train_epoch(epoch).items()}
+        metrics |= {f"valid/{k}": v for k, v in trainer.validate(epoch).items()}
+        value = metrics.get(f"valid/{trainer.monitor}")
+        improved = _improves(trainer.monitor, trainer.higher_is_better, value, best)
+        if improved:
+            best = {"epoch": epoch + 1, "value": value, "metrics": metrics}
+        if value is not None:
+            bar.set_postfix({trainer.monitor: f"{value:.3f}"})
+        for step, record in trainer.log_records(epoch, metrics):
+            live.log(step, record)
+        if ctx.is_writer:
+            training = {"state": trainer.state(), "epoch": epoch + 1, "best": best, "history": live.history}
+            state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
+            save_checkpoint(outputs.last_path, state)
             if improved:
-                best = {"epoch": epoch, "value": value, "metrics": metrics}
-            if value is not None:
-                bar.set_postfix({self.monitor: f"{value:.3f}"})
-            if self.is_writer:
-                self.log(epoch, metrics)
-                state = self.state() | {"epoch": epoch, "best": best}
-                if self.live is not None:
-                    state["live"] = self.live.snapshot()
-                save_checkpoint(self.last_path, state)
-                if improved:
-                    save_checkpoint(self.best_path, state)
-        self.seconds = time.perf_counter() - began
-        return best
+                save_checkpoint(outputs.best_path, state)
+    seconds = time.perf_counter() - began
+    barrier(ctx)
+    if not ctx.is_writer:
+        return {}
+    summary, card = trainer.finish(load_checkpoint(outputs.best_path))
+    card = {"best_epoch": best["epoch"], "epochs": trainer.epochs, "world_size": ctx.world_size, **card}
+    write_json(outputs.card_path, card)
+    if outputs.metrics_path is not None:
+        write_json(outputs.metrics_path, summary)
+    live.end()
+    log.info("train_%s: %.1f s training; best epoch %d of %d", trainer.name, seconds, best["epoch"], trainer.epochs)
+    return summary
 
-    def _improves(self, value: float | None, best: dict[str, Any]) -> bool:
-        if self.monitor is None:
-            return True
-        if value is None:
-            return False
-        if best["epoch"] < 0:
-            return True
-        return value > best["value"] if self.higher_is_better else value < best["value"]
+
+def train(
+    make_trainer: Callable[[DistContext], Trainer],
+    outputs: TrainingOutputs,
+    config: Config,
+    data: ProcessedData,
+    param_keys: tuple[str, ...],
+    section: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Check the params of model ``section`` ("vae", "gan"; None: no such check and no resume) against ``data``,
+    join torchrun's process group (if any), seed, build the trainer on this rank's device and :func:`fit` it.
+    ``param_keys``: what the training depends on (as dvc.yaml declares), stored and compared on resume."""
+    if section is not None:
+        check_compatible(config, section, data)
+    resume = section is not None and getattr(config, section).resume
+    ctx = init_distributed(config.device)
+    try:
+        seed_everything(config.seed)
+        trainer = make_trainer(ctx)
+        params = config.select(param_keys)
+        return fit(trainer, outputs, params=params, data=data.describe(), resume=resume, ctx=ctx, progress=progress)
+    finally:
+        shutdown(ctx)

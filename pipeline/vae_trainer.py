@@ -17,15 +17,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.config import Config, ConfigError
+from pipeline.checkpoint import model_from_state
+from pipeline.config import Config
 from pipeline.data.processed import ProcessedData
-from pipeline.device import autocast, seed_everything, to_device
-from pipeline.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
+from pipeline.device import autocast, to_device
+from pipeline.distributed import DistContext, all_reduce_sum, wrap
 from pipeline.images import save_image_grid
-from pipeline.io import write_json
-from pipeline.models.vae import VAE, build_vae
+from pipeline.models.vae import VAE, VAEConfig
 from pipeline.objectives.vae import (
     bits_per_dim,
     count_active_units,
@@ -35,40 +34,42 @@ from pipeline.objectives.vae import (
     prepare_images,
     training_bound,
 )
+from pipeline.seeds import stream_seed, torch_generator
 from pipeline.training import (
-    EpochLoop,
     IndexBatches,
-    LiveLog,
     TrainingOutputs,
     check_finite,
-    check_resumable,
-    data_description,
-    device_generator,
-    load_checkpoint,
     load_optimizer_state,
-    require_labels,
     to_device_tensors,
+    train,
 )
 
 log = logging.getLogger(__name__)
 
-# keys that may differ between the run that wrote last.pt and the run resuming from it
-RESUMABLE_CHANGES = ("vae.epochs", "vae.resume", "device")
+# what train_vae's outputs depend on (dvc.yaml declares the same; a test checks both against what the stage reads)
+PARAMS = ("seed", "latent_dim", "device", "vae")
 OUTPUTS = TrainingOutputs.for_model("vae")
 
 
-def check_compatible(config: Config, data: ProcessedData) -> None:
-    """Reject parameter combinations the data cannot support, before any work is done."""
+def vae_config(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAEConfig:
+    """The VAE ``config.vae`` describes for data of ``image_shape`` with ``num_classes`` labels (None: unlabelled)."""
     vae = config.vae
-    if vae.conditional:
-        require_labels(data, "vae.conditional")
-    if vae.likelihood == "gaussian" and data.binary:
-        raise ConfigError(
-            f"vae.likelihood: 'gaussian' models grey values but data.binarize is {data.binarize!r}; "
-            "set data.binarize: none, or vae.likelihood: bernoulli"
-        )
-    if vae.free_bits > 0 and vae.iwae_k > 1:
-        raise ConfigError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
+    return VAEConfig(
+        image_shape=tuple(image_shape),
+        latent_dim=config.latent_dim,
+        arch=vae.arch,
+        hidden_sizes=tuple(vae.hidden_sizes),
+        conv_channels=tuple(vae.conv_channels),
+        likelihood=vae.likelihood,
+        gaussian_variance=vae.gaussian_variance,
+        gaussian_std=vae.gaussian_std,
+        num_classes=num_classes if vae.conditional else None,
+    )
+
+
+def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
+    """A fresh :class:`VAE` of :func:`vae_config`."""
+    return VAE(vae_config(config, image_shape, num_classes))
 
 
 class _Objective(nn.Module):
@@ -95,35 +96,42 @@ class _Objective(nn.Module):
 
 
 class VaeTrainer:
-    """One rank's training state: model, optimizer, generator, device tensors; epochs, evaluation, checkpoints."""
+    """One rank's VAE training (a :class:`pipeline.training.Trainer`): model, optimizer, generator, device tensors."""
 
-    def __init__(self, config: Config, data: ProcessedData, ctx: DistContext) -> None:
-        check_compatible(config, data)
+    name = "vae"
+    monitor = "bound"
+    higher_is_better = True
+    resumable = ("vae.epochs", "vae.resume", "device")
+
+    def __init__(self, config: Config, data: ProcessedData, ctx: DistContext, outputs: TrainingOutputs = OUTPUTS):
         if config.vae.likelihood == "bernoulli" and not data.binary:
             log.warning(
                 "vae.likelihood bernoulli on grey data (data.binarize: none): the bound is not a likelihood of the "
                 "data; set data.binarize: dynamic, or vae.likelihood: gaussian"
             )
-        self.config, self.ctx, self.data = config, ctx, data
+        self.config, self.ctx, self.data, self.outputs = config, ctx, data, outputs
+        self.epochs = config.vae.epochs
         self.device = ctx.device
-        seed_everything(config.seed)
         self.model = to_device(build_vae(config, data.image_shape, data.num_classes), self.device)
         self.conditional = self.model.num_classes is not None
         self.dequantized = config.vae.likelihood == "gaussian"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.vae.lr, fused=True)
-        objective = _Objective(self.model, config.vae.iwae_k, config.vae.mc_samples, config.vae.free_bits)
-        if ctx.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            objective = DistributedDataParallel(objective, device_ids=ids)
-        self.objective = objective
-        self.generator = device_generator(self.device, config.seed * 1009 + ctx.rank)
+        self.objective = wrap(
+            _Objective(self.model, config.vae.iwae_k, config.vae.mc_samples, config.vae.free_bits), ctx
+        )
+        self.generator = torch_generator(self.device, config.seed, "vae", "training", ctx.rank)
         self.x = to_device_tensors(data.x, self.device)
         self.y = to_device_tensors(data.y, self.device) if self.conditional else None
         # validation and test sets get one fixed binarization / dequantization draw, so epochs compare fairly
         for split in ("valid", "test"):
-            self.x[split] = prepare_heldout(self.x[split], data.binarize, config.vae.likelihood, config.seed)
+            self.x[split] = prepare_heldout(self.x[split], data.binarize, config.vae.likelihood, config.seed, split)
         self.batches = IndexBatches(
-            len(data.x["train"]), config.vae.batch_size, config.seed, self.device, True, ctx.rank, ctx.world_size
+            len(data.x["train"]),
+            config.vae.batch_size,
+            stream_seed(config.seed, "vae", "batches"),
+            self.device,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
         )
 
     def _labels(self, split: str, idx: torch.Tensor) -> torch.Tensor | None:
@@ -158,6 +166,9 @@ class VaeTrainer:
             "beta": kl_warmup_beta(steps * (epoch + 1) - 1, steps, vae.kl_warmup_epochs),
         }
 
+    def validate(self, epoch: int) -> dict[str, float]:
+        return self.evaluate("valid")
+
     @torch.no_grad()
     def evaluate(self, split: str, sharded: bool = True, model: VAE | None = None) -> dict[str, float]:
         """The bound (beta = 1), ELBO terms, active units and bits/dim on a split, with a fixed generator.
@@ -167,7 +178,7 @@ class VaeTrainer:
         vae = self.config.vae
         model = model or self.model
         model.eval()
-        generator = device_generator(self.device, self.config.seed + 2)
+        generator = torch_generator(self.device, self.config.seed, "vae", "evaluation", split)
         size = len(self.x[split])
         rank, world = (self.ctx.rank, self.ctx.world_size) if sharded else (0, 1)
         shard = torch.arange(rank, size, world, device=self.device)  # every example once, over all ranks
@@ -209,68 +220,34 @@ class VaeTrainer:
             "bits_per_dim": bits_per_dim(log_p, num_dims),
         }
 
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
     def state(self) -> dict[str, Any]:
-        """The checkpoint: weights, exact config, data description, optimizer and generator state."""
-        return {
-            "config": self.config.to_dict(),
-            "data": data_description(self.data, self.data.num_classes),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-        }
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
 
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Continue from a checkpoint written with the same parameters (vae.epochs may grow)."""
-        check_resumable(saved["config"], self.config.to_dict(), "vae", RESUMABLE_CHANGES)
-        self.model.load_state_dict(saved["model"])
-        load_optimizer_state(self.optimizer, saved["optimizer"])
-        self.generator.set_state(saved["generator"])
+    def restore(self, state: dict[str, Any]) -> None:
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        self.generator.set_state(state["generator"])
 
-    def fit(self, outputs: TrainingOutputs = OUTPUTS, progress: bool = True) -> dict:
-        """Run the epochs (resuming if asked); rank 0 writes checkpoints, dvclive logs, PNGs and the metrics JSON.
+    def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
+        return [(epoch + 1, metrics)]
 
-        Returns the summary written to ``outputs.metrics_path`` on rank 0, {} on other ranks.
-        """
-        config, ctx = self.config, self.ctx
-        resume = config.vae.resume and (outputs.checkpoint_dir / "last.pt").exists()
-        live = LiveLog(outputs.live_dir, resume, ctx.is_writer)
-        loop = EpochLoop(
-            epochs=config.vae.epochs,
-            checkpoint_dir=outputs.checkpoint_dir,
-            monitor="bound",
-            train_epoch=self.train_epoch,
-            validate=lambda epoch: self.evaluate("valid"),
-            state=self.state,
-            restore=self.restore,
-            log=live,
-            live=live,
-            is_writer=ctx.is_writer,
-            progress=progress,
-        )
-        best = loop.run(resume=resume)
-        barrier(ctx)
-        if not ctx.is_writer:
-            return {}
-        best_model = to_device(build_vae(config, self.data.image_shape, self.data.num_classes), self.device)
-        best_model.load_state_dict(load_checkpoint(loop.best_path, self.device)["model"])
+    def finish(self, best: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The best checkpoint's bounds on every split (the metrics) and the figures of its model."""
+        best_model = to_device(model_from_state(best, "model"), self.device)
         test = self.evaluate("test", sharded=False, model=best_model)
         test_y = self.y["test"] if self.y is not None else None
-        save_vae_figures(best_model, self.x["test"], test_y, outputs.image_dir, config.seed)
-        summary = {
-            "best_epoch": best["epoch"],
-            "epochs": config.vae.epochs,
-            "bound": "elbo" if config.vae.iwae_k == 1 else f"iwae_{config.vae.iwae_k}",
-            "valid_bound": best["value"],
-            **{f"test_{k}": v for k, v in test.items()},
-            "world_size": ctx.world_size,
-            "effective_batch_size": config.vae.batch_size * ctx.world_size,
+        save_vae_figures(best_model, self.x["test"], test_y, self.outputs.image_dir, self.config.seed)
+        metrics = best["training"]["best"]["metrics"]
+        summary = {"train": metrics["train/bound"], "valid": metrics["valid/bound"]}
+        card = {
+            "bound": "elbo" if self.config.vae.iwae_k == 1 else f"iwae_{self.config.vae.iwae_k}",
+            "test": test,
+            "effective_batch_size": self.config.vae.batch_size * self.ctx.world_size,
+            "device": self.device.type,
         }
-        write_json(outputs.metrics_path, summary)
-        live.end()
-        log.info(
-            "train_vae: %.1f s training; best epoch %d, test bound %.3f", loop.seconds, best["epoch"], test["bound"]
-        )
-        return summary
+        return summary, card
 
 
 @torch.no_grad()
@@ -279,7 +256,7 @@ def save_vae_figures(model: VAE, x: torch.Tensor, y: torch.Tensor | None, image_
     latent interpolations between test images, and the 2-D latent manifold when latent_dim == 2."""
     model.eval()
     device = x.device
-    generator = device_generator(device, seed + 3)
+    generator = torch_generator(device, seed, "vae", "figures")
     d, (_, h, _) = model.latent_dim, model.image_shape
     scale = max(1, 56 // h)
     written = []
@@ -321,8 +298,4 @@ def save_vae_figures(model: VAE, x: torch.Tensor, y: torch.Tensor | None, image_
 
 def train_vae(config: Config, data: ProcessedData, outputs: TrainingOutputs = OUTPUTS, progress: bool = True) -> dict:
     """Train (or resume) the VAE in this process or under torchrun; returns rank 0's summary ({} on other ranks)."""
-    ctx = init_distributed(config.device)
-    try:
-        return VaeTrainer(config, data, ctx).fit(outputs, progress)
-    finally:
-        shutdown(ctx)
+    return train(lambda ctx: VaeTrainer(config, data, ctx, outputs), outputs, config, data, PARAMS, "vae", progress)

@@ -7,17 +7,17 @@ import logging
 import click
 import torch
 
+from pipeline.checkpoint import load_model
 from pipeline.data.processed import load_processed
-from pipeline.device import seed_everything, select_device
-from pipeline.io import read_json, write_json
-from pipeline.metrics import conditional_sampler, gan_log_likelihood, sample_quality_report
-from pipeline.models.classifier import load_classifier
-from pipeline.models.gan import load_generator
-from pipeline.models.vae import load_vae
+from pipeline.device import select_device
+from pipeline.evaluation import conditional_sampler, evaluate_gan_likelihood, sample_quality_report
+from pipeline.io import check_writable, write_json
+from pipeline.seeds import seed_everything, stream_seed
+from pipeline.training import TRAINING_ERRORS
 from stages.common import fail_cleanly, load_params, params_option
 
-SAMPLE_QUALITY_PATH = "metrics/sample_quality.json"
-GAN_LIKELIHOOD_PATH = "metrics/gan_likelihood.json"
+METRICS_PATH = "metrics/evaluate_samples.json"
+CARD_PATH = "cards/evaluate_samples.json"
 
 
 @click.command()
@@ -26,24 +26,21 @@ GAN_LIKELIHOOD_PATH = "metrics/gan_likelihood.json"
 @click.option("--classifier", "classifier_path", default="checkpoints/classifier/best.pt", show_default=True)
 @click.option("--gan", "gan_path", default="checkpoints/gan/best.pt", show_default=True)
 @click.option("--vae", "vae_path", default="checkpoints/vae/best.pt", show_default=True)
-@click.option(
-    "--classifier-metrics", default="metrics/classifier.json", show_default=True, help="copied into the table"
-)
-@fail_cleanly(ValueError, FileNotFoundError)
-def main(
-    params_path: str, data_dir: str, classifier_path: str, gan_path: str, vae_path: str, classifier_metrics: str
-) -> None:
+@fail_cleanly(*TRAINING_ERRORS)
+def main(params_path: str, data_dir: str, classifier_path: str, gan_path: str, vae_path: str) -> None:
     """Fréchet distance (with its real-data floor), precision/recall and, on labelled data, the classifier score of
-    GAN and VAE samples in the classifier's features (metrics/sample_quality.json); the GAN's log p(x) by AIS with
-    a Gaussian observation model, sigma chosen on validation data (metrics/gan_likelihood.json)."""
+    GAN and VAE samples in the classifier's features; the GAN's log p(x) by AIS with a Gaussian observation model,
+    sigma chosen on validation data. Writes metrics/evaluate_samples.json and its run card
+    cards/evaluate_samples.json."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
+    check_writable("metrics", "cards")
     seed_everything(config.seed)
     device = select_device(config.device)
     data = load_processed(data_dir)
-    classifier = load_classifier(classifier_path, device)
-    generator = load_generator(gan_path, device, ema=True)
-    vae = load_vae(vae_path, device)
+    classifier = load_model(classifier_path, "model", device)
+    generator = load_model(gan_path, "generator_ema", device)
+    vae = load_model(vae_path, "model", device)
     for name, model in (("GAN", generator), ("VAE", vae)):
         if tuple(model.image_shape) != tuple(data.image_shape):
             raise click.ClickException(
@@ -52,25 +49,28 @@ def main(
             )
     real_test, real_train = torch.from_numpy(data.x["test"]), torch.from_numpy(data.x["train"])
     labels = torch.from_numpy(data.y["test"]) if data.y is not None else None
-    table = {
-        "classifier_task": classifier.task,
-        "classifier_test_accuracy": read_json(classifier_metrics)["test_accuracy"],
-    }
+    card = {"classifier_task": classifier.task, "device": device.type}
+    metrics: dict = {}
     for name, model, decode in (("gan", generator, generator), ("vae", vae, vae.decode_mean)):
         model_labels = labels if model.num_classes is not None else None
-        sampler = conditional_sampler(decode, model.latent_dim, device, model_labels, config.seed + 5)
-        table[name] = sample_quality_report(
+        sampler = conditional_sampler(
+            decode, model.latent_dim, device, model_labels, stream_seed(config.seed, "evaluate_samples", name)
+        )
+        report = sample_quality_report(
             sampler, classifier, real_test, real_train, config.evaluate.num_generated, seed=config.seed
         )
+        card[name] = report
+        metrics["fd_floor"] = report["frechet_floor"]  # the same real images for both: the same floor
+        metrics[name] = {"fd": report["frechet_distance"], "prec": report["precision"], "rec": report["recall"]}
         click.echo(
-            f"{name}: Fréchet distance {table[name]['frechet_distance']:.2f} "
-            f"(floor {table[name]['frechet_floor']:.2f}), precision {table[name]['precision']:.3f}, "
-            f"recall {table[name]['recall']:.3f}"
+            f"{name}: Fréchet distance {report['frechet_distance']:.2f} (floor {report['frechet_floor']:.2f}), "
+            f"precision {report['precision']:.3f}, recall {report['recall']:.3f}"
         )
-    write_json(SAMPLE_QUALITY_PATH, table)
-    likelihood = gan_log_likelihood(generator, data, config.evaluate, config.seed)
-    write_json(GAN_LIKELIHOOD_PATH, likelihood)
+    likelihood, card["gan_likelihood"] = evaluate_gan_likelihood(generator, data, config.evaluate, config.seed)
+    metrics["gan"]["ais"] = likelihood["log_px"]
+    write_json(CARD_PATH, card)
+    write_json(METRICS_PATH, metrics)
     click.echo(
-        f"gan: AIS log p(x) {likelihood['log_px']:.2f} nats ({likelihood['bits_per_dim']:.3f} bits/dim), "
-        f"sigma {likelihood['sigma']}"
+        f"gan: AIS log p(x) {likelihood['log_px']:.2f} nats ({likelihood['bits_per_dim']:.3f} "
+        f"bits/dim), sigma {card['gan_likelihood']['sigma']}"
     )

@@ -6,16 +6,17 @@ import logging
 
 import click
 
-from pipeline.config import ConfigError
+from pipeline.checkpoint import load_model
 from pipeline.data.processed import load_processed
-from pipeline.device import seed_everything
 from pipeline.distributed import init_distributed, shutdown
-from pipeline.io import write_json
-from pipeline.likelihood import evaluate_vae
-from pipeline.models.vae import LabelError, load_vae
+from pipeline.evaluation import evaluate_vae
+from pipeline.io import check_writable, write_json
+from pipeline.seeds import seed_everything
+from pipeline.training import TRAINING_ERRORS
 from stages.common import fail_cleanly, load_params, params_option
 
-METRICS_PATH = "metrics/vae_likelihood.json"
+METRICS_PATH = "metrics/evaluate_vae.json"
+CARD_PATH = "cards/evaluate_vae.json"
 CURVE_PATH = "plots/vae_likelihood_curve.json"
 
 
@@ -23,27 +24,32 @@ CURVE_PATH = "plots/vae_likelihood_curve.json"
 @params_option
 @click.option("--checkpoint", default="checkpoints/vae/best.pt", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--data-dir", default="data/processed", show_default=True, type=click.Path(file_okay=False))
-@fail_cleanly(ConfigError, LabelError, FileNotFoundError, ValueError)
+@fail_cleanly(*TRAINING_ERRORS)
 def main(params_path: str, checkpoint: str, data_dir: str) -> None:
     """Estimate log p(x) (11.5-11.6) on the test and validation sets with evaluate.num_samples importance samples,
-    plus AIS on evaluate.ais_points test points; writes metrics/vae_likelihood.json and the convergence curve
-    plots/vae_likelihood_curve.json. Under torchrun the importance sampling is split across the ranks."""
+    plus AIS on evaluate.ais_points test points; writes metrics/evaluate_vae.json, its run card
+    cards/evaluate_vae.json and the convergence curve plots/vae_likelihood_curve.json. Under torchrun the
+    importance sampling is split across the ranks."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     seed_everything(config.seed)
     ctx = init_distributed(config.device)
+    if ctx.is_writer:
+        check_writable("metrics", "cards", "plots")
     data = load_processed(data_dir)
-    model = load_vae(checkpoint, ctx.device)
-    metrics, curve = evaluate_vae(model, data, config.evaluate, config.seed, ctx=ctx)
+    model = load_model(checkpoint, "model", ctx.device)
+    metrics, card, curve = evaluate_vae(model, data, config.evaluate, config.seed, ctx=ctx)
     shutdown(ctx)
     if not ctx.is_writer:
         return
-    metrics["device"] = ctx.device.type
-    write_json(METRICS_PATH, metrics)
+    card["device"] = ctx.device.type
+    write_json(CARD_PATH, card)
     write_json(CURVE_PATH, curve)
-    test = metrics["test"]
+    write_json(METRICS_PATH, metrics)
+    test, ais = card["test"], card["ais"]
     click.echo(
-        f"test log p(x) {test['log_px']:.3f} ± {test['log_px_stderr']:.3f} nats (K={metrics['num_samples']}), "
+        f"test log p(x) {test['log_px']:.3f} ± {test['log_px_stderr']:.3f} nats (K={card['num_samples']}), "
         f"ELBO {test['elbo']:.3f}, gap {test['gap']:.3f}, {test['bits_per_dim']:.4f} bits/dim; "
-        f"AIS {metrics['ais']['log_px']:.3f} on {metrics['ais']['points']} points"
+        f"on {ais['points']} test points: AIS {ais['log_px']:.3f}, importance sampling "
+        f"{ais['importance_sampled_log_px']:.3f}"
     )

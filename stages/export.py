@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import click
 
+from pipeline.checkpoint import CheckpointError
 from pipeline.export import ExportError, export_checkpoints, write_exported
+from pipeline.io import check_writable
 from stages.common import fail_cleanly, load_params, params_option
 
 
@@ -23,10 +25,11 @@ from stages.common import fail_cleanly, load_params, params_option
     help="folder holding vae/best.pt and/or gan/best.pt",
 )
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False))
-@fail_cleanly(ExportError, FileNotFoundError)
+@fail_cleanly(ExportError, CheckpointError, OSError)
 def main(params_path: str, checkpoint_dir: str, out_dir: str) -> None:
     """Export the VAE decoder and encoder and the GAN generator (EMA weights) to ONNX, parity-checked."""
     config = load_params(params_path)
+    check_writable(out_dir)
     card = write_exported(export_checkpoints(checkpoint_dir, config.export, config.seed), out_dir)
     for entry in card["models"]:
         parity = entry["parity"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
+from pipeline.checkpoint import load_model
 from pipeline.data.processed import load_processed
 from pipeline.gan_trainer import train_gan
-from pipeline.models.classifier import load_classifier
-from pipeline.training import NonFiniteLossError
+from pipeline.training import TRAINING_ERRORS
 from stages.common import fail_cleanly, load_params, params_option
 
 
@@ -25,17 +25,17 @@ from stages.common import fail_cleanly, load_params, params_option
     type=click.Path(dir_okay=False),
     help="feature classifier for the sample metrics logged while training (skipped if the file is absent)",
 )
-@fail_cleanly(ValueError, NonFiniteLossError, FileNotFoundError)
+@fail_cleanly(*TRAINING_ERRORS)
 def main(params_path: str, data_dir: str, classifier_path: str) -> None:
-    """Train the GAN of §11.2; writes checkpoints/gan, dvclive/gan, outputs/gan and metrics/gan_train.json."""
+    """Train the GAN of §11.2; writes checkpoints/gan, dvclive/gan, outputs/gan, metrics/train_gan.json and
+    cards/train_gan.json."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     data = load_processed(data_dir)
-    classifier = load_classifier(classifier_path) if Path(classifier_path).exists() else None
+    classifier = load_model(classifier_path) if Path(classifier_path).exists() else None
     if classifier is None:
         logging.info("train_gan: no classifier at %s; training without sample metrics", classifier_path)
     summary = train_gan(config, data, classifier=classifier)
     if summary:
-        fd = summary.get("valid_frechet_distance")
-        quality = f", valid Fréchet distance {fd:.2f}" if fd is not None else ""
-        click.echo(f"GAN trained: best epoch {summary['best_epoch']}{quality}")
+        fd = summary.get("valid_fd")
+        click.echo("train_gan: done" + (f", valid Fréchet distance {fd:.2f}" if fd is not None else ""))

@@ -6,10 +6,8 @@ import logging
 
 import click
 
-from pipeline.config import ConfigError
 from pipeline.data.processed import load_processed
-from pipeline.models.vae import LabelError
-from pipeline.training import NonFiniteLossError
+from pipeline.training import TRAINING_ERRORS
 from pipeline.vae_trainer import train_vae
 from stages.common import fail_cleanly, load_params, params_option
 
@@ -17,11 +15,12 @@ from stages.common import fail_cleanly, load_params, params_option
 @click.command()
 @params_option
 @click.option("--data-dir", default="data/processed", show_default=True, type=click.Path(file_okay=False))
-@fail_cleanly(ConfigError, LabelError, NonFiniteLossError, FileNotFoundError)
+@fail_cleanly(*TRAINING_ERRORS)
 def main(params_path: str, data_dir: str) -> None:
-    """Train the VAE of §11.1; writes checkpoints/vae, dvclive/vae, outputs/vae and metrics/vae_train.json."""
+    """Train the VAE of §11.1; writes checkpoints/vae, dvclive/vae, outputs/vae, metrics/train_vae.json and
+    cards/train_vae.json."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     summary = train_vae(config, load_processed(data_dir))
     if summary:
-        click.echo(f"best epoch {summary['best_epoch']}: test {summary['bound']} {summary['test_bound']:.3f} nats")
+        click.echo(f"train_vae: best epoch's bound {summary['train']:.3f} (train), {summary['valid']:.3f} (valid) nats")

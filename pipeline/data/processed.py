@@ -9,7 +9,9 @@ binarization; float32 in [0, 1] otherwise), optional ``y_*`` int64 labels, and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +34,21 @@ class ProcessedData:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x["train"].shape[1:])
 
-    @property
+    @cached_property
     def binary(self) -> bool:
-        """True if the data are 0/1 values, or are binarized afresh at training time."""
-        return self.binarize in ("static", "dynamic")
+        """True if the data are binarized afresh at training time, or every stored value is 0 or 1."""
+        if self.binarize in ("static", "dynamic"):
+            return True
+        return all(bool(np.isin(x, (0.0, 1.0)).all()) for x in self.x.values())
+
+    def describe(self) -> dict[str, Any]:
+        """What a model trained on these data records in its checkpoint."""
+        return {
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "dataset": self.dataset,
+            "binarize": self.binarize,
+        }
 
 
 def _to_unit(x: np.ndarray, levels: int) -> np.ndarray:

@@ -9,13 +9,10 @@ the logits are: the dataset's ``classes``, or for a dataset without labels the `
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from pipeline.device import to_device
-from pipeline.training import load_checkpoint
 
 TASKS = ("classes", "transformations")
 # The shape-preserving transformations a classifier learns to tell apart when the data have no labels.
@@ -30,22 +27,36 @@ def transform_images(x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     return torch.where(flip_top_bottom, x.flip(-2), x)
 
 
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Exactly the constructor arguments of :class:`Classifier`, as stored in its checkpoints."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    task: str = "classes"
+    channels: int = 32
+    feature_dim: int = 128
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
+        if self.task not in TASKS:
+            raise ValueError(f"classifier task {self.task!r} is not one of {TASKS}")
+        if min(self.image_shape[1:]) < 4:
+            raise ValueError(f"the feature classifier needs images of at least 4×4 pixels, got {self.image_shape}")
+
+
 class Classifier(nn.Module):
     """x (B×C×H×W in [0, 1]) -> logits over ``num_classes`` classes or transformations (``task``); ``features`` is
     the penultimate layer."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int,
-        task: str = "classes",
-        channels: int = 32,
-        feature_dim: int = 128,
-    ) -> None:
+    family = "classifier"
+    Config = ClassifierConfig
+
+    def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"classifier task {task!r} is not one of {TASKS}")
-        self.image_shape, self.num_classes, self.task = tuple(image_shape), num_classes, task
+        self.config = config
+        self.image_shape, self.num_classes, self.task = config.image_shape, config.num_classes, config.task
+        channels, feature_dim = config.channels, config.feature_dim
         c, h, w = self.image_shape
         self.trunk = nn.Sequential(
             nn.Conv2d(c, channels, 3, padding=1),
@@ -62,7 +73,7 @@ class Classifier(nn.Module):
             nn.Linear(2 * channels * (h // 4) * (w // 4), feature_dim),
             nn.ReLU(),
         )
-        self.head = nn.Linear(feature_dim, num_classes)
+        self.head = nn.Linear(feature_dim, config.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer activations, B×feature_dim."""
@@ -72,19 +83,9 @@ class Classifier(nn.Module):
         return self.head(self.trunk(x))
 
 
-def build_classifier(image_shape: tuple[int, int, int], num_classes: int | None) -> Classifier:
+def classifier_config(image_shape: tuple[int, int, int], num_classes: int | None) -> ClassifierConfig:
     """The feature classifier for images of ``image_shape``: over the ``num_classes`` classes, or over
     TRANSFORMATIONS when the data have no labels (``num_classes`` None)."""
-    if min(image_shape[1:]) < 4:
-        raise ValueError(f"the feature classifier needs images of at least 4×4 pixels, got {tuple(image_shape)}")
     if num_classes:
-        return Classifier(image_shape, num_classes)
-    return Classifier(image_shape, len(TRANSFORMATIONS), task="transformations")
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """The classifier of a checkpoint written by the train_classifier stage, in eval mode."""
-    state = load_checkpoint(path)
-    classifier = build_classifier(tuple(state["data"]["image_shape"]), state["data"]["num_classes"])
-    classifier.load_state_dict(state["model"])
-    return to_device(classifier, device).eval()
+        return ClassifierConfig(image_shape, num_classes)
+    return ClassifierConfig(image_shape, len(TRANSFORMATIONS), task="transformations")

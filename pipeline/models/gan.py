@@ -13,21 +13,18 @@ Architectures (``gan.arch``):
   image size: 8×8 -> 1 (from 4×4), 28×28 -> 2 (from 7×7), 32×32 -> 3 (from 4×4).
 
 Conditional GAN (Mirza & Osindero 2014): the one-hot label is concatenated to z in the generator and
-to the input (as constant channels, or features for ``mlp``) in the discriminator. The one-hot is a
-row lookup in an identity buffer, so the exported ONNX graph needs only plain ops.
+to the input (as constant channels, or features for ``mlp``) in the discriminator.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from pipeline.config import Config, GanConfig, config_from_dict
-from pipeline.device import to_device
-from pipeline.training import load_checkpoint
+from pipeline.models.base import check_labels, one_hot
 
 
 def stride2_stages(height: int, width: int) -> int:
@@ -38,40 +35,69 @@ def stride2_stages(height: int, width: int) -> int:
     return stages
 
 
-class _OneHot(nn.Module):
-    """Labels -> one-hot rows of an identity buffer (a Gather in ONNX); a clear error without labels."""
+ARCHITECTURES = ("mlp", "dcgan")
 
-    def __init__(self, num_classes: int | None) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        eye = torch.eye(num_classes) if num_classes else torch.zeros(0, 0)
-        self.register_buffer("eye", eye, persistent=False)
 
-    def forward(self, y: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        if not self.num_classes:
-            return None
-        if y is None:
-            raise ValueError(f"this GAN is conditional on {self.num_classes} classes; pass labels y (B integers)")
-        if y.shape != (batch,):
-            raise ValueError(f"labels y must have shape ({batch},), got {tuple(y.shape)}")
-        return self.eye[y]
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Exactly the constructor arguments of :class:`Generator`, as stored in its checkpoints."""
+
+    latent_dim: int
+    image_shape: tuple[int, int, int]
+    arch: str = "mlp"
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    base_channels: int = 64
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        _normalize(self)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Exactly the constructor arguments of :class:`Discriminator`, as stored in its checkpoints."""
+
+    image_shape: tuple[int, int, int]
+    arch: str = "mlp"
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    base_channels: int = 64
+    spectral_norm: bool = False
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        _normalize(self)
+
+
+def _normalize(config: GeneratorConfig | DiscriminatorConfig) -> None:
+    for name in ("image_shape", "hidden_sizes"):
+        object.__setattr__(config, name, tuple(int(v) for v in getattr(config, name)))
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown GAN architecture {config.arch!r}; use 'mlp' or 'dcgan'")
+
+
+def _with_labels(inputs: torch.Tensor, y: torch.Tensor | None, num_classes: int | None) -> torch.Tensor:
+    """``inputs`` (B×F, or B×C×H×W) with the one-hot label appended as features (or constant channels)."""
+    y = check_labels(y, num_classes, inputs.shape[0])
+    if y is None:
+        return inputs
+    code = one_hot(y, num_classes, inputs.dtype)
+    if inputs.dim() == 4:
+        code = code[:, :, None, None].expand(-1, -1, *inputs.shape[2:])
+    return torch.cat([inputs, code], dim=1)
 
 
 class Generator(nn.Module):
     """g(z, y) -> B×C×H×W images in [0, 1] (sigmoid output)."""
 
-    def __init__(
-        self,
-        latent_dim: int,
-        image_shape: tuple[int, int, int],
-        num_classes: int | None,
-        arch: str,
-        hidden_sizes: list[int],
-        base_channels: int,
-    ) -> None:
+    family = "gan_generator"
+    Config = GeneratorConfig
+
+    def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
-        self.latent_dim, self.image_shape, self.num_classes = latent_dim, tuple(image_shape), num_classes
-        self.one_hot = _OneHot(num_classes)
+        self.config = config
+        self.latent_dim, self.image_shape, self.num_classes = config.latent_dim, config.image_shape, config.num_classes
+        latent_dim, num_classes, arch = config.latent_dim, config.num_classes, config.arch
+        hidden_sizes, base_channels = config.hidden_sizes, config.base_channels
         c, h, w = self.image_shape
         inputs = latent_dim + (num_classes or 0)
         if arch == "mlp":
@@ -97,32 +123,23 @@ class Generator(nn.Module):
                 ]
                 channels //= 2
             self.body = nn.Sequential(*layers, nn.Conv2d(channels, c, 3, padding=1))
-        else:
-            raise ValueError(f"unknown GAN architecture {arch!r}; use 'mlp' or 'dcgan'")
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        code = self.one_hot(y, z.shape[0])
-        if code is not None:
-            z = torch.cat([z, code.to(z.dtype)], dim=1)
-        return torch.sigmoid(self.body(z))
+        return torch.sigmoid(self.body(_with_labels(z, y, self.num_classes)))
 
 
 class Discriminator(nn.Module):
     """D(x, y) -> B logits of "x is real"; ``features`` gives the penultimate layer (for feature matching)."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        num_classes: int | None,
-        arch: str,
-        hidden_sizes: list[int],
-        base_channels: int,
-        spectral_normalization: bool,
-    ) -> None:
+    family = "gan_discriminator"
+    Config = DiscriminatorConfig
+
+    def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
-        self.image_shape, self.num_classes = tuple(image_shape), num_classes
-        self.one_hot = _OneHot(num_classes)
-        norm = spectral_norm if spectral_normalization else (lambda layer: layer)
+        self.config = config
+        self.image_shape, self.num_classes, arch = config.image_shape, config.num_classes, config.arch
+        num_classes, hidden_sizes, base_channels = config.num_classes, config.hidden_sizes, config.base_channels
+        norm = spectral_norm if config.spectral_norm else (lambda layer: layer)
         c, h, w = self.image_shape
         extra = num_classes or 0
         if arch == "mlp":
@@ -141,62 +158,12 @@ class Discriminator(nn.Module):
             self.trunk = nn.Sequential(*layers)
             with torch.no_grad():
                 inputs = self.trunk(torch.zeros(1, c + extra, h, w)).shape[1]
-        else:
-            raise ValueError(f"unknown GAN architecture {arch!r}; use 'mlp' or 'dcgan'")
         self.arch = arch
         self.head = norm(nn.Linear(inputs, 1))
 
     def features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The penultimate layer's activations, B×F."""
-        code = self.one_hot(y, x.shape[0])
-        if self.arch == "mlp":
-            x = x.flatten(1)
-            if code is not None:
-                x = torch.cat([x, code.to(x.dtype)], dim=1)
-        elif code is not None:
-            x = torch.cat([x, code.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
-        return self.trunk(x)
+        return self.trunk(_with_labels(x.flatten(1) if self.arch == "mlp" else x, y, self.num_classes))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.features(x, y)).squeeze(1)
-
-
-def build_generator(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> Generator:
-    """The generator ``config.gan`` describes; ``num_classes`` is used only when ``gan.conditional``."""
-    gan: GanConfig = config.gan
-    return Generator(
-        config.latent_dim,
-        image_shape,
-        _classes(gan, num_classes),
-        gan.arch,
-        gan.hidden_sizes,
-        gan.base_channels,
-    )
-
-
-def build_discriminator(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> Discriminator:
-    """The discriminator ``config.gan`` describes."""
-    gan: GanConfig = config.gan
-    return Discriminator(
-        image_shape, _classes(gan, num_classes), gan.arch, gan.hidden_sizes, gan.base_channels, gan.spectral_norm
-    )
-
-
-def _classes(gan: GanConfig, num_classes: int | None) -> int | None:
-    if not gan.conditional:
-        return None
-    if not num_classes:
-        raise ValueError(
-            "gan.conditional is true but the dataset has no class labels; set gan.conditional: false "
-            "or use a labelled dataset"
-        )
-    return num_classes
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> Generator:
-    """The generator of a GAN checkpoint in eval mode: its weight average (``ema``) or the raw weights."""
-    state = load_checkpoint(path)
-    data = state["data"]
-    generator = build_generator(config_from_dict(state["config"]), tuple(data["image_shape"]), data["num_classes"])
-    generator.load_state_dict(state["generator_ema" if ema else "generator"])
-    return to_device(generator, device).eval()

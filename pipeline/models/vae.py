@@ -2,8 +2,8 @@
 
 Networks only; the bounds that train them live in ``pipeline/objectives/vae.py`` and the
 training procedure in ``pipeline/vae_trainer.py``. Two architectures adapt to any C×H×W:
-``mlp`` (flattened pixels through ``vae.hidden_sizes``) and ``conv`` (stride-2 convolutions
-with ``vae.conv_channels``, mirrored by transposed convolutions). A conditional model
+``mlp`` (flattened pixels through ``hidden_sizes``) and ``conv`` (stride-2 convolutions
+with ``conv_channels``, mirrored by transposed convolutions). A conditional model
 (Fig. 11.2b) feeds the one-hot class label to both encoder and decoder.
 """
 
@@ -11,28 +11,44 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import kernels
-from pipeline.config import Config, config_from_dict
-from pipeline.device import to_device
-from pipeline.training import LabelError, load_checkpoint
+from pipeline.models.base import check_labels, one_hot
 
 LOG_2PI = math.log(2 * math.pi)
-# Decoded rows the fused MLP log-likelihood holds at once on torch's path (GPU, autograd), and takes per call of the
-# native CPU kernel, which holds only a few tiles of rows at a time whatever the block: there 8192 rows run 5-9%
-# faster than 1024 (a 20-400-784 and a 20-512-256-784 Bernoulli decoder on a 2-core AMD EPYC Zen 3).
+# Decoded rows the fused MLP log-likelihood holds at once (importance sampling, AIS, IWAE).
 LOGIT_ROWS_PER_BLOCK = 2048
-NATIVE_ROWS_PER_BLOCK = 8192
 
 
-def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """One-hot rows from integer labels with plain comparison ops (ONNX-exportable)."""
-    return (y[:, None] == torch.arange(num_classes, device=y.device)).to(dtype)
+@dataclass(frozen=True)
+class VAEConfig:
+    """Exactly the constructor arguments of :class:`VAE`, as stored in its checkpoints."""
+
+    image_shape: tuple[int, int, int]
+    latent_dim: int
+    arch: str = "mlp"
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    conv_channels: tuple[int, ...] = (32, 64)
+    likelihood: str = "bernoulli"
+    gaussian_variance: str = "learned"
+    gaussian_std: float = 0.1
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("image_shape", "hidden_sizes", "conv_channels"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if self.arch not in ("mlp", "conv"):
+            raise ValueError(f"arch {self.arch!r} is not 'mlp' or 'conv'")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood {self.likelihood!r} is not 'bernoulli' or 'gaussian'")
+        if self.arch == "mlp" and not self.hidden_sizes:
+            raise ValueError("the mlp architecture needs at least one hidden layer (vae.hidden_sizes is empty)")
+        if self.arch == "conv" and not self.conv_channels:
+            raise ValueError("the conv architecture needs at least one block (vae.conv_channels is empty)")
 
 
 def reparameterize(
@@ -73,29 +89,17 @@ class VAE(nn.Module):
     Shapes: ``x`` B×C×H×W in [0, 1], ``y`` B integer labels (conditional models only), ``z`` B×D or K×B×D.
     """
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        latent_dim: int,
-        *,
-        arch: str = "mlp",
-        hidden_sizes: list[int] | tuple[int, ...] = (256, 256),
-        conv_channels: list[int] | tuple[int, ...] = (32, 64),
-        likelihood: str = "bernoulli",
-        gaussian_variance: str = "learned",
-        gaussian_std: float = 0.1,
-        num_classes: int | None = None,
-    ) -> None:
+    family = "vae"
+    Config = VAEConfig
+
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        if likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood {likelihood!r} is not 'bernoulli' or 'gaussian'")
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.latent_dim = latent_dim
-        self.num_classes = num_classes
-        self.likelihood = likelihood
-        self.arch = arch
-        self.gaussian_variance = gaussian_variance
-        self.gaussian_std = gaussian_std
+        self.config = config
+        self.image_shape, self.latent_dim, self.num_classes = config.image_shape, config.latent_dim, config.num_classes
+        self.likelihood, self.arch = config.likelihood, config.arch
+        self.gaussian_variance, self.gaussian_std = config.gaussian_variance, config.gaussian_std
+        latent_dim, num_classes, arch = config.latent_dim, config.num_classes, config.arch
+        hidden_sizes, conv_channels, gaussian_std = config.hidden_sizes, config.conv_channels, config.gaussian_std
         c, h, w = self.image_shape
         n_labels = num_classes or 0
         if arch == "mlp":
@@ -123,24 +127,14 @@ class VAE(nn.Module):
                 if i > 1:
                     up.append(nn.ReLU())
             self.decoder = nn.Sequential(*up)
-        else:
-            raise ValueError(f"arch {arch!r} is not 'mlp' or 'conv'")
-        if likelihood == "gaussian" and gaussian_variance == "learned":
+        if config.likelihood == "gaussian" and config.gaussian_variance == "learned":
             # per-pixel std = floor + softplus(raw), starting at twice the floor (softplus(raw) = floor)
             start = math.log(math.expm1(gaussian_std))
             self.decoder_std_raw = nn.Parameter(torch.full(self.image_shape, start))
 
     def _labels(self, y: torch.Tensor | None, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
-        if self.num_classes is None:
-            return None
-        if y is None:
-            raise LabelError(
-                "this VAE is conditional (vae.conditional: true) and needs class labels, but none were given; "
-                "use a labelled dataset or set vae.conditional: false"
-            )
-        if y.shape[0] != batch:
-            raise LabelError(f"{y.shape[0]} labels for a batch of {batch}")
-        return one_hot(y, self.num_classes, dtype)
+        y = check_labels(y, self.num_classes, batch)
+        return None if y is None else one_hot(y, self.num_classes, dtype)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters (mu, logvar) of q(z|x) (11.18), each B×D."""
@@ -195,23 +189,13 @@ class VAE(nn.Module):
         """log p(x|z), K×B, of the MLP decoder for K > 1 samples of each of the B images ``pixels`` (B×P), fused.
 
         For importance sampling, AIS and IWAE: the decoder runs on blocks of whole samples × all B images, so its
-        activations stay small whatever K is. Without gradients on the CPU (:meth:`_native_block_log_likelihood`)
-        a native kernel runs the last two layers and the density in one pass; elsewhere (GPU, autograd, no C
-        compiler, or no oneDNN for the earlier layers) torch does (:meth:`_torch_block_log_likelihood`). Full
-        precision only: under autocast the K×B sums would be rounded to bf16, so :meth:`log_likelihood` takes the
-        per-pixel path there.
+        activations stay small whatever K is. Full precision only: under autocast the K×B sums would be rounded to
+        bf16, so :meth:`log_likelihood` takes the per-pixel path there.
         """
         k, b, d = z.shape
         labels = self._labels(y, k * b, z.dtype)
-        std = self.decoder_std().reshape(-1).to(z.dtype) if self.likelihood == "gaussian" else None
-        native = kernels.decoder_kernels_apply(z, pixels, *self.decoder.parameters(), *([] if std is None else [std]))
-        needs_onednn = len(self.decoder[::2]) > 2  # linear layers before the two the kernel fuses
-        if native and (not needs_onednn or kernels.packed_linear_available()):
-            samples_per_block = max(1, NATIVE_ROWS_PER_BLOCK // b)
-            block_log_likelihood = self._native_block_log_likelihood(pixels, std, samples_per_block * b)
-        else:
-            samples_per_block = max(1, LOGIT_ROWS_PER_BLOCK // b)
-            block_log_likelihood = self._torch_block_log_likelihood(pixels)
+        samples_per_block = max(1, LOGIT_ROWS_PER_BLOCK // b)
+        block_log_likelihood = self._block_log_likelihood(pixels)
         out = []
         for start in range(0, k, samples_per_block):
             inputs = z[start : start + samples_per_block].reshape(-1, d)
@@ -220,31 +204,7 @@ class VAE(nn.Module):
             out.append(block_log_likelihood(inputs).reshape(-1, b))
         return torch.cat(out)
 
-    def _native_block_log_likelihood(
-        self, pixels: torch.Tensor, std: torch.Tensor | None, rows: int
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """log p(x|z) of a block of decoder inputs (rows for sample-major K×B): the layers before the last two
-        through oneDNN with weights packed once per call (or per :func:`pipeline.kernels.frozen_weights` block) and
-        ReLU fused, then the last two and the density in the native kernel of pipeline/kernels, whose logits never
-        reach memory."""
-        linears = list(self.decoder[::2])  # _mlp alternates Linear and ReLU
-        *earlier, hidden, output = [None, *linears] if len(linears) == 1 else linears
-        packed = [kernels.pack_linear_weight(layer.weight, rows) for layer in earlier]
-        inv_std, offset = None, 0.0
-        if std is not None:
-            inv_std = std.reciprocal().contiguous()
-            offset = -(torch.log(std.double()).sum().item() + 0.5 * LOG_2PI * std.numel())
-
-        def block_log_likelihood(inputs: torch.Tensor) -> torch.Tensor:
-            for layer, weight in zip(earlier, packed, strict=True):
-                inputs = kernels.packed_linear(inputs, weight, layer.bias, relu=True)
-            log_px = torch.empty(inputs.shape[0], dtype=torch.float32)
-            kernels.mlp_log_likelihood(inputs.contiguous(), hidden, output, pixels, log_px, inv_std, offset)
-            return log_px
-
-        return block_log_likelihood
-
-    def _torch_block_log_likelihood(self, pixels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _block_log_likelihood(self, pixels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """log p(x|z) of a block of decoder inputs in torch ops. For a Bernoulli decoder x·l is h·(Wᵀx) + c·x, one
         product per image against the last hidden layer, and only the softplus runs over the logits."""
         last = self.decoder[-1]
@@ -261,33 +221,3 @@ class VAE(nn.Module):
             return x_dot_logits.flatten() - F.softplus(last(hidden)).sum(-1)
 
         return block_log_likelihood
-
-
-def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
-    """The VAE ``config.vae`` describes for data of ``image_shape`` with ``num_classes`` labels (None: unlabelled)."""
-    vae = config.vae
-    if vae.conditional and not num_classes:
-        raise LabelError(
-            "vae.conditional is true but the dataset has no labels; "
-            "set vae.conditional: false or use a labelled dataset"
-        )
-    return VAE(
-        tuple(image_shape),
-        config.latent_dim,
-        arch=vae.arch,
-        hidden_sizes=vae.hidden_sizes,
-        conv_channels=vae.conv_channels,
-        likelihood=vae.likelihood,
-        gaussian_variance=vae.gaussian_variance,
-        gaussian_std=vae.gaussian_std,
-        num_classes=num_classes if vae.conditional else None,
-    )
-
-
-def load_vae(path: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """The VAE stored in a checkpoint written by the train_vae stage, in eval mode on ``device``."""
-    state = load_checkpoint(path)
-    config = config_from_dict(state["config"])
-    model = build_vae(config, tuple(state["data"]["image_shape"]), state["data"]["num_classes"])
-    model.load_state_dict(state["model"])
-    return to_device(model, device).eval()

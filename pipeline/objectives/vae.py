@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.models.vae import VAE, reparameterize
-from pipeline.training import binarize_dynamically, device_generator
+from pipeline.seeds import torch_generator
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -115,7 +115,7 @@ def training_bound(
     if iwae_k == 1:
         return elbo(model, x, y, num_samples=mc_samples, beta=beta, free_bits=free_bits, generator=generator)
     if free_bits > 0:
-        raise ValueError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
+        raise ValueError("free bits apply to the ELBO only (iwae_k 1)")
     return iwae_bound(model, x, y, k=iwae_k, num_samples=mc_samples, beta=beta, generator=generator)
 
 
@@ -138,6 +138,18 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None, levels
     return (k + u) / levels
 
 
+def binarize_dynamically(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh Bernoulli draw of grey values in [0, 1] (dynamic binarization).
+
+    A pixel is 1 when a uniform 16-bit integer u in [0, 65536) has u < 65536 x, so P(1) = ceil(65536 x) / 65536:
+    x to within 2e-5, exact at 0 and 1. Four pixels share one 64-bit draw: 3x faster on CPU than ``torch.bernoulli``.
+    """
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None, generator=generator)
+    centred = bits.view(torch.int16)[:n].reshape(x.shape).to(x.dtype)  # u - 32768
+    return (centred < x * 65536 - 32768).to(x.dtype)
+
+
 def prepare_images(x: torch.Tensor, generator: torch.Generator, binarize: str, likelihood: str) -> torch.Tensor:
     """Images in [0, 1] as the VAE scores them: a fresh Bernoulli draw when ``binarize`` is "dynamic", uniform
     dequantization when ``likelihood`` is "gaussian" (so densities bound the discrete data), else unchanged."""
@@ -148,10 +160,10 @@ def prepare_images(x: torch.Tensor, generator: torch.Generator, binarize: str, l
     return x
 
 
-def prepare_heldout(x: torch.Tensor, binarize: str, likelihood: str, seed: int) -> torch.Tensor:
-    """Validation or test images with one fixed draw (generator seeded ``seed + 1`` on x's device), the same in
-    training, evaluation and every epoch, so numbers compare fairly."""
-    return prepare_images(x, device_generator(x.device, seed + 1), binarize, likelihood)
+def prepare_heldout(x: torch.Tensor, binarize: str, likelihood: str, seed: int, split: str) -> torch.Tensor:
+    """Validation or test images with one fixed draw per split (the stream ``seed, "heldout", split``), the same
+    in training, evaluation and every epoch, so numbers compare fairly."""
+    return prepare_images(x, torch_generator(x.device, seed, "heldout", split), binarize, likelihood)
 
 
 def discrete_log_likelihood(log_density: torch.Tensor, num_dims: int, levels: int = 256) -> torch.Tensor:

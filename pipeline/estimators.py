@@ -11,37 +11,25 @@ Two estimators, both written against the protocols of ``pipeline/models/base.py`
 
 Both stream over chunks of points and samples sized by a memory budget, accumulate in float64, and draw
 their noise in fixed tiles of (``NOISE_SAMPLES`` samples × ``NOISE_POINTS`` points) from generators seeded by
-(seed, tile), so the numbers depend on the seed only, never on the budget or chunking.
+(seed, tile), so the numbers depend on the seed only, never on the budget or chunking. With them, the observation
+model that makes a generator a density model and the prior as a proposal. The procedures that apply them to
+trained models and data are in ``pipeline/evaluation.py``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline import kernels
-from pipeline.config import EvaluateConfig
-from pipeline.data.processed import ProcessedData
-from pipeline.distributed import DistContext, gather_objects
 from pipeline.models.base import AmortizedPosterior, LatentVariableModel
-from pipeline.models.vae import VAE
-from pipeline.objectives.vae import (
-    LOG_2PI,
-    bits_per_dim,
-    discrete_log_likelihood,
-    prepare_heldout,
-)
+from pipeline.seeds import stream_seed
 
-log = logging.getLogger(__name__)
-
+LOG_2PI = math.log(2 * math.pi)
 NOISE_POINTS = 16  # points per noise tile: chunks over points are multiples of this
 NOISE_SAMPLES = 256  # samples per noise tile
 # float32 numbers alive per decoded (sample, point) row, in units of the data size: the decoder's output and
@@ -124,14 +112,6 @@ class _LogMeanExp:
         return torch.sqrt(variance / n) / mean
 
 
-def _mix_seed(seed: int, stream: int) -> int:
-    """A well-mixed 64-bit seed for (seed, stream) (SplitMix64): CPU generators keep only its low 32 bits."""
-    value = (seed * 0x9E3779B97F4A7C15 + stream + 1) % 2**64
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) % 2**64
-    return value ^ (value >> 31)
-
-
 class _TileNoise:
     """Standard normal noise in tiles of NOISE_SAMPLES × NOISE_POINTS × ``shape``, one generator per point tile.
 
@@ -141,7 +121,9 @@ class _TileNoise:
 
     def __init__(self, seed: int, first_point: int, points: int, device: torch.device, dtype: torch.dtype) -> None:
         tiles = range(first_point // NOISE_POINTS, math.ceil((first_point + points) / NOISE_POINTS))
-        self.generators = [torch.Generator(device=device).manual_seed(_mix_seed(seed, tile)) for tile in tiles]
+        self.generators = [
+            torch.Generator(device=device).manual_seed(stream_seed(seed, "tile", tile)) for tile in tiles
+        ]
         self.points, self.device, self.dtype = points, device, dtype
 
     def draw(self, *shape: int) -> torch.Tensor:
@@ -186,7 +168,6 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor | None, count: int, what: str
         raise ValueError(f"{y.shape[0]} labels for {x.shape[0]} data points; pass one label per point")
 
 
-@kernels.frozen_weights()  # the model does not change while it is evaluated: pack its weights once
 @torch.no_grad()
 def importance_sampled_log_likelihood(
     model: LatentVariableModel,
@@ -260,34 +241,6 @@ def importance_sampled_log_likelihood(
         elbo=torch.cat(elbo),
         bounds={k: torch.cat(v) for k, v in bounds.items()},
         num_samples=num_samples,
-    )
-
-
-def sharded_importance_sampled_log_likelihood(
-    model: VAE, x: torch.Tensor, y: torch.Tensor | None, ctx: DistContext, **kwargs: Any
-) -> ImportanceSampledLikelihood:
-    """:func:`importance_sampled_log_likelihood` with the points split across the ranks of ``ctx``.
-
-    Each rank takes a contiguous block aligned to the noise tiles and the per-point results are gathered on every
-    rank, so the numbers are the same as one process computing all points.
-    """
-    if not ctx.distributed:
-        return importance_sampled_log_likelihood(model, model, x, y, **kwargs)
-    tiles = math.ceil(x.shape[0] / NOISE_POINTS)
-    per_rank = math.ceil(tiles / ctx.world_size) * NOISE_POINTS
-    block = slice(min(ctx.rank * per_rank, x.shape[0]), min((ctx.rank + 1) * per_rank, x.shape[0]))
-    part = None
-    if block.stop > block.start:
-        part = importance_sampled_log_likelihood(
-            model, model, x[block], None if y is None else y[block], first_point=block.start, **kwargs
-        )
-    parts = [p for p in gather_objects(part, ctx) if p is not None]
-    return ImportanceSampledLikelihood(
-        log_px=torch.cat([p.log_px for p in parts]),
-        stderr=torch.cat([p.stderr for p in parts]),
-        elbo=torch.cat([p.elbo for p in parts]),
-        bounds={k: torch.cat([p.bounds[k] for p in parts]) for k in parts[0].bounds},
-        num_samples=parts[0].num_samples,
     )
 
 
@@ -431,174 +384,3 @@ class StandardNormalProposal:
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         zeros = torch.zeros(x.shape[0], self.latent_dim, device=x.device, dtype=x.dtype)
         return zeros, zeros
-
-
-@dataclass
-class ObservationSigmaChoice:
-    """The chosen sigma and the mean validation log-likelihood (nats) of each candidate."""
-
-    sigma: float
-    log_px: dict[float, float]
-
-
-def choose_observation_sigma(
-    generator: nn.Module,
-    x_valid: torch.Tensor,
-    candidates: Sequence[float],
-    y_valid: torch.Tensor | None = None,
-    *,
-    method: str = "prior",
-    num_samples: int = 1000,
-    ais_steps: int = 100,
-    ais_chains: int = 4,
-    leapfrog_steps: int = 5,
-    seed: int = 0,
-    memory_budget_mb: float = 512,
-    progress: bool = False,
-) -> ObservationSigmaChoice:
-    """Pick the sigma of :class:`GaussianObservationModel` that maximizes validation log p(x) (Wu et al. 2017).
-
-    ``method``: "ais" (annealed importance sampling, accurate) or "prior" (importance sampling from the prior
-    with ``num_samples`` samples, fast; the same samples serve every candidate).
-    """
-    if not candidates:
-        raise ValueError("no sigma candidates given")
-    if method not in ("ais", "prior"):
-        raise ValueError(f"method {method!r} is not 'ais' or 'prior'")
-    scores = {}
-    for sigma in candidates:
-        model = GaussianObservationModel(generator, sigma)
-        if method == "ais":
-            result = annealed_importance_sampling(
-                model,
-                x_valid,
-                y_valid,
-                ais_steps,
-                ais_chains,
-                leapfrog_steps,
-                seed=seed,
-                memory_budget_mb=memory_budget_mb,
-                progress=progress,
-            )
-        else:
-            result = importance_sampled_log_likelihood(
-                model,
-                StandardNormalProposal(model.latent_dim),
-                x_valid,
-                y_valid,
-                num_samples,
-                seed=seed,
-                memory_budget_mb=memory_budget_mb,
-                progress=progress,
-            )
-        scores[float(sigma)] = result.log_px.mean().item()
-    best = max(scores, key=scores.get)
-    return ObservationSigmaChoice(sigma=best, log_px=scores)
-
-
-def _summary(log_px: torch.Tensor, elbo: torch.Tensor, stderr: torch.Tensor, discrete: bool, dims: int) -> dict:
-    """Means over points; with ``discrete`` the densities of dequantized data become bounds on the discrete data."""
-    if discrete:
-        log_px, elbo = discrete_log_likelihood(log_px, dims), discrete_log_likelihood(elbo, dims)
-    n = len(log_px)
-    return {
-        "log_px": log_px.mean().item(),
-        "log_px_stderr": (log_px.std(correction=1).item() / math.sqrt(n)) if n > 1 else 0.0,
-        "sampling_stderr": stderr.pow(2).mean().sqrt().item() / math.sqrt(n),
-        "elbo": elbo.mean().item(),
-        "gap": (log_px - elbo).mean().item(),
-        "bits_per_dim": bits_per_dim(log_px.mean().item(), dims),
-        "points": n,
-    }
-
-
-def evaluate_vae(
-    model: VAE,
-    data: ProcessedData,
-    settings: EvaluateConfig,
-    seed: int,
-    *,
-    progress: bool = True,
-    ctx: DistContext | None = None,
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """Importance-sampled log p(x) on the test and validation sets, and AIS on ``settings.ais_points`` test points.
-
-    Returns the metrics (nats per image, bits/dim, ELBO, gap = KL(q || p(z|x)) (11.21-11.25), AIS estimate and
-    chain spread) and the convergence curve rows {k, bound} of the test set. For grey data with a Gaussian
-    decoder the numbers are lower bounds on the discrete data's likelihood (uniform dequantization). The metrics
-    depend on the seed only (identical for identical runs on CPU); timings go to the log, not into them.
-    Under torchrun (``ctx``) the importance sampling is split across ranks; rank 0 alone runs AIS and returns the
-    results, the other ranks return empty ones.
-    """
-    ctx = ctx or DistContext(0, 1, next(model.parameters()).device)
-    if tuple(model.image_shape) != tuple(data.image_shape):
-        raise ValueError(
-            f"the VAE was trained on {model.image_shape} images but the data are {data.image_shape}; "
-            "retrain it on these data (dvc repro train_vae)"
-        )
-    device = next(model.parameters()).device
-    dims = math.prod(data.image_shape)
-    discrete = model.likelihood == "gaussian" and not data.binary
-    ks = sorted(set(settings.curve_ks) | {settings.num_samples})
-    metrics: dict[str, Any] = {
-        "num_samples": settings.num_samples,
-        "likelihood": model.likelihood,
-        "units": "nats per image",
-    }
-    curve: list[dict[str, float]] = []
-    heldout = {}
-    for split in ("test", "valid"):
-        count = min(len(data.x[split]), settings.max_points or len(data.x[split]))
-        x = prepare_heldout(torch.from_numpy(data.x[split][:count]).to(device), data.binarize, model.likelihood, seed)
-        y = None
-        if model.num_classes is not None:
-            y = torch.from_numpy(data.y[split][:count]).to(device)
-        heldout[split] = (x, y)
-        start = time.perf_counter()
-        result = sharded_importance_sampled_log_likelihood(
-            model,
-            x,
-            y,
-            ctx,
-            num_samples=settings.num_samples,
-            curve_ks=ks,
-            seed=seed,
-            memory_budget_mb=settings.memory_budget_mb,
-            progress=progress and ctx.is_writer,
-        )
-        log.info("importance sampling on %d %s points: %.1f s", count, split, time.perf_counter() - start)
-        metrics[split] = _summary(result.log_px, result.elbo, result.stderr, discrete, dims)
-        if split == "test":
-            for k in ks:
-                bound = result.bounds[k].mean().item()
-                curve.append({"k": k, "bound": discrete_log_likelihood(bound, dims) if discrete else bound})
-            is_on_ais_points = result.log_px[: settings.ais_points]
-    if not ctx.is_writer:
-        return {}, []
-    x, y = heldout["test"]
-    x, y = x[: settings.ais_points], None if y is None else y[: settings.ais_points]
-    start = time.perf_counter()
-    ais = annealed_importance_sampling(
-        model,
-        x,
-        y,
-        settings.ais_steps,
-        settings.ais_chains,
-        settings.ais_leapfrog_steps,
-        seed=seed + 1,
-        memory_budget_mb=settings.memory_budget_mb,
-        progress=progress,
-    )
-    log.info("AIS on %d test points: %.1f s", len(x), time.perf_counter() - start)
-    offset = discrete_log_likelihood(0.0, dims) if discrete else 0.0
-    metrics["ais"] = {
-        "log_px": ais.log_px.mean().item() + offset,
-        "stderr": ais.stderr.pow(2).mean().sqrt().item() / math.sqrt(len(x)),
-        "chain_spread": ais.chain_spread.mean().item(),
-        "importance_sampled_log_px": is_on_ais_points.mean().item() + offset,
-        "acceptance": ais.acceptance,
-        "points": len(x),
-        "steps": settings.ais_steps,
-        "chains": settings.ais_chains,
-    }
-    return metrics, curve

@@ -1,0 +1,98 @@
+"""The one checkpoint format: self-describing networks, training state, and the run's params as provenance.
+
+A checkpoint is a dict saved atomically with ``torch.save`` and loaded with ``torch.load(weights_only=True)``
+(no arbitrary pickle)::
+
+    {"format": 2,
+     "models": {name: {"family": ..., "config": {...}, "weights": state_dict}},   # e.g. "model", "generator_ema"
+     "data": {...},        # what the networks were trained on (image shape, classes, dataset, binarization)
+     "params": {...},      # the params the training depended on: provenance and the resume check, never a rebuild
+     "training": {...}}    # optimizer and generator states, epoch, best, metric history: what a resume needs
+
+:func:`load_model` rebuilds a network from its family and config alone (``pipeline.models.build_model``), so a
+change to ``params.yaml``'s schema never breaks loading an older checkpoint.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.device import to_device
+from pipeline.io import atomic_path
+from pipeline.models import build_model, describe_model
+
+FORMAT = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, of an older format, or lacks what is asked of it."""
+
+
+def _retrain_hint(path: Path) -> str:
+    stage = f"train_{path.parent.name}" if path.parent.name in ("vae", "gan", "classifier") else None
+    return f"retrain it (dvc repro -f {stage})" if stage else "retrain the model that wrote it"
+
+
+def checkpoint_state(
+    models: dict[str, nn.Module],
+    *,
+    data: dict[str, Any],
+    params: dict[str, Any],
+    training: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict of ``models`` (name -> network) and what they were trained on and with."""
+    return {
+        "format": FORMAT,
+        "models": {name: {**describe_model(m), "weights": m.state_dict()} for name, m in models.items()},
+        "data": data,
+        "params": params,
+        "training": training or {},
+    }
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a :func:`checkpoint_state` dict atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU; FileNotFoundError or :class:`CheckpointError` saying what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; train the model first (dvc repro)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {_retrain_hint(path)}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "models" not in state:
+        raise CheckpointError(
+            f"{path}: written by an older version of this pipeline (no self-describing model); {_retrain_hint(path)}"
+        )
+    return state
+
+
+def model_from_state(state: dict[str, Any], name: str, source: str = "checkpoint") -> nn.Module:
+    """The network ``name`` of a loaded checkpoint, rebuilt from its family and config, weights loaded, eval mode."""
+    if name not in state["models"]:
+        raise CheckpointError(f"{source}: holds no {name!r} network (it has {', '.join(state['models'])})")
+    entry = state["models"][name]
+    try:
+        model = build_model(entry["family"], entry["config"])
+        model.load_state_dict(entry["weights"])
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{source}: its {name!r} network cannot be rebuilt: {err}") from None
+    return model.eval()
+
+
+def load_model(path: str | Path, name: str = "model", device: str | torch.device = "cpu") -> nn.Module:
+    """The network ``name`` of the checkpoint at ``path`` (e.g. "model", or a GAN's "generator_ema"), in eval mode
+    on ``device``."""
+    return to_device(model_from_state(load_checkpoint(path), name, str(path)), device).eval()

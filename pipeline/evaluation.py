@@ -1,0 +1,382 @@
+"""Evaluation procedures: the estimators of ``pipeline/estimators.py`` and the metrics of ``pipeline/metrics.py``
+applied to trained models and the processed data.
+
+- :func:`evaluate_vae`: the VAE's log p(x) by importance sampling on the test and validation splits, ELBO, gap and
+  bits/dim, AIS on a subset with importance sampling on the same points beside it, the bound's convergence in K.
+- :func:`evaluate_gan_likelihood`: the GAN's log p(x) by AIS under a Gaussian observation model (Wu et al. 2017).
+- :func:`sample_quality_report`: Fréchet distance (with its floor), precision/recall and classifier score of a
+  sampler's images.
+
+Each returns two dicts: the numbers people compare (``metrics``, DVC metrics files) and the description of the run
+(``card``: counts, settings, units, σ candidates), in the one shape of :func:`likelihood_summary`. The results
+depend on the seed only (identical for identical runs on CPU); timings go to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import EvaluateParams
+from pipeline.data.processed import ProcessedData
+from pipeline.distributed import DistContext, gather_objects
+from pipeline.estimators import (
+    NOISE_POINTS,
+    GaussianObservationModel,
+    ImportanceSampledLikelihood,
+    StandardNormalProposal,
+    annealed_importance_sampling,
+    importance_sampled_log_likelihood,
+)
+from pipeline.metrics import classifier_outputs, frechet_distance, inception_score, precision_recall
+from pipeline.models.classifier import Classifier
+from pipeline.models.gan import Generator
+from pipeline.models.vae import VAE
+from pipeline.objectives.vae import bits_per_dim, dequantize, discrete_log_likelihood, prepare_heldout
+from pipeline.seeds import stream_seed, torch_generator
+
+log = logging.getLogger(__name__)
+
+Sampler = Callable[[int], torch.Tensor]
+# observation noise candidates of the GAN's Gaussian observation model, in units of the [0, 1] pixel range
+SIGMA_CANDIDATES = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def likelihood_summary(
+    log_px: torch.Tensor, sampling_stderr: torch.Tensor, dims: int, elbo: torch.Tensor | None = None
+) -> dict[str, float]:
+    """The one summary of a per-point log p(x) estimate (nats per image): mean, its standard error over points and
+    from the sampling, bits/dim, and with ``elbo`` the ELBO and the gap log p(x) - ELBO = KL(q || p(z|x))."""
+    n = len(log_px)
+    summary = {
+        "log_px": log_px.mean().item(),
+        "log_px_stderr": (log_px.std(correction=1).item() / math.sqrt(n)) if n > 1 else 0.0,
+        "sampling_stderr": sampling_stderr.pow(2).mean().sqrt().item() / math.sqrt(n),
+        "bits_per_dim": bits_per_dim(log_px.mean().item(), dims),
+        "points": n,
+    }
+    if elbo is not None:
+        summary |= {"elbo": elbo.mean().item(), "gap": (log_px - elbo).mean().item()}
+    return summary
+
+
+def sharded_importance_sampled_log_likelihood(
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None, ctx: DistContext, **kwargs: Any
+) -> ImportanceSampledLikelihood:
+    """:func:`importance_sampled_log_likelihood` with the points split across the ranks of ``ctx``.
+
+    Each rank takes a contiguous block aligned to the noise tiles and the per-point results are gathered on every
+    rank, so the numbers are the same as one process computing all points.
+    """
+    if not ctx.distributed:
+        return importance_sampled_log_likelihood(model, model, x, y, **kwargs)
+    tiles = math.ceil(x.shape[0] / NOISE_POINTS)
+    per_rank = math.ceil(tiles / ctx.world_size) * NOISE_POINTS
+    block = slice(min(ctx.rank * per_rank, x.shape[0]), min((ctx.rank + 1) * per_rank, x.shape[0]))
+    part = None
+    if block.stop > block.start:
+        part = importance_sampled_log_likelihood(
+            model, model, x[block], None if y is None else y[block], first_point=block.start, **kwargs
+        )
+    parts = [p for p in gather_objects(part, ctx) if p is not None]
+    return ImportanceSampledLikelihood(
+        log_px=torch.cat([p.log_px for p in parts]),
+        stderr=torch.cat([p.stderr for p in parts]),
+        elbo=torch.cat([p.elbo for p in parts]),
+        bounds={k: torch.cat([p.bounds[k] for p in parts]) for k in parts[0].bounds},
+        num_samples=parts[0].num_samples,
+    )
+
+
+@dataclass
+class ObservationSigmaChoice:
+    """The chosen sigma and the mean validation log-likelihood (nats) of each candidate."""
+
+    sigma: float
+    log_px: dict[float, float]
+
+
+def choose_observation_sigma(
+    generator: nn.Module,
+    x_valid: torch.Tensor,
+    candidates: Sequence[float],
+    y_valid: torch.Tensor | None = None,
+    *,
+    method: str = "prior",
+    num_samples: int = 1000,
+    ais_steps: int = 100,
+    ais_chains: int = 4,
+    leapfrog_steps: int = 5,
+    seed: int = 0,
+    memory_budget_mb: float = 512,
+    progress: bool = False,
+) -> ObservationSigmaChoice:
+    """Pick the sigma of :class:`GaussianObservationModel` that maximizes validation log p(x) (Wu et al. 2017).
+
+    ``method``: "ais" (annealed importance sampling, accurate) or "prior" (importance sampling from the prior
+    with ``num_samples`` samples, fast; the same samples serve every candidate).
+    """
+    if not candidates:
+        raise ValueError("no sigma candidates given")
+    if method not in ("ais", "prior"):
+        raise ValueError(f"method {method!r} is not 'ais' or 'prior'")
+    scores = {}
+    for sigma in candidates:
+        model = GaussianObservationModel(generator, sigma)
+        if method == "ais":
+            result = annealed_importance_sampling(
+                model,
+                x_valid,
+                y_valid,
+                ais_steps,
+                ais_chains,
+                leapfrog_steps,
+                seed=seed,
+                memory_budget_mb=memory_budget_mb,
+                progress=progress,
+            )
+        else:
+            result = importance_sampled_log_likelihood(
+                model,
+                StandardNormalProposal(model.latent_dim),
+                x_valid,
+                y_valid,
+                num_samples,
+                seed=seed,
+                memory_budget_mb=memory_budget_mb,
+                progress=progress,
+            )
+        scores[float(sigma)] = result.log_px.mean().item()
+    best = max(scores, key=scores.get)
+    return ObservationSigmaChoice(sigma=best, log_px=scores)
+
+
+def evaluate_vae(
+    model: VAE,
+    data: ProcessedData,
+    settings: EvaluateParams,
+    seed: int,
+    *,
+    progress: bool = True,
+    ctx: DistContext | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, float]]]:
+    """Importance-sampled log p(x) on the test and validation sets, and AIS on ``settings.ais_points`` test points.
+
+    Returns the metrics (test log p(x), ELBO, gap = KL(q || p(z|x)) (11.21-11.25), bits/dim and AIS), the run card
+    (every summary in full, validation, importance sampling on the AIS points, K, the curve's ks, units)
+    and the convergence curve rows {k, bound} of the test set. For grey data with a Gaussian decoder the numbers are
+    lower bounds on the discrete data's likelihood (uniform dequantization). Under torchrun (``ctx``) the importance
+    sampling is split across ranks; rank 0 alone runs AIS and returns the results, the other ranks empty ones.
+    """
+    ctx = ctx or DistContext(0, 1, next(model.parameters()).device)
+    if tuple(model.image_shape) != tuple(data.image_shape):
+        raise ValueError(
+            f"the VAE was trained on {model.image_shape} images but the data are {data.image_shape}; "
+            "retrain it on these data (dvc repro train_vae)"
+        )
+    device = next(model.parameters()).device
+    dims = math.prod(data.image_shape)
+    # a Gaussian decoder's density on dequantized grey data bounds the discrete data's log-likelihood
+    offset = discrete_log_likelihood(0.0, dims) if model.likelihood == "gaussian" and not data.binary else 0.0
+    ks = sorted({k for k in settings.curve_ks if k <= settings.num_samples} | {settings.num_samples})
+    dropped = sorted(k for k in settings.curve_ks if k > settings.num_samples)
+    if dropped:
+        log.warning("evaluate.curve_ks %s exceed evaluate.num_samples %d: left out", dropped, settings.num_samples)
+    card: dict[str, Any] = {"num_samples": settings.num_samples, "curve_ks": ks, "likelihood": model.likelihood}
+    card |= {"units": "nats per image" + (" (lower bound on the discrete data)" if offset else "")}
+    curve: list[dict[str, float]] = []
+    heldout, results = {}, {}
+    for split in ("test", "valid"):
+        count = min(len(data.x[split]), settings.max_points or len(data.x[split]))
+        x = torch.from_numpy(data.x[split][:count]).to(device)
+        x = prepare_heldout(x, data.binarize, model.likelihood, seed, split)
+        y = torch.from_numpy(data.y[split][:count]).to(device) if model.num_classes is not None else None
+        heldout[split] = (x, y)
+        start = time.perf_counter()
+        result = sharded_importance_sampled_log_likelihood(
+            model,
+            x,
+            y,
+            ctx,
+            num_samples=settings.num_samples,
+            curve_ks=ks,
+            seed=stream_seed(seed, "evaluate_vae", "importance sampling", split),
+            memory_budget_mb=settings.memory_budget_mb,
+            progress=progress and ctx.is_writer,
+        )
+        seconds = time.perf_counter() - start
+        log.info(
+            "importance sampling on %d %s points: %.1f s (%.0f decoder evaluations/s)",
+            count,
+            split,
+            seconds,
+            count * settings.num_samples / seconds,
+        )
+        results[split] = result
+        card[split] = likelihood_summary(result.log_px + offset, result.stderr, dims, result.elbo + offset)
+    for k in ks:
+        curve.append({"k": k, "bound": results["test"].bounds[k].mean().item() + offset})
+    if not ctx.is_writer:
+        return {}, {}, []
+    x, y = heldout["test"]
+    points = min(settings.ais_points, len(x))
+    x, y = x[:points], None if y is None else y[:points]
+    start = time.perf_counter()
+    ais = annealed_importance_sampling(
+        model,
+        x,
+        y,
+        settings.ais_steps,
+        settings.ais_chains,
+        settings.ais_leapfrog_steps,
+        seed=stream_seed(seed, "evaluate_vae", "ais"),
+        memory_budget_mb=settings.memory_budget_mb,
+        progress=progress,
+    )
+    log.info("AIS on %d test points: %.1f s", points, time.perf_counter() - start)
+    is_on_ais_points = results["test"].log_px[:points] + offset
+    card["ais"] = likelihood_summary(ais.log_px + offset, ais.stderr, dims) | {
+        "importance_sampled_log_px": is_on_ais_points.mean().item(),
+        "chain_spread": ais.chain_spread.mean().item(),
+        "acceptance": ais.acceptance,
+        "steps": settings.ais_steps,
+        "chains": settings.ais_chains,
+    }
+    test = card["test"]
+    metrics = {key: test[key] for key in ("log_px", "elbo", "gap")}
+    metrics |= {"bpd": test["bits_per_dim"], "ais": card["ais"]["log_px"]}
+    return metrics, card, curve
+
+
+@torch.no_grad()
+def evaluate_gan_likelihood(
+    generator: Generator, data: ProcessedData, settings: EvaluateParams, seed: int, progress: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """AIS estimate of the GAN's log p(x) under p(x|z) = N(g(z), sigma² I) (Wu et al. 2017) on test images.
+
+    sigma is chosen among :data:`SIGMA_CANDIDATES` by AIS (a quarter of the steps) on validation images.
+    The GAN models the stored images, so grey levels are uniformly dequantized (256 levels; 2 after static
+    binarization) and the density becomes a lower bound on the discrete data's log-likelihood. Returns the metrics
+    (test log p(x), bits/dim) and the run card.
+    """
+    device = next(generator.parameters()).device
+    levels = 2 if data.binarize == "static" else 256
+    dims = math.prod(data.image_shape)
+    heldout = {}
+    for split in ("valid", "test"):
+        count = min(len(data.x[split]), settings.ais_points)
+        x = torch.from_numpy(data.x[split][:count]).to(device)
+        x = dequantize(x, torch_generator(device, seed, "evaluate_gan", "dequantize", split), levels)
+        y = torch.from_numpy(data.y[split][:count]).to(device) if generator.num_classes is not None else None
+        heldout[split] = (x, y)
+    ais = {
+        "num_chains": settings.ais_chains,
+        "leapfrog_steps": settings.ais_leapfrog_steps,
+        "memory_budget_mb": settings.memory_budget_mb,
+        "progress": progress,
+    }
+    start = time.perf_counter()
+    choice = choose_observation_sigma(
+        generator,
+        heldout["valid"][0],
+        SIGMA_CANDIDATES,
+        heldout["valid"][1],
+        method="ais",
+        ais_steps=max(1, settings.ais_steps // 4),
+        ais_chains=ais["num_chains"],
+        leapfrog_steps=ais["leapfrog_steps"],
+        seed=stream_seed(seed, "evaluate_gan", "sigma"),
+        memory_budget_mb=ais["memory_budget_mb"],
+    )
+    result = annealed_importance_sampling(
+        GaussianObservationModel(generator, choice.sigma),
+        *heldout["test"],
+        settings.ais_steps,
+        seed=stream_seed(seed, "evaluate_gan", "ais"),
+        **ais,
+    )
+    log.info("gan likelihood: sigma choice and AIS: %.1f s", time.perf_counter() - start)
+    summary = likelihood_summary(discrete_log_likelihood(result.log_px, dims, levels), result.stderr, dims)
+    card = summary | {
+        "chain_spread": result.chain_spread.mean().item(),
+        "acceptance": result.acceptance,
+        "sigma": choice.sigma,
+        "sigma_candidates_valid_log_px": {
+            str(s): discrete_log_likelihood(v, dims, levels) for s, v in choice.log_px.items()
+        },
+        "steps": settings.ais_steps,
+        "chains": settings.ais_chains,
+        "levels": levels,
+        "units": "nats per image (lower bound on the discrete data)",
+    }
+    return {"log_px": summary["log_px"], "bits_per_dim": summary["bits_per_dim"]}, card
+
+
+def sample_quality_report(
+    sampler: Sampler,
+    classifier: Classifier,
+    real_test: torch.Tensor,
+    real_train: torch.Tensor,
+    n: int,
+    seed: int = 0,
+    k: int = 3,
+    splits: int = 10,
+) -> dict[str, float]:
+    """All sample metrics for ``sampler`` (n -> n×C×H×W images in [0, 1]) against held-out real images.
+
+    ``n`` is capped by the real sets so every Fréchet distance compares equally many images; the floor
+    is the distance between that many training and held-out images (what a perfect sampler would get).
+    The classifier score needs class probabilities, so a classifier of the transformations task (data
+    without labels) leaves it out; the distances and precision/recall use its features all the same.
+    """
+    count = min(n, len(real_test), len(real_train))
+    if count < max(k + 1, 2):
+        raise ValueError(f"sample metrics need at least {max(k + 1, 2)} real images per split, got {count}")
+    pick = torch_generator("cpu", seed, "real images")
+    test = real_test[torch.randperm(len(real_test), generator=pick)[:count]]
+    train = real_train[torch.randperm(len(real_train), generator=pick)[:count]]
+    generated = sampler(count)
+    if generated.shape[1:] != test.shape[1:]:
+        raise ValueError(f"sampler returned images of shape {tuple(generated.shape[1:])}, data are {test.shape[1:]}")
+    test_features, _ = classifier_outputs(classifier, test)
+    train_features, _ = classifier_outputs(classifier, train)
+    fake_features, fake_probabilities = classifier_outputs(classifier, generated)
+    precision, recall = precision_recall(test_features, fake_features, k)
+    report = {
+        "frechet_distance": frechet_distance(fake_features, test_features),
+        "frechet_floor": frechet_distance(train_features, test_features),
+        "precision": precision,
+        "recall": recall,
+        "num_images": count,
+    }
+    if classifier.task == "classes":
+        report["classifier_score"], report["classifier_score_std"] = inception_score(fake_probabilities, splits)
+    return report
+
+
+def conditional_sampler(
+    decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    latent_dim: int,
+    device: torch.device,
+    labels: torch.Tensor | None,
+    seed: int,
+) -> Sampler:
+    """n -> decode(z, y) with z ~ N(0, I) seeded, and y drawn from ``labels`` (the real class mix) if given."""
+
+    @torch.no_grad()
+    def sample(n: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, latent_dim, generator=generator).to(device)
+        y = None
+        if labels is not None:
+            y = labels[torch.randint(len(labels), (n,), generator=generator)].to(device)
+        return decode(z, y).float().cpu()
+
+    return sample
