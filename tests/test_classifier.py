@@ -1,5 +1,5 @@
-"""The feature classifier: learns digits well above chance, writes checkpoint and metrics; without labels it learns
-to tell flips and rotations apart."""
+"""The feature classifier: learns digits well above chance, writes checkpoint, metrics and run card; without labels it
+learns to tell flips and rotations apart."""
 
 from __future__ import annotations
 
@@ -9,38 +9,49 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.checkpoint import load_checkpoint, load_model
 from pipeline.classifier_trainer import OUTPUTS, train_classifier
-from pipeline.config import Config, EvaluateConfig
+from pipeline.config import Config, EvaluateParams
 from pipeline.data.processed import load_processed
 from pipeline.io import read_json
-from pipeline.models.classifier import TRANSFORMATIONS, load_classifier, transform_images
+from pipeline.models.classifier import TRANSFORMATIONS, transform_images
 from pipeline.training import TrainingOutputs
 
 
 def outputs(root: Path) -> TrainingOutputs:
-    return TrainingOutputs(root / "checkpoints", root / "dvclive", root / "outputs", root / "metrics.json")
+    return TrainingOutputs.for_model("classifier", root=root)
 
 
 def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
-    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.metrics_path)
-    assert paths == (Path("checkpoints/classifier"), Path("dvclive/classifier"), Path("metrics/classifier.json"))
+    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.metrics_path, OUTPUTS.card_path)
+    assert paths == (
+        Path("checkpoints/classifier"),
+        Path("dvclive/classifier"),
+        Path("metrics/train_classifier.json"),
+        Path("cards/train_classifier.json"),
+    )
 
 
 def test_classifier_learns_digits_well_above_chance(digits_processed_dir: Path, tmp_path: Path) -> None:
-    config = dataclasses.replace(Config(), evaluate=dataclasses.replace(EvaluateConfig(), classifier_epochs=25))
+    config = dataclasses.replace(Config(), evaluate=dataclasses.replace(EvaluateParams(), classifier_epochs=25))
     data = load_processed(digits_processed_dir)
     summary = train_classifier(config, data, outputs(tmp_path), progress=False)
-    assert summary["test_accuracy"] >= 0.8 > 0.1 == summary["chance_accuracy"]
-    assert read_json(tmp_path / "metrics.json") == summary
-    assert (tmp_path / "dvclive" / "plots" / "metrics" / "valid" / "accuracy.tsv").exists()
-    state = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
-    assert state["data"]["num_classes"] == 10 and "model" in state
-    classifier = load_classifier(tmp_path / "checkpoints" / "best.pt")
+    card = read_json(tmp_path / "cards" / "train_classifier.json")
+    assert set(summary) == {"accuracy"} and summary["accuracy"] == card["test"]["accuracy"]
+    assert summary["accuracy"] >= 0.8 > 0.1 == card["chance_accuracy"]
+    assert card["task"] == "classes" and card["epochs"] == 25 and 1 <= card["best_epoch"] <= 25
+    assert read_json(tmp_path / "metrics" / "train_classifier.json") == summary
+    assert (tmp_path / "dvclive" / "classifier" / "plots" / "metrics" / "valid" / "accuracy.tsv").exists()
+    best = tmp_path / "checkpoints" / "classifier" / "best.pt"
+    state = load_checkpoint(best)
+    assert state["data"]["num_classes"] == 10 and set(state["models"]) == {"model"}
+    assert state["training"]["best"]["epoch"] == card["best_epoch"]
+    classifier = load_model(best)
     x = torch.from_numpy(data.x["test"])
     with torch.no_grad():
         accuracy = (classifier(x).argmax(1).numpy() == data.y["test"]).mean()
         features = classifier.features(x)
-    assert accuracy == pytest.approx(summary["test_accuracy"])
+    assert accuracy == pytest.approx(summary["accuracy"])
     assert features.shape == (len(x), 128)
     assert torch.allclose(classifier.head(features), classifier(x))
 
@@ -58,15 +69,16 @@ def test_unlabeled_data_trains_the_classifier_to_tell_transformations_apart(
     digits_processed_dir: Path, tmp_path: Path
 ) -> None:
     """An image folder without classes or an npz without y_*: the features come from the label-free task."""
-    config = dataclasses.replace(Config(), evaluate=dataclasses.replace(EvaluateConfig(), classifier_epochs=25))
+    config = dataclasses.replace(Config(), evaluate=dataclasses.replace(EvaluateParams(), classifier_epochs=25))
     data = dataclasses.replace(load_processed(digits_processed_dir), y=None, num_classes=None)
     summary = train_classifier(config, data, outputs(tmp_path), progress=False)
-    assert summary["task"] == "transformations" and summary["chance_accuracy"] == 0.25
-    assert summary["test_accuracy"] >= 0.45  # 200 images of 8×8 digits, many of them symmetric (0, 1, 8)
-    classifier = load_classifier(tmp_path / "checkpoints" / "best.pt")
+    card = read_json(tmp_path / "cards" / "train_classifier.json")
+    assert card["task"] == "transformations" and card["chance_accuracy"] == 0.25
+    assert summary["accuracy"] >= 0.45  # 200 images of 8×8 digits, many of them symmetric (0, 1, 8)
+    classifier = load_model(tmp_path / "checkpoints" / "classifier" / "best.pt")
     assert (classifier.task, classifier.num_classes) == ("transformations", 4)
     x = torch.from_numpy(data.x["test"])
     which = torch.arange(len(x)) % 4
     with torch.no_grad():
         accuracy = (classifier(transform_images(x, which)).argmax(1) == which).double().mean().item()
-    assert accuracy == pytest.approx(summary["test_accuracy"])
+    assert accuracy == pytest.approx(summary["accuracy"])

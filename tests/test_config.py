@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,47 @@ def test_repo_params_are_valid_and_cover_every_section() -> None:
 
 def test_defaults_round_trip() -> None:
     assert config_from_dict(Config().to_dict()) == Config()
+
+
+def test_schema_defaults_are_the_shipped_params() -> None:
+    """One set of defaults: anything built from Config() (tests, benchmarks) trains what `dvc repro` trains."""
+    assert load_config(REPO / "params.yaml") == Config()
+
+
+def test_an_empty_or_partial_params_file_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "params.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="the parameters file is empty"):
+        load_config(empty)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["vae"]["lr"], raw["gan"]
+    empty.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"params.yaml: missing keys: .*(vae.lr.*gan|gan.*vae.lr)"):
+        load_config(empty)
+
+
+def _float_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _float_keys(hints[f.name], f"{f.name}.")
+        elif hints[f.name] is float:
+            keys.append(prefix + f.name)
+    return keys
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("key", _float_keys())
+def test_nan_and_infinity_are_refused_for_every_float(key: str, value: float) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"{key}: {value!r} is not allowed; give a finite number"):
+        config_from_dict({section: {name: value}})
+
+
+def test_select_gives_what_a_stage_depends_on() -> None:
+    selected = Config().select(("seed", "vae", "evaluate.num_samples"))
+    assert selected == {"seed": 0, "vae": Config().vae.__dict__ | {}, "evaluate": {"num_samples": 1000}}
 
 
 @pytest.mark.parametrize(
@@ -69,7 +112,8 @@ def test_schema_help_lists_every_leaf_key() -> None:
 
 
 def test_stage_rejects_bad_params_with_exit_code_and_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("latent_dim: 0\n")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text()) | {"latent_dim": 0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = subprocess.run(
         [sys.executable, "-m", "stages", "download"],
         cwd=tmp_path,

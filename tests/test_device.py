@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from pipeline.config import Config, GanConfig, VaeConfig
+from pipeline.config import Config, GanParams, VaeParams
 from pipeline.device import select_device, to_device
-from pipeline.models.gan import build_generator
-from pipeline.models.vae import build_vae
+from pipeline.gan_trainer import build_generator
+from pipeline.vae_trainer import build_vae
 
 
 def test_select_device_names_the_missing_accelerator() -> None:
@@ -22,7 +22,7 @@ def test_select_device_names_the_missing_accelerator() -> None:
 
 def test_to_device_stores_conv_weights_channels_last_on_cpu_and_computes_the_same() -> None:
     torch.manual_seed(0)
-    config = Config(latent_dim=8, vae=VaeConfig(arch="conv", conv_channels=[8, 16]))
+    config = Config(latent_dim=8, vae=VaeParams(arch="conv", conv_channels=[8, 16]))
     reference = build_vae(config, (1, 28, 28), None)
     model = to_device(copy.deepcopy(reference), "cpu")
     conv_weights = [p for p in model.parameters() if p.dim() == 4]
@@ -49,7 +49,7 @@ def test_to_device_stores_conv_weights_channels_last_on_cpu_and_computes_the_sam
 def test_to_device_leaves_models_without_conv_weights_exactly_as_they_were() -> None:
     """MLP models have no 4-D weights: to_device leaves their layout, and so their numbers, exactly as they were."""
     torch.manual_seed(0)
-    generator = build_generator(Config(latent_dim=8, gan=GanConfig(arch="mlp")), (1, 8, 8), None).eval()
+    generator = build_generator(Config(latent_dim=8, gan=GanParams(arch="mlp")), (1, 8, 8), None).eval()
     moved = to_device(copy.deepcopy(generator), "cpu")
     z = torch.randn(4, 8)
     assert torch.equal(moved(z), generator(z))

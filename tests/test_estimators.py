@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.likelihood import (
+from pipeline.estimators import (
     NOISE_POINTS,
     NOISE_SAMPLES,
     GaussianObservationModel,
     _LogMeanExp,
     annealed_importance_sampling,
-    choose_observation_sigma,
     importance_sampled_log_likelihood,
 )
+from pipeline.evaluation import choose_observation_sigma
 
 DATA_SHAPE = (1, 2, 3)
 LATENT = 2
@@ -125,10 +125,13 @@ def test_wrong_posterior_converges_within_stated_error_and_gap_is_the_kl(ppca, d
     kl = kl_diagonal_gaussians(*q.encode(data), *ppca.posterior(data))
     assert kl.mean() > 0.05
     torch.testing.assert_close((exact - result.elbo).mean(), kl.mean(), rtol=0.05, atol=0.01)
-    # the bound rises with K on average, and the ELBO of the same samples sits below the estimate (Jensen)
-    # (beyond K = 100 the bound is flat to within the estimate's own noise)
+    # the bound rises with K in expectation: each step up in K is positive to within 3 standard errors of the
+    # paired per-point difference (beyond K = 100 the bound is flat to within the estimate's own noise)
     means = [result.bounds[k].mean().item() for k in (1, 10, 100, 2000)]
-    assert means[0] < means[1] < means[2] < means[3] + 4 * stated, means
+    assert means[0] < means[1], means
+    for low, high in ((10, 100), (100, 2000)):
+        rise = result.bounds[high] - result.bounds[low]
+        assert rise.mean() > -3 * rise.std() / math.sqrt(len(rise)), (low, high, means)
     assert (result.elbo <= result.log_px + 1e-12).all()
     assert result.elbo.mean() < means[1]
 
@@ -219,11 +222,11 @@ def test_bad_inputs_are_refused_with_a_clear_message(ppca, data):
 
 
 def test_gaussian_observation_model_wraps_the_projects_conditional_generator():
-    from pipeline.config import Config, GanConfig
-    from pipeline.models.gan import build_generator
+    from pipeline.config import Config, GanParams
+    from pipeline.gan_trainer import build_generator
 
     torch.manual_seed(0)
-    config = Config(latent_dim=3, gan=GanConfig(hidden_sizes=[16], conditional=True))
+    config = Config(latent_dim=3, gan=GanParams(hidden_sizes=[16], conditional=True))
     generator = build_generator(config, (1, 4, 4), 3).eval()
     y = torch.arange(NOISE_POINTS) % 3
     x = torch.rand(NOISE_POINTS, 1, 4, 4)

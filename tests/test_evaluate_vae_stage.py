@@ -17,9 +17,9 @@ from ddp_launch import run_two_ranks
 
 from pipeline.config import config_from_dict
 from pipeline.data.processed import load_processed, save_processed
+from pipeline.evaluation import evaluate_vae
 from pipeline.io import read_json
-from pipeline.likelihood import evaluate_vae
-from pipeline.models.vae import build_vae
+from pipeline.vae_trainer import build_vae
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python" if (REPO / ".venv" / "bin" / "python").exists() else Path(sys.executable)
@@ -65,10 +65,14 @@ def test_stage_writes_consistent_metrics_and_curve(trained: Path, digits_process
     result = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
     assert result.returncode == 0, result.stderr
     assert "test log p(x)" in result.stdout
-    metrics = read_json(trained / "metrics" / "vae_likelihood.json")
+    card = read_json(trained / "cards" / "evaluate_vae.json")
+    metrics = read_json(trained / "metrics" / "evaluate_vae.json")
     curve = read_json(trained / "plots" / "vae_likelihood_curve.json")
-    test, valid, ais = metrics["test"], metrics["valid"], metrics["ais"]
-    assert test["points"] == 50 and valid["points"] == 50 and metrics["num_samples"] == 64
+    test, valid, ais = card["test"], card["valid"], card["ais"]
+    assert test["points"] == 50 and valid["points"] == 50 and card["num_samples"] == 64
+    # the metrics file holds only the numbers people compare, taken from the card
+    assert metrics == {"log_px": test["log_px"], "elbo": test["elbo"], "gap": test["gap"],
+                       "bpd": test["bits_per_dim"], "ais": ais["log_px"]}  # fmt: skip
     # ELBO below the estimate, the gap its difference, bits/dim its conversion (8×8 = 64 dimensions)
     assert test["elbo"] < test["log_px"] < 0 and test["gap"] == pytest.approx(test["log_px"] - test["elbo"])
     assert test["bits_per_dim"] == pytest.approx(-test["log_px"] / (64 * math.log(2)))
@@ -84,7 +88,7 @@ def test_stage_writes_consistent_metrics_and_curve(trained: Path, digits_process
     assert "importance sampling on 50 test points" in result.stderr  # timings are logged, not in the metrics
 
     # DVC metrics and plots of two runs with the same seed are identical byte for byte (no timings, no noise)
-    outputs = [trained / "metrics" / "vae_likelihood.json", trained / "plots" / "vae_likelihood_curve.json"]
+    outputs = [trained / "metrics" / "evaluate_vae.json", trained / "plots" / "vae_likelihood_curve.json"]
     first = [path.read_bytes() for path in outputs]
     again = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
     assert again.returncode == 0, again.stderr
@@ -97,12 +101,12 @@ def test_two_ranks_split_the_importance_sampling_and_match_one_process(
     single = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
     assert single.returncode == 0, single.stderr
     workdir = tmp_path / "ddp"
-    shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("metrics", "plots"))
+    shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("metrics", "plots", "cards"))
     done = run_two_ranks(
         "from stages.__main__ import cli\ncli()\n", workdir, "evaluate_vae", "--data-dir", str(digits_processed_dir)
     )
     assert done.stdout.count("test log p(x)") == 1  # rank 0 alone reports and writes
-    for name in ("metrics/vae_likelihood.json", "plots/vae_likelihood_curve.json"):
+    for name in ("metrics/evaluate_vae.json", "plots/vae_likelihood_curve.json"):
         split, whole = _numbers(read_json(workdir / name)), _numbers(read_json(trained / name))
         assert split.keys() == whole.keys() and split == pytest.approx(whole, rel=1e-9)
 
@@ -132,7 +136,7 @@ def test_bad_checkpoint_or_data_fail_cleanly_and_write_nothing(trained: Path, tm
     wrong = run_stage(workdir, "evaluate_vae", "--checkpoint", str(trained / "checkpoints" / "vae" / "best.pt"))
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
     assert "retrain it on these data" in wrong.stderr
-    assert not (workdir / "metrics").exists() and not (workdir / "plots").exists()
+    assert not list((workdir / "metrics").iterdir()) and not list((workdir / "plots").iterdir())
 
 
 def test_conditional_gaussian_vae_on_dequantized_grey_data(digits_processed_dir: Path, tmp_path: Path) -> None:
@@ -146,9 +150,9 @@ def test_conditional_gaussian_vae_on_dequantized_grey_data(digits_processed_dir:
     config = config_from_dict(params)
     torch.manual_seed(0)
     model = build_vae(config, data.image_shape, data.num_classes).eval()
-    metrics, curve = evaluate_vae(model, data, config.evaluate, config.seed, progress=False)
-    test = metrics["test"]
-    assert test["points"] == 20 and metrics["ais"]["points"] == 10
+    _, card, curve = evaluate_vae(model, data, config.evaluate, config.seed, progress=False)
+    test = card["test"]
+    assert test["points"] == 20 and card["ais"]["points"] == 10
     # a bound on the discrete data: density on [0, 1]^64 minus 64 log 256, so bits/dim is that of 8-bit pixels
     assert test["bits_per_dim"] == pytest.approx(-test["log_px"] / (64 * math.log(2)))
     assert test["log_px"] < -64 * math.log(256) + 64 * 3 and test["bits_per_dim"] > 0
@@ -156,5 +160,15 @@ def test_conditional_gaussian_vae_on_dequantized_grey_data(digits_processed_dir:
     # the labels matter: other labels give other numbers
     shuffled = load_processed(tmp_path)
     shuffled.y["test"][:] = (shuffled.y["test"] + 1) % 10
-    other, _ = evaluate_vae(model, shuffled, config.evaluate, config.seed, progress=False)
-    assert other["test"]["log_px"] != test["log_px"]
+    other, _, _ = evaluate_vae(model, shuffled, config.evaluate, config.seed, progress=False)
+    assert other["log_px"] != test["log_px"]
+
+
+def test_curve_ks_above_num_samples_are_left_out_with_a_note(trained: Path, digits_processed_dir: Path) -> None:
+    """evaluate.num_samples below the largest curve k: the estimate is reported with the ks it covers."""
+    write_params(trained, evaluate={"num_samples": 10, "curve_ks": [1, 10, 100]})
+    result = run_stage(trained, "evaluate_vae", "--data-dir", str(digits_processed_dir))
+    write_params(trained)
+    assert result.returncode == 0, result.stderr
+    assert "evaluate.curve_ks [100] exceed evaluate.num_samples 10: left out" in result.stderr
+    assert [row["k"] for row in read_json(trained / "plots" / "vae_likelihood_curve.json")] == [1, 10]

@@ -14,7 +14,8 @@ import torch
 import yaml
 from click.testing import CliRunner, Result
 
-from pipeline.config import ExportConfig, config_from_dict
+from pipeline.checkpoint import checkpoint_state, save_checkpoint
+from pipeline.config import ExportParams, config_from_dict
 from pipeline.export import (
     ExportError,
     InputSpec,
@@ -24,11 +25,10 @@ from pipeline.export import (
     params_hash,
     write_exported,
 )
+from pipeline.gan_trainer import build_generator
 from pipeline.io import read_json
-from pipeline.models.gan import build_generator
-from pipeline.models.vae import build_vae
 from pipeline.runtime import METADATA_KEYS, GenerativeModel, ModelMetadata
-from pipeline.training import save_checkpoint
+from pipeline.vae_trainer import build_vae
 from stages import export as export_stage
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -159,12 +159,16 @@ def write_checkpoints(root: Path, config, *, gan_weights_nan: bool = False) -> N
     torch.manual_seed(1)
     vae = build_vae(config, IMAGE_SHAPE, 10)
     generator = build_generator(config, IMAGE_SHAPE, 10)
-    ema = {k: v.clone() for k, v in generator.state_dict().items()}
+    ema = build_generator(config, IMAGE_SHAPE, 10)
+    ema.load_state_dict(generator.state_dict())
     if gan_weights_nan:
-        ema = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in ema.items()}
-    common = {"config": config.to_dict(), "data": DATA}
-    save_checkpoint(root / "vae" / "best.pt", {**common, "model": vae.state_dict()})
-    save_checkpoint(root / "gan" / "best.pt", {**common, "generator": generator.state_dict(), "generator_ema": ema})
+        with torch.no_grad():
+            for weight in ema.parameters():
+                weight.fill_(float("nan"))
+    params = config.to_dict()
+    save_checkpoint(root / "vae" / "best.pt", checkpoint_state({"model": vae}, data=DATA, params=params))
+    gan = {"generator": generator, "generator_ema": ema}
+    save_checkpoint(root / "gan" / "best.pt", checkpoint_state(gan, data=DATA, params=params))
 
 
 def run_stage(tmp_path: Path, config, checkpoints: Path, out: Path) -> Result:
@@ -196,7 +200,7 @@ def test_stage_exports_checkpoints_and_a_failure_writes_nothing(tmp_path: Path) 
 
     result = run_stage(tmp_path, config, tmp_path / "none", tmp_path / "empty")
     assert result.exit_code == 1 and "train a model first" in result.output
-    assert not (tmp_path / "empty").exists()
+    assert not list((tmp_path / "empty").iterdir())
 
 
 def test_export_params_are_checked_and_the_opset_is_honoured() -> None:
@@ -204,7 +208,7 @@ def test_export_params_are_checked_and_the_opset_is_honoured() -> None:
         tiny_config(False, ["int4"])
     with pytest.raises(ValueError, match=r"export.opset: 17 is out of range; allowed: \[18, 23\]"):
         tiny_config(False, opset=17)
-    assert ExportConfig().quantize == [] and ExportConfig().parity_atol == 1e-5
+    assert ExportParams().quantize == [] and ExportParams().parity_atol == 1e-5
     config = tiny_config(False, opset=21)
     (model,) = export_generator(build_generator(config, IMAGE_SHAPE, None), DATA, config.to_dict(), config.export)
     assert model.card["opset"] == 21

@@ -9,16 +9,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pipeline.config import Config, GanConfig
+from pipeline.config import Config, GanParams
 from pipeline.export import InputSpec, to_onnx
-from pipeline.models.gan import build_discriminator, build_generator, stride2_stages
+from pipeline.gan_trainer import build_discriminator, build_generator
+from pipeline.models.base import LabelError
+from pipeline.models.gan import stride2_stages
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 
 def gan_config(**gan: object) -> Config:
     base = {"hidden_sizes": [32, 32], "base_channels": 8}
-    return dataclasses.replace(Config(), gan=dataclasses.replace(GanConfig(), **(base | gan)))
+    return dataclasses.replace(Config(), gan=dataclasses.replace(GanParams(), **(base | gan)))
 
 
 def test_stride2_stages_adapt_to_the_image_size() -> None:
@@ -58,10 +60,12 @@ def test_conditional_networks_use_the_label_and_need_it(arch: str) -> None:
         logits = discriminator(images, torch.tensor([3, 3, 4]))
     assert not torch.allclose(images[0], images[1]) and torch.allclose(images[1], images[2])
     assert logits[0] != logits[2] or logits[1] != logits[2]
-    with pytest.raises(ValueError, match="conditional on 10 classes; pass labels y"):
+    with pytest.raises(LabelError, match="conditional on 10 classes and needs labels y"):
         generator(z)
-    with pytest.raises(ValueError, match="no class labels"):
-        build_generator(config, (1, 8, 8), None)
+    with pytest.raises(LabelError, match="conditional on 10 classes and needs labels y"):
+        discriminator(images)
+    with pytest.raises(LabelError, match=r"labels y must have shape \(3,\), got \(2,\)"):
+        generator(z, torch.tensor([0, 1]))
 
 
 @pytest.mark.parametrize("arch", ["mlp", "dcgan"])

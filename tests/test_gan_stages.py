@@ -51,22 +51,29 @@ def test_stages_run_in_order_and_write_their_outputs(project: Path) -> None:
         result = run_stage(project, stage)
         assert result.returncode == 0, f"{stage}: {result.stderr[-2000:]}"
     assert (project / "checkpoints" / "classifier" / "best.pt").exists()
-    classifier = json.loads((project / "metrics" / "classifier.json").read_text())
-    assert 0 <= classifier["test_accuracy"] <= 1
+    classifier = json.loads((project / "metrics" / "train_classifier.json").read_text())
+    assert 0 <= classifier["accuracy"] <= 1
+    assert json.loads((project / "cards" / "train_classifier.json").read_text())["task"] == "classes"
     for name in ("best.pt", "last.pt"):
         assert (project / "checkpoints" / "gan" / name).exists()
     assert (project / "outputs" / "gan" / "samples.png").exists()
     assert (project / "dvclive" / "gan" / "plots" / "metrics" / "valid" / "frechet_distance.tsv").exists()
-    gan_train = json.loads((project / "metrics" / "gan_train.json").read_text())
-    assert gan_train["best_by"] == "valid frechet_distance"
-    table = json.loads((project / "metrics" / "sample_quality.json").read_text())
-    assert table["classifier_test_accuracy"] == classifier["test_accuracy"]
+    assert not (project / "metrics" / "train_gan.json").exists()  # the GAN's figures are in its card
+    gan_train = json.loads((project / "cards" / "train_gan.json").read_text())
+    assert gan_train["best_by"] == "valid frechet_distance" and gan_train["best_epoch"] in (1, 2)
+    table = json.loads((project / "metrics" / "evaluate_samples.json").read_text())
+    card = json.loads((project / "cards" / "evaluate_samples.json").read_text())
+    assert set(table) == {"fd_floor", "gan", "vae"} and card["classifier_task"] == "classes"
+    assert set(table["gan"]) == {"fd", "prec", "rec", "ais"} and set(table["vae"]) == {"fd", "prec", "rec"}
     for model in ("gan", "vae"):
-        row = table[model]
-        assert row["num_images"] == 40 and row["frechet_floor"] == table["gan"]["frechet_floor"]
+        row = card[model]  # the full report; the metrics file has its headline numbers
+        assert row["num_images"] == 40 and row["frechet_floor"] == table["fd_floor"]
         assert row["frechet_distance"] > 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
-    likelihood = json.loads((project / "metrics" / "gan_likelihood.json").read_text())
+        headline = {"fd": row["frechet_distance"], "prec": row["precision"], "rec": row["recall"]}
+        assert {key: table[model][key] for key in headline} == headline
+    likelihood = card["gan_likelihood"]
     assert likelihood["points"] == 4 and math.isfinite(likelihood["log_px"]) and likelihood["log_px"] < 0
+    assert table["gan"]["ais"] == likelihood["log_px"]
     assert likelihood["sigma"] in (0.01, 0.02, 0.05, 0.1, 0.2)
 
 
@@ -90,7 +97,7 @@ def test_bad_input_exits_with_one_clear_message(project: Path, tmp_path: Path) -
 
 def test_data_without_labels_run_through_the_sample_metrics(project: Path, tmp_path: Path) -> None:
     """An npz without y_* or an image folder without class folders: the classifier learns to tell flips and
-    rotations apart, and the sample-quality table has every metric but the classifier score."""
+    rotations apart, and the sample-quality reports have every metric but the classifier score."""
     from pipeline.data.processed import load_processed, save_processed
 
     data = load_processed(project / "data" / "processed")
@@ -104,10 +111,11 @@ def test_data_without_labels_run_through_the_sample_metrics(project: Path, tmp_p
         result = run_stage(tmp_path, stage)
         assert result.returncode == 0, f"{stage}: {result.stderr[-2000:]}"
         printed[stage] = result.stdout
-    assert "classifier (transformations): test accuracy" in printed["train_classifier"]
-    classifier = json.loads((tmp_path / "metrics" / "classifier.json").read_text())
+    assert "train_classifier: test accuracy" in printed["train_classifier"]
+    classifier = json.loads((tmp_path / "cards" / "train_classifier.json").read_text())
     assert classifier["task"] == "transformations" and classifier["chance_accuracy"] == 0.25
-    table = json.loads((tmp_path / "metrics" / "sample_quality.json").read_text())
-    assert table["classifier_task"] == "transformations"
+    table = json.loads((tmp_path / "metrics" / "evaluate_samples.json").read_text())
+    card = json.loads((tmp_path / "cards" / "evaluate_samples.json").read_text())
+    assert card["classifier_task"] == "transformations"
     for model in ("gan", "vae"):
-        assert "classifier_score" not in table[model] and math.isfinite(table[model]["frechet_distance"])
+        assert "classifier_score" not in card[model] and math.isfinite(table[model]["fd"])

@@ -11,16 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.checkpoint import load_checkpoint, load_model
 from pipeline.classifier_trainer import ClassifierTrainer
-from pipeline.config import Config, ConfigError, GanConfig
+from pipeline.config import Config, ConfigError, GanParams
 from pipeline.data.processed import ProcessedData, load_processed, save_processed
 from pipeline.gan_trainer import OUTPUTS, train_gan
 from pipeline.io import read_json
 from pipeline.models.classifier import Classifier
-from pipeline.models.gan import load_generator
-from pipeline.training import LabelError, NonFiniteLossError, TrainingOutputs
+from pipeline.training import NonFiniteLossError, TrainingOutputs
 
-CONTRACT_KEYS = {"config", "data", "generator", "generator_ema", "discriminator"}
+CONTRACT_KEYS = {"format", "models", "data", "params", "training"}
+NETWORKS = {"generator", "generator_ema", "discriminator"}
 
 
 def tiny_config(**gan: object) -> Config:
@@ -33,11 +34,15 @@ def tiny_config(**gan: object) -> Config:
         "sample_every_epochs": 2,
         "log_every_steps": 3,
     }
-    return dataclasses.replace(Config(), gan=dataclasses.replace(GanConfig(), **(settings | gan)))
+    return dataclasses.replace(Config(), gan=dataclasses.replace(GanParams(), **(settings | gan)))
 
 
 def outputs(root: Path) -> TrainingOutputs:
-    return TrainingOutputs(root / "checkpoints", root / "dvclive", root / "images", root / "metrics.json")
+    return TrainingOutputs.for_model("gan", root=root, metrics=False)
+
+
+def weights(path: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["models"][name]["weights"]
 
 
 @pytest.fixture(scope="module")
@@ -58,28 +63,33 @@ def test_short_run_writes_everything_the_contract_promises(
 ) -> None:
     config = tiny_config(arch="dcgan", base_channels=8, d_steps=2, conditional=True, spectral_norm=True)
     summary = train_gan(config, digits, outputs(tmp_path), classifier=classifier, progress=False)
-    assert summary["best_by"] == "valid frechet_distance" and summary["best_epoch"] in (1, 3)
-    losses = [v for k, v in summary.items() if k.startswith("best_epoch_train_")]
+    card = read_json(tmp_path / "cards" / "train_gan.json")
+    assert card["best_by"] == "valid frechet_distance" and card["best_epoch"] in (2, 4)  # the sample epochs
+    assert (card["epochs"], card["world_size"], card["effective_batch_size"], card["device"]) == (4, 1, 32, "cpu")
+    best = card["best_epoch_metrics"]
+    losses = [v for k, v in best.items() if k.startswith("train/")]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
-    assert math.isfinite(summary["valid_frechet_distance"]) and 0 <= summary["valid_precision"] <= 1
-    assert read_json(tmp_path / "metrics.json") == summary
+    assert math.isfinite(best["valid/frechet_distance"]) and 0 <= best["valid/precision"] <= 1
+    assert summary == {"valid_fd": best["valid/frechet_distance"]}
+    assert not (tmp_path / "metrics").exists()  # the samples' metrics are evaluate_samples'
     for name in ("best.pt", "last.pt"):
-        state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
-        assert set(state) >= CONTRACT_KEYS
+        state = load_checkpoint(tmp_path / "checkpoints" / "gan" / name)
+        assert set(state) >= CONTRACT_KEYS and set(state["models"]) == NETWORKS
         data = {"image_shape": [1, 8, 8], "num_classes": 10, "dataset": "digits", "binarize": "dynamic"}
         assert state["data"] == data
-    generator = load_generator(tmp_path / "checkpoints" / "last.pt")
-    raw = load_generator(tmp_path / "checkpoints" / "last.pt", ema=False)
+        assert set(state["params"]) == {"seed", "latent_dim", "device", "gan", "evaluate"}
+    generator = load_model(tmp_path / "checkpoints" / "gan" / "last.pt", "generator_ema")
+    raw = load_model(tmp_path / "checkpoints" / "gan" / "last.pt", "generator")
     z, y = torch.randn(10, config.latent_dim), torch.arange(10)
     with torch.no_grad():
         images = generator(z, y)
         assert not torch.equal(images, raw(z, y))  # the average differs from the last weights
     assert images.shape == (10, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
-    grids = sorted(p.name for p in (tmp_path / "images").iterdir())
+    grids = sorted(p.name for p in (tmp_path / "outputs" / "gan").iterdir())
     assert grids == ["samples.png", "samples_epoch0002.png", "samples_epoch0004.png"]
     # one row of 10 per class: 10 rows of 8×8 images at scale 4 with 1-pixel padding
-    assert Image.open(tmp_path / "images" / "samples.png").size == (4 * (10 * 9 + 1),) * 2
-    metrics = tmp_path / "dvclive" / "plots" / "metrics"
+    assert Image.open(tmp_path / "outputs" / "gan" / "samples.png").size == (4 * (10 * 9 + 1),) * 2
+    metrics = tmp_path / "dvclive" / "gan" / "plots" / "metrics"
     d_loss = np.loadtxt(metrics / "train" / "d_loss.tsv", skiprows=1, delimiter="\t")
     steps_per_epoch = math.ceil(200 / 32)
     assert list(d_loss[:, 0]) == list(range(3, 4 * steps_per_epoch + 1, 3)) and np.isfinite(d_loss[:, 1]).all()
@@ -89,10 +99,11 @@ def test_short_run_writes_everything_the_contract_promises(
 
 def test_without_a_classifier_best_is_the_last_epoch(digits: ProcessedData, tmp_path: Path) -> None:
     summary = train_gan(tiny_config(epochs=2, loss="hinge"), digits, outputs(tmp_path), progress=False)
-    assert summary["best_epoch"] == 1 and summary["best_by"] == "last epoch"
-    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
-    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert all(torch.equal(best["generator_ema"][k], v) for k, v in last["generator_ema"].items())
+    card = read_json(tmp_path / "cards" / "train_gan.json")
+    assert summary == {} and card["best_epoch"] == 2 and card["best_by"] == "last epoch"
+    best = weights(tmp_path / "checkpoints" / "gan" / "best.pt", "generator_ema")
+    last = weights(tmp_path / "checkpoints" / "gan" / "last.pt", "generator_ema")
+    assert all(torch.equal(best[k], v) for k, v in last.items())
 
 
 @pytest.mark.parametrize("options", [{"feature_matching": True, "label_smoothing": 0.1}, {"loss": "minimax"}])
@@ -101,24 +112,26 @@ def test_resume_equals_an_uninterrupted_run(digits: ProcessedData, tmp_path: Pat
     train_gan(whole, digits, outputs(tmp_path / "whole"), progress=False)
     train_gan(tiny_config(epochs=2, **options), digits, outputs(tmp_path / "split"), progress=False)
     train_gan(tiny_config(resume=True, **options), digits, outputs(tmp_path / "split"), progress=False)
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 3
-    for key in ("generator", "generator_ema", "discriminator"):
-        assert a[key].keys() == b[key].keys()
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "gan" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "gan" / "last.pt")
+    assert a["training"]["epoch"] == b["training"]["epoch"] == 4
+    for key in NETWORKS:
+        wa, wb = a["models"][key]["weights"], b["models"][key]["weights"]
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), key
     with pytest.raises(ConfigError, match=r"different parameters \(gan.lr_d\)"):
         train_gan(tiny_config(resume=True, lr_d=0.5, **options), digits, outputs(tmp_path / "split"), progress=False)
 
 
 def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
-    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.image_dir, OUTPUTS.metrics_path)
-    assert paths == (Path("checkpoints/gan"), Path("dvclive/gan"), Path("outputs/gan"), Path("metrics/gan_train.json"))
+    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.image_dir, OUTPUTS.card_path)
+    assert paths == (Path("checkpoints/gan"), Path("dvclive/gan"), Path("outputs/gan"), Path("cards/train_gan.json"))
+    assert OUTPUTS.metrics_path is None  # the GAN writes no metrics file
 
 
 def test_conditional_gan_rejects_unlabeled_data(digits: ProcessedData, tmp_path: Path) -> None:
     unlabeled = dataclasses.replace(digits, y=None)
-    with pytest.raises(LabelError, match="gan.conditional is true but dataset 'digits' has no labels; set gan.cond"):
+    with pytest.raises(ConfigError, match="gan.conditional is true but dataset 'digits' has no labels; set gan.cond"):
         train_gan(tiny_config(conditional=True), unlabeled, outputs(tmp_path), progress=False)
     assert not (tmp_path / "checkpoints").exists()
 
@@ -130,4 +143,4 @@ def test_non_finite_loss_stops_training_and_names_the_step(digits: ProcessedData
     save_processed(tmp_path / "bad", splits, digits.y, binarize="none", dataset="npz", num_classes=10, stats={})
     with pytest.raises(NonFiniteLossError, match="discriminator loss is nan at step 1"):
         train_gan(tiny_config(), load_processed(tmp_path / "bad"), outputs(tmp_path), progress=False)
-    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "checkpoints" / "gan" / "last.pt").exists()

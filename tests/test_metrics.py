@@ -13,15 +13,9 @@ from scipy import linalg
 from pipeline.classifier_trainer import ClassifierTrainer
 from pipeline.config import Config
 from pipeline.data.processed import load_processed
-from pipeline.metrics import (
-    frechet_distance,
-    frechet_distance_from_moments,
-    gan_log_likelihood,
-    inception_score,
-    precision_recall,
-    sample_quality_report,
-)
-from pipeline.models.gan import build_generator
+from pipeline.evaluation import evaluate_gan_likelihood, sample_quality_report
+from pipeline.gan_trainer import build_generator
+from pipeline.metrics import frechet_distance, frechet_distance_from_moments, inception_score, precision_recall
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_a_shift() -> None:
@@ -105,13 +99,16 @@ def test_sample_quality_report_with_a_real_classifier(digits_processed_dir, labe
 
 
 def test_gan_log_likelihood_depends_on_the_seed_only(digits_processed_dir) -> None:
-    """gan_likelihood.json is a DVC metric: two runs with one seed give the same JSON byte for byte (no timings)."""
+    """The GAN's likelihood is a DVC metric (evaluate_samples.json's gan.ais, its card in cards/evaluate_samples.json):
+    two runs with one seed give the same JSON byte for byte (no timings)."""
     data = load_processed(digits_processed_dir)
     config = Config(latent_dim=4, gan=dataclasses.replace(Config().gan, hidden_sizes=[16]))
     settings = dataclasses.replace(config.evaluate, ais_points=4, ais_steps=8, ais_chains=2, ais_leapfrog_steps=2)
     torch.manual_seed(0)
     generator = build_generator(config, data.image_shape, data.num_classes).eval()
-    first = json.dumps(gan_log_likelihood(generator, data, settings, seed=0))
-    assert json.dumps(gan_log_likelihood(generator, data, settings, seed=0)) == first
-    assert json.dumps(gan_log_likelihood(generator, data, settings, seed=1)) != first
-    assert json.loads(first)["points"] == 4 and "seconds" not in json.loads(first)
+    first = json.dumps(evaluate_gan_likelihood(generator, data, settings, seed=0))
+    assert json.dumps(evaluate_gan_likelihood(generator, data, settings, seed=0)) == first
+    assert json.dumps(evaluate_gan_likelihood(generator, data, settings, seed=1)) != first
+    metrics, card = json.loads(first)
+    assert set(metrics) == {"log_px", "bits_per_dim"} and metrics["log_px"] == card["log_px"]
+    assert card["points"] == 4 and "seconds" not in card

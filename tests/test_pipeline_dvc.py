@@ -143,7 +143,48 @@ def test_exp_run_with_a_new_latent_dim_reaches_the_exported_models(project: Path
     latent_dims = [row["params"]["params.yaml"]["data"]["latent_dim"] for row in rows]
     assert 3 in latent_dims and 2 in latent_dims, latent_dims
     for row in rows:
-        assert "metrics/vae_likelihood.json" in row["metrics"]
+        assert "metrics/evaluate_vae.json" in row["metrics"]
+
+
+def test_editing_a_library_file_makes_its_stages_stale(project: Path) -> None:
+    """dvc.yaml declares every project file a stage imports: an edit to one is seen by exactly those stages."""
+    seeds = project / "pipeline" / "seeds.py"
+    original = seeds.read_text()
+    try:
+        seeds.write_text(original + "\n# an edit\n")
+        status = run(["dvc", "status"], project)
+    finally:
+        seeds.write_text(original)
+    stale = {line.rstrip(":").strip() for line in status.splitlines() if line and not line.startswith("\t")}
+    assert {"train_vae", "evaluate_vae", "train_classifier", "train_gan", "evaluate_samples"} <= stale, status
+    assert not {"download", "preprocess", "export", "sample"} & stale, status
+
+
+def _leaf_count(tree: object) -> set[str]:
+    if isinstance(tree, dict):
+        return {f"{key}.{leaf}" if leaf else key for key, sub in tree.items() for leaf in _leaf_count(sub)}
+    return {""}
+
+
+def test_metrics_hold_only_numbers_in_a_table_of_at_most_30_columns(project: Path) -> None:
+    """`dvc metrics show` is where experiments are compared: numbers only, short names shared across files."""
+    result = subprocess.run(
+        ["dvc", "metrics", "show", "--json"], cwd=project, env=_env(), capture_output=True, text=True, check=True
+    )
+    files = json.loads(result.stdout)[""]["data"]
+    columns = set()
+    for path, entry in files.items():
+        leaves = _leaf_count(entry["data"])
+        columns |= leaves
+        numbers = json.loads((project / path).read_text())
+        assert all(isinstance(v, (int, float)) for v in _numbers(numbers)), path
+    assert len(columns) + 1 <= 30, sorted(columns)  # + the Path column
+
+
+def _numbers(tree: object) -> list:
+    if isinstance(tree, dict):
+        return [v for sub in tree.values() for v in _numbers(sub)]
+    return [tree]
 
 
 def test_queued_sweep_runs_in_the_queue_workers(project: Path) -> None:
@@ -165,6 +206,5 @@ def test_queued_sweep_runs_in_the_queue_workers(project: Path) -> None:
     experiments = [exp["revs"][0]["data"] for row in _exp_show(project) for exp in row.get("experiments") or []]
     found = {e["params"]["params.yaml"]["data"]["evaluate"]["num_samples"]: e["metrics"] for e in experiments}
     assert {10, 30} <= set(found), found
-    for num_samples in (10, 30):
-        likelihood = found[num_samples]["metrics/vae_likelihood.json"]["data"]
-        assert likelihood["num_samples"] == num_samples
+    estimates = {k: found[k]["metrics/evaluate_vae.json"]["data"]["log_px"] for k in (10, 30)}
+    assert estimates[10] != estimates[30], estimates

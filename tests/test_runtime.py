@@ -15,9 +15,9 @@ import torch
 
 from pipeline.config import config_from_dict
 from pipeline.export import export_generator, export_vae, write_exported
-from pipeline.models.gan import build_generator
-from pipeline.models.vae import build_vae
+from pipeline.gan_trainer import build_generator
 from pipeline.runtime import GenerativeModel, ModelFileError
+from pipeline.vae_trainer import build_vae
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (1, 8, 8)

@@ -8,22 +8,31 @@ from pathlib import Path
 import torch
 from ddp_launch import run_two_ranks
 
-# Each rank trains through VaeTrainer.fit (what train_vae runs) and saves its final weights for comparison.
+# Each rank runs train_vae (joining torchrun's process group itself) with a VaeTrainer that keeps a handle on the
+# trainer, and saves its final weights for comparison.
 RANK_SCRIPT = """
 import dataclasses, sys, torch
+import pipeline.vae_trainer as vae_trainer
 from pipeline.config import Config
 from pipeline.data.processed import load_processed
-from pipeline.distributed import init_distributed, shutdown
-from pipeline.vae_trainer import VaeTrainer
 
+made = []
+
+
+class Recorded(vae_trainer.VaeTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        made.append(self)
+
+
+vae_trainer.VaeTrainer = Recorded
 vae = dataclasses.replace(Config().vae, hidden_sizes=[32], batch_size=16, epochs=2, mc_samples=2)
 config = Config(latent_dim=4, device="cpu", vae=vae)
-ctx = init_distributed(config.device)
-trainer = VaeTrainer(config, load_processed(sys.argv[1]), ctx)
-summary = trainer.fit(progress=False)
-torch.save(trainer.model.state_dict(), f"rank{ctx.rank}_weights.pt")
-assert bool(summary) == (ctx.rank == 0)
-shutdown(ctx)
+summary = vae_trainer.train_vae(config, load_processed(sys.argv[1]), progress=False)
+(trainer,) = made
+assert trainer.ctx.world_size == 2
+torch.save(trainer.model.state_dict(), f"rank{trainer.ctx.rank}_weights.pt")
+assert bool(summary) == (trainer.ctx.rank == 0)
 """
 
 
@@ -34,7 +43,8 @@ def test_two_gloo_ranks_end_with_identical_weights_and_write_once(digits_process
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert sorted(p.name for p in (tmp_path / "checkpoints/vae").iterdir()) == ["best.pt", "last.pt"]
     last = torch.load(tmp_path / "checkpoints/vae/last.pt", weights_only=True)
-    assert all(torch.equal(last["model"][k], rank0[k]) for k in rank0)
-    metrics = json.loads((tmp_path / "metrics/vae_train.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["effective_batch_size"] == 32
-    assert json.loads((tmp_path / "dvclive/vae/metrics.json").read_text())["step"] == 1
+    assert all(torch.equal(last["models"]["model"]["weights"][k], rank0[k]) for k in rank0)
+    card = json.loads((tmp_path / "cards/train_vae.json").read_text())
+    assert card["world_size"] == 2 and card["effective_batch_size"] == 32
+    assert set(json.loads((tmp_path / "metrics/train_vae.json").read_text())) == {"train", "valid"}
+    assert json.loads((tmp_path / "dvclive/vae/metrics.json").read_text())["step"] == 2  # epochs logged 1-based

@@ -12,14 +12,21 @@ import onnxruntime
 import pytest
 import torch
 
-from pipeline.config import Config
-from pipeline.models.vae import LOGIT_ROWS_PER_BLOCK, VAE, LabelError, build_vae, load_vae
-from pipeline.training import save_checkpoint
+from pipeline.checkpoint import checkpoint_state, load_model, save_checkpoint
+from pipeline.config import Config, ConfigError, check_compatible
+from pipeline.data.processed import ProcessedData
+from pipeline.models.base import LabelError
+from pipeline.models.vae import LOGIT_ROWS_PER_BLOCK, VAE, VAEConfig
+from pipeline.vae_trainer import PARAMS, build_vae
 
 
 def _config(**vae) -> Config:
     vae = {"hidden_sizes": [16], "conv_channels": [4, 8]} | vae
     return Config(latent_dim=3, vae=dataclasses.replace(Config().vae, **vae))
+
+
+def _vae(image_shape: tuple[int, int, int], latent_dim: int, **options) -> VAE:
+    return VAE(VAEConfig(image_shape, latent_dim, **options))
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
@@ -47,7 +54,7 @@ def test_bernoulli_log_likelihood_matches_torch_distributions(
     Bernoulli(logits).log_prob, summed over pixels, with its gradient in z (what AIS uses), on logits spread wide
     enough to reach softplus's tails."""
     torch.manual_seed(0)
-    model = VAE((1, 7, 9), 3, arch=arch, hidden_sizes=(16, 12), conv_channels=(4,), num_classes=num_classes)
+    model = _vae((1, 7, 9), 3, arch=arch, hidden_sizes=(16, 12), conv_channels=(4,), num_classes=num_classes)
     model = model.to(dtype)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -71,7 +78,7 @@ def test_bernoulli_log_likelihood_matches_torch_distributions(
 def test_fused_bernoulli_log_likelihood_over_several_blocks_of_rows() -> None:
     """More K×B rows than LOGIT_ROWS_PER_BLOCK: the blocks give Bernoulli(logits).log_prob and its z-gradient."""
     torch.manual_seed(0)
-    model = VAE((1, 7, 9), 3, hidden_sizes=(16,), num_classes=10).double()
+    model = _vae((1, 7, 9), 3, hidden_sizes=(16,), num_classes=10).double()
     k, b = 2 * LOGIT_ROWS_PER_BLOCK // 5 + 3, 5
     x = torch.bernoulli(torch.rand(b, 1, 7, 9, dtype=torch.float64))
     z = torch.randn(k, b, 3, dtype=torch.float64, requires_grad=True)
@@ -86,12 +93,11 @@ def test_fused_bernoulli_log_likelihood_over_several_blocks_of_rows() -> None:
 
 
 def test_evaluation_path_of_the_fused_log_likelihood_matches_torch_distributions() -> None:
-    """Without gradients in float32 on the CPU (importance sampling) the fused path runs its layers through oneDNN
-    with packed weights and, where a C compiler is, the native kernel: over several blocks of rows of a conditional
-    model with two hidden layers it still equals Bernoulli(logits).log_prob in float64, a result stays intact
-    across the next call, and weights changed by a fused Adam step between calls are packed again."""
+    """Without gradients in float32 on the CPU (importance sampling) the fused path, over several blocks of rows of
+    a conditional model with two hidden layers, equals Bernoulli(logits).log_prob in float64, a result stays intact
+    across the next call, and weights changed in place by a fused Adam step between calls are the ones used next."""
     torch.manual_seed(0)
-    model = VAE((1, 7, 9), 3, hidden_sizes=(16, 12), num_classes=10).eval()
+    model = _vae((1, 7, 9), 3, hidden_sizes=(16, 12), num_classes=10).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.mul_(3)
@@ -118,9 +124,9 @@ def test_evaluation_path_of_the_fused_log_likelihood_matches_torch_distributions
 
 def test_evaluation_path_under_a_float64_default_dtype() -> None:
     """A float32 model evaluated while torch's default dtype is float64 still gets float32 results of the right
-    value (the native path's buffers are float32 whatever the default)."""
+    value."""
     torch.manual_seed(0)
-    model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
+    model = _vae((1, 8, 8), 2, hidden_sizes=(8,)).eval()
     x, z = torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2)
     with torch.no_grad():
         expected = model.log_likelihood(x, z)
@@ -137,9 +143,9 @@ def test_fused_gaussian_log_likelihood_matches_torch_distributions() -> None:
     """The fused MLP path for a Gaussian decoder (11.4), over several blocks of rows of a conditional model with two
     hidden layers: with autograd (torch's blocks, which AIS and M-sample training take) it equals
     Normal(sigmoid(l), s).log_prob in float64, with its gradients in z and in the learned s; without gradients in
-    float32 (importance sampling: oneDNN layers and, where a C compiler is, the native kernel) it equals it too."""
+    float32 (importance sampling) it equals it too."""
     torch.manual_seed(0)
-    model = VAE((1, 7, 9), 3, hidden_sizes=(16, 12), num_classes=10, likelihood="gaussian", gaussian_std=0.05)
+    model = _vae((1, 7, 9), 3, hidden_sizes=(16, 12), num_classes=10, likelihood="gaussian", gaussian_std=0.05)
     with torch.no_grad():
         for parameter in model.decoder.parameters():
             parameter.mul_(3)  # logits out to the tails, where the means are 0 or 1 in float32
@@ -170,7 +176,7 @@ def test_fused_gaussian_log_likelihood_matches_torch_distributions() -> None:
 
 def test_evaluation_path_serves_inference_mode_and_no_grad_in_either_order() -> None:
     """A call under torch.inference_mode, then one under no_grad, in a thread of their own, give the same numbers."""
-    model = VAE((1, 8, 8), 2, hidden_sizes=(8,)).eval()
+    model = _vae((1, 8, 8), 2, hidden_sizes=(8,)).eval()
     x, z = torch.bernoulli(torch.rand(3, 1, 8, 8)), torch.randn(4, 3, 2)
     results: list[torch.Tensor] = []
 
@@ -201,22 +207,34 @@ def test_conditional_model_uses_the_label_in_encoder_and_decoder(arch: str) -> N
     assert not torch.equal(model.encode(x, zeros)[0], model.encode(x, ones)[0])
     assert not torch.equal(model.decode_mean(z, zeros), model.decode_mean(z, ones))
     assert model.log_likelihood(x, torch.randn(3, 2, 3), ones).shape == (3, 2)
-    with pytest.raises(LabelError, match="needs class labels"):
+    with pytest.raises(LabelError, match="conditional on 10 classes and needs labels y"):
         model.encode(x)
+    with pytest.raises(LabelError, match=r"labels y must have shape \(2,\), got \(3,\)"):
+        model.decode_mean(z, torch.zeros(3, dtype=torch.long))
 
 
 def test_conditional_config_without_labels_is_rejected() -> None:
-    with pytest.raises(LabelError, match="no labels"):
-        build_vae(_config(conditional=True), (1, 8, 8), None)
+    """vae.conditional on unlabelled data is refused by the params check (train_vae runs it before any work); the
+    conditional model itself refuses to run without labels."""
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    unlabelled = ProcessedData(
+        x={s: x for s in ("train", "valid", "test")}, y=None, binarize="dynamic", num_classes=None, dataset="digits"
+    )
+    with pytest.raises(ConfigError, match="vae.conditional is true but dataset 'digits' has no labels"):
+        check_compatible(_config(conditional=True), "vae", unlabelled)
+    check_compatible(_config(conditional=False), "vae", unlabelled)
+    with pytest.raises(LabelError, match="needs labels"):
+        build_vae(_config(conditional=True), (1, 8, 8), 10).encode(torch.from_numpy(x))
     assert build_vae(_config(conditional=False), (1, 8, 8), 10).num_classes is None
 
 
-def test_load_vae_restores_a_checkpoint_in_eval_mode(tmp_path) -> None:
+def test_load_model_restores_a_checkpoint_in_eval_mode(tmp_path) -> None:
     config = _config(arch="conv", likelihood="gaussian", conditional=True)
     model = build_vae(config, (1, 8, 8), 10)
     data = {"image_shape": [1, 8, 8], "num_classes": 10, "dataset": "digits", "binarize": "none"}
-    save_checkpoint(tmp_path / "best.pt", {"config": config.to_dict(), "data": data, "model": model.state_dict()})
-    loaded = load_vae(tmp_path / "best.pt")
+    save_checkpoint(tmp_path / "best.pt", checkpoint_state({"model": model}, data=data, params=config.select(PARAMS)))
+    loaded = load_model(tmp_path / "best.pt")
+    assert isinstance(loaded, VAE) and loaded.config == model.config
     assert not loaded.training and loaded.num_classes == 10
     z, y = torch.randn(4, 3), torch.arange(4)
     torch.testing.assert_close(loaded.decode_mean(z, y), model.decode_mean(z, y), rtol=0, atol=0)

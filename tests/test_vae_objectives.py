@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from pipeline.models.vae import VAE, reparameterize
+from pipeline.models.vae import VAE, VAEConfig, reparameterize
 from pipeline.objectives.vae import (
     bits_per_dim,
     count_active_units,
@@ -62,7 +62,7 @@ def test_reparameterized_samples_have_the_posterior_moments() -> None:
 @pytest.mark.parametrize("bias", [0.0, 60.0, -60.0])
 def test_bernoulli_log_likelihood_matches_torch_distributions_even_at_saturated_logits(bias: float) -> None:
     torch.manual_seed(0)
-    model = VAE((1, 8, 8), 3, hidden_sizes=[16])
+    model = VAE(VAEConfig((1, 8, 8), 3, hidden_sizes=[16]))
     with torch.no_grad():
         model.decoder[-1].bias.fill_(bias)
     x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.5), generator=_generator(3))
@@ -77,7 +77,9 @@ def test_bernoulli_log_likelihood_matches_torch_distributions_even_at_saturated_
 @pytest.mark.parametrize("variance", ["learned", "fixed"])
 def test_gaussian_log_likelihood_matches_torch_distributions(variance: str) -> None:
     torch.manual_seed(0)
-    model = VAE((3, 4, 4), 2, hidden_sizes=[16], likelihood="gaussian", gaussian_variance=variance, gaussian_std=0.2)
+    model = VAE(
+        VAEConfig((3, 4, 4), 2, hidden_sizes=[16], likelihood="gaussian", gaussian_variance=variance, gaussian_std=0.2)
+    )
     x = torch.rand(5, 3, 4, 4, generator=_generator(5))
     z = torch.randn(3, 5, 2, generator=_generator(6))
     mean = model.decode_mean(z.reshape(15, 2)).reshape(3, 5, 3, 4, 4)
@@ -86,7 +88,7 @@ def test_gaussian_log_likelihood_matches_torch_distributions(variance: str) -> N
 
 
 def test_learned_gaussian_std_cannot_fall_below_its_floor() -> None:
-    model = VAE((1, 4, 4), 2, hidden_sizes=[8], likelihood="gaussian", gaussian_std=0.05)
+    model = VAE(VAEConfig((1, 4, 4), 2, hidden_sizes=[8], likelihood="gaussian", gaussian_std=0.05))
     torch.testing.assert_close(model.decoder_std(), torch.full((1, 4, 4), 0.1))
     with torch.no_grad():
         model.decoder_std_raw.fill_(-1e4)
@@ -95,7 +97,7 @@ def test_learned_gaussian_std_cannot_fall_below_its_floor() -> None:
 
 def _untrained_model_and_data() -> tuple[VAE, torch.Tensor]:
     torch.manual_seed(0)
-    model = VAE((1, 8, 8), 4, hidden_sizes=[32])
+    model = VAE(VAEConfig((1, 8, 8), 4, hidden_sizes=[32]))
     x = torch.bernoulli(torch.full((64, 1, 8, 8), 0.3), generator=_generator(7))
     return model, x
 
@@ -131,7 +133,7 @@ def test_elbo_loss_applies_kl_weight_and_free_bits() -> None:
     assert no_kl.loss.item() == pytest.approx(-plain.reconstruction.mean().item(), rel=1e-6)
     floor = elbo(model, x, free_bits=100.0, generator=_generator(11))
     assert floor.loss.item() == pytest.approx(-plain.reconstruction.mean().item() + 100.0 * 4, rel=1e-6)
-    with pytest.raises(ValueError, match="free_bits"):
+    with pytest.raises(ValueError, match="free bits apply to the ELBO only"):
         training_bound(model, x, iwae_k=2, free_bits=0.5)
 
 

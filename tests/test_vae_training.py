@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 
+from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.distributed import DistContext
-from pipeline.models.vae import LabelError, load_vae
-from pipeline.training import NonFiniteLossError, TrainingOutputs, save_checkpoint
-from pipeline.vae_trainer import OUTPUTS, VaeTrainer, train_vae
+from pipeline.training import NonFiniteLossError, TrainingOutputs
+from pipeline.vae_trainer import OUTPUTS, PARAMS, VaeTrainer, train_vae, vae_config
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = DistContext(0, 1, torch.device("cpu"))
@@ -31,7 +31,7 @@ def _config(latent_dim: int = 4, **vae) -> Config:
 
 
 def _outputs(root: Path) -> TrainingOutputs:
-    return TrainingOutputs(root / "checkpoints", root / "dvclive", root / "outputs", root / "metrics.json")
+    return TrainingOutputs.for_model("vae", root)
 
 
 def _grey(data: ProcessedData) -> ProcessedData:
@@ -53,7 +53,7 @@ def test_tiny_model_overfits_a_handful_of_images(digits_processed_dir: Path) -> 
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
+    return load_checkpoint(path)["models"]["model"]["weights"]
 
 
 def test_resumed_run_ends_with_bit_identical_weights(digits_processed_dir: Path, tmp_path: Path) -> None:
@@ -67,8 +67,9 @@ def test_resumed_run_ends_with_bit_identical_weights(digits_processed_dir: Path,
     a, b = _weights(straight.checkpoint_dir / "last.pt"), _weights(interrupted.checkpoint_dir / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads(straight.metrics_path.read_text()) == json.loads(interrupted.metrics_path.read_text())
+    assert json.loads(straight.card_path.read_text()) == json.loads(interrupted.card_path.read_text())
     steps = json.loads((interrupted.live_dir / "metrics.json").read_text())["step"]
-    assert steps == 3
+    assert steps == 4  # epochs are logged 1-based
 
 
 def test_conv_vae_resumes_bit_identically_from_a_checkpoint_in_the_default_layout(
@@ -82,11 +83,13 @@ def test_conv_vae_resumes_bit_identically_from_a_checkpoint_in_the_default_layou
     train_vae(_config(epochs=3, **conv), data, straight, progress=False)
     interrupted = _outputs(tmp_path / "interrupted")
     train_vae(_config(epochs=2, **conv), data, interrupted, progress=False)
-    state = torch.load(interrupted.checkpoint_dir / "last.pt", weights_only=True)
-    moments = [v for s in state["optimizer"]["state"].values() for v in s.values() if v.dim() == 4]
+    state = load_checkpoint(interrupted.checkpoint_dir / "last.pt")
+    optimizer = state["training"]["state"]["optimizer"]
+    moments = [v for s in optimizer["state"].values() for v in s.values() if v.dim() == 4]
     assert any(not v.is_contiguous() for v in moments)  # written channels-last
-    state["model"] = {k: v.contiguous() for k, v in state["model"].items()}
-    for per_param in state["optimizer"]["state"].values():
+    weights = state["models"]["model"]["weights"]
+    state["models"]["model"]["weights"] = {k: v.contiguous() for k, v in weights.items()}
+    for per_param in optimizer["state"].values():
         per_param.update({k: v.contiguous() for k, v in per_param.items()})
     save_checkpoint(interrupted.checkpoint_dir / "last.pt", state)
     train_vae(_config(epochs=3, resume=True, **conv), data, interrupted, progress=False)
@@ -116,23 +119,33 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     with pytest.raises(NonFiniteLossError, match=f"at step {2 * steps_per_epoch + 1};"):
         train_vae(resumed, bad, outputs, progress=False)
     assert (outputs.checkpoint_dir / "last.pt").read_bytes() == last
-    assert load_vae(outputs.checkpoint_dir / "last.pt").latent_dim == 4
+    assert load_model(outputs.checkpoint_dir / "last.pt").latent_dim == 4
 
 
 def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
-    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.image_dir, OUTPUTS.metrics_path)
-    assert paths == (Path("checkpoints/vae"), Path("dvclive/vae"), Path("outputs/vae"), Path("metrics/vae_train.json"))
+    paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.image_dir, OUTPUTS.metrics_path, OUTPUTS.card_path)
+    assert paths == (
+        Path("checkpoints/vae"),
+        Path("dvclive/vae"),
+        Path("outputs/vae"),
+        Path("metrics/train_vae.json"),
+        Path("cards/train_vae.json"),
+    )
 
 
-def test_conditional_model_rejects_unlabelled_data(digits_processed_dir: Path) -> None:
+def test_conditional_model_rejects_unlabelled_data(digits_processed_dir: Path, tmp_path: Path) -> None:
     data = dataclasses.replace(load_processed(digits_processed_dir), y=None, num_classes=None)
-    with pytest.raises(LabelError, match="vae.conditional is true but dataset 'digits' has no labels; set vae.cond"):
-        VaeTrainer(_config(conditional=True), data, CPU)
+    with pytest.raises(ConfigError, match="vae.conditional is true but dataset 'digits' has no labels; set vae.cond"):
+        train_vae(_config(conditional=True), data, _outputs(tmp_path), progress=False)
+    assert list(tmp_path.iterdir()) == []  # refused before any work
 
 
-def test_gaussian_decoder_on_binarized_data_is_rejected(digits_processed_dir: Path) -> None:
+def test_gaussian_decoder_on_binarized_data_is_rejected(digits_processed_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.binarize: none"):
-        VaeTrainer(_config(likelihood="gaussian"), load_processed(digits_processed_dir), CPU)
+        train_vae(
+            _config(likelihood="gaussian"), load_processed(digits_processed_dir), _outputs(tmp_path), progress=False
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_conditional_gaussian_run_writes_weights_only_checkpoints_and_figures(
@@ -142,9 +155,11 @@ def test_conditional_gaussian_run_writes_weights_only_checkpoints_and_figures(
     config = _config(latent_dim=2, arch="conv", conv_channels=[8, 16], likelihood="gaussian", conditional=True)
     summary = train_vae(config, data, outputs, progress=False)
     state = torch.load(outputs.checkpoint_dir / "best.pt", weights_only=True)
-    assert state["config"] == config.to_dict()
+    assert state["params"] == config.select(PARAMS)
     assert state["data"] == {"image_shape": [1, 8, 8], "num_classes": 10, "dataset": "digits", "binarize": "none"}
-    model = load_vae(outputs.checkpoint_dir / "best.pt")
+    assert state["models"]["model"]["family"] == "vae"
+    assert state["models"]["model"]["config"] == dataclasses.asdict(vae_config(config, (1, 8, 8), 10))
+    model = load_model(outputs.checkpoint_dir / "best.pt")
     assert (model.num_classes, model.likelihood, model.latent_dim) == (10, "gaussian", 2)
     names = sorted(p.name for p in outputs.image_dir.iterdir())
     assert names == ["interpolation.png", "manifold.png", "reconstructions.png", "samples.png"]
@@ -152,7 +167,10 @@ def test_conditional_gaussian_run_writes_weights_only_checkpoints_and_figures(
 
     samples = Image.open(outputs.image_dir / "samples.png")
     assert samples.height == (10 * 9 + 1) * 7  # one row of 8×8 images per class, scaled 7×
-    assert summary["test_bits_per_dim"] > 0 and summary["bound"] == "elbo"
+    card = json.loads(outputs.card_path.read_text())
+    assert set(summary) == {"train", "valid"} and json.loads(outputs.metrics_path.read_text()) == summary
+    assert card["test"]["bits_per_dim"] > 0 and card["bound"] == "elbo"
+    assert 1 <= card["best_epoch"] <= card["epochs"] == 2
 
 
 def test_train_vae_stage_runs_as_a_subprocess(digits_processed_dir: Path, tmp_path: Path) -> None:
@@ -164,12 +182,14 @@ def test_train_vae_stage_runs_as_a_subprocess(digits_processed_dir: Path, tmp_pa
     command = [sys.executable, "-m", "stages", "train_vae", "--data-dir", str(digits_processed_dir)]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "test iwae_3" in done.stdout
+    assert "train_vae: best epoch's bound" in done.stdout
     assert sorted(p.name for p in (tmp_path / "checkpoints/vae").iterdir()) == ["best.pt", "last.pt"]
-    metrics = json.loads((tmp_path / "metrics/vae_train.json").read_text())
-    assert metrics["bound"] == "iwae_3" and metrics["test_bound"] >= metrics["test_elbo"] - 1.0
+    metrics = json.loads((tmp_path / "metrics/train_vae.json").read_text())
+    assert set(metrics) == {"train", "valid"}
+    card = json.loads((tmp_path / "cards/train_vae.json").read_text())
+    assert card["bound"] == "iwae_3" and card["test"]["bound"] >= card["test"]["elbo"] - 1.0
     live = json.loads((tmp_path / "dvclive/vae/metrics.json").read_text())
-    assert set(live["valid"]) >= {"bound", "elbo", "reconstruction", "kl", "active_units"} and live["step"] == 2
+    assert set(live["valid"]) >= {"bound", "elbo", "reconstruction", "kl", "active_units"} and live["step"] == 3
     assert len((tmp_path / "dvclive/vae/plots/metrics/valid/elbo.tsv").read_text().splitlines()) == 4
     assert (tmp_path / "outputs/vae/samples.png").exists()
 
