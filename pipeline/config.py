@@ -57,6 +57,11 @@ class DataParams:
     )
     timeout_s: float = _f(30.0, "network timeout of one request, seconds", **_range(0.0, 3600, lo_open=True))
     retries: int = _f(3, "attempts per source before moving to the next mirror", **_range(1, 20))
+    deadline_s: float | None = _f(
+        None,
+        "total seconds the download may take over all files and sources (null: no limit)",
+        **_range(0.0, 1e7, lo_open=True),
+    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class GanParams:
     ema_decay: float = _f(0.999, "decay of the generator's weight EMA used for sampling and export", **_range(0.0, 1.0))
     conditional: bool = _f(False, "feed the class label to both networks (Mirza & Osindero 2014)")
     epochs: int = _f(100, "training epochs", **_range(1, 100000))
-    batch_size: int = _f(32, "training batch size", **_range(1, 1 << 20))
+    batch_size: int = _f(32, "training batch size (batch norm needs 2 or more)", **_range(2, 1 << 20))
     lr_g: float = _f(1e-3, "generator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     lr_d: float = _f(1e-3, "discriminator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     beta1: float = _f(0.5, "Adam beta1", **_range(0.0, 1.0))
@@ -285,6 +290,12 @@ def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
     data = config.data
     if data.dataset in ("npz", "image_folder") and not data.path:
         raise ConfigError(f"data.path: null is not allowed with data.dataset {data.dataset!r}; give the file or folder")
+    for section in ("vae", "gan"):
+        params = getattr(config, section)
+        if params.arch == "mlp" and not params.hidden_sizes:
+            raise ConfigError(f"{section}.hidden_sizes: [] is not allowed with arch mlp; give at least one width")
+    if config.vae.arch == "conv" and not config.vae.conv_channels:
+        raise ConfigError("vae.conv_channels: [] is not allowed with arch conv; give at least one block's channels")
     if config.vae.free_bits > 0 and config.vae.iwae_k > 1:
         raise ConfigError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
     if config.gan.loss == "hinge" and config.gan.label_smoothing > 0:

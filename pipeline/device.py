@@ -8,6 +8,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from pipeline.config import ConfigError
+
 Module = TypeVar("Module", bound=nn.Module)
 
 
@@ -17,9 +19,9 @@ def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if name == "cuda" and not cuda:
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; set device: auto or cpu")
+        raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA GPU; set device: auto or cpu")
     if name == "mps" and not mps:
-        raise RuntimeError("device 'mps' was asked for but torch sees no Apple MPS; set device: auto or cpu")
+        raise ConfigError("device: 'mps' was asked for but torch sees no Apple MPS; set device: auto or cpu")
     return torch.device(name)
 
 

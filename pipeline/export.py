@@ -11,7 +11,7 @@ Each model is exported in memory, described by its metadata (:class:`pipeline.ru
 above ``export.parity_atol`` raises :class:`ExportError`. Reduced-size variants (fp16 weights with float32 inputs and
 outputs; int8: 8-bit dynamic quantization of the matrix products, uint8 weights) are compared with the float32 ONNX
 model and their error is recorded, not bounded. Only after every model of a run has passed are the files and the
-``models.json`` card written, each atomically.
+``models.json`` card written, as one set that replaces the previous export whole.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from torch import nn
 
 from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.config import ExportParams
-from pipeline.io import atomic_path, write_json
-from pipeline.runtime import INPUT_NAMES, LABEL_NAME, OUTPUT_NAMES, ModelMetadata
+from pipeline.io import atomic_directory, write_json
+from pipeline.runtime import INPUT_NAMES, LABEL_NAME, MANIFEST_NAME, OUTPUT_NAMES, ModelMetadata
 
 PARITY_BATCH_SIZES = (1, 5, 64)
-CARD_NAME = "models.json"
+CARD_NAME = MANIFEST_NAME
 
 
 class ExportError(RuntimeError):
@@ -395,16 +395,21 @@ def export_checkpoints(checkpoint_dir: str | Path, export_config: ExportParams, 
 
 
 def write_exported(models: Sequence[ExportedModel], out_dir: str | Path) -> dict[str, Any]:
-    """Write every model file, then the ``models.json`` card listing them, each atomically; return the card."""
+    """Replace ``out_dir`` as a whole by the model files and the ``models.json`` card listing them; return the card.
+
+    Everything is written into a new folder beside ``out_dir``, which then takes its place: an export that fails
+    midway (an unwritable folder, a full disk) leaves the previous set of files and manifest as they were, never a
+    mix of two exports.
+    """
     out_dir = Path(out_dir)
-    for model in models:
-        with atomic_path(out_dir / model.filename) as tmp:
-            tmp.write_bytes(model.data)
     card = {
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "models": [model.card for model in models],
     }
-    write_json(out_dir / CARD_NAME, card)
+    with atomic_directory(out_dir) as staging:
+        for model in models:
+            (staging / model.filename).write_bytes(model.data)
+        write_json(staging / CARD_NAME, card)
     return card

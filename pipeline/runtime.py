@@ -14,7 +14,9 @@ instance (one onnxruntime session) may be shared by many threads: onnxruntime's
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,8 @@ METADATA_KEYS = (
 INPUT_NAMES = {"vae_decoder": "z", "gan_generator": "z", "vae_encoder": "image"}
 OUTPUT_NAMES = {"vae_decoder": ("image",), "gan_generator": ("image",), "vae_encoder": ("mu", "logvar")}
 LABEL_NAME = "label"
+MANIFEST_NAME = "models.json"  # the export stage's list of the files it wrote together, with their sha256
+SAMPLE_BATCH = 1024  # images decoded per onnxruntime call when sampling
 
 
 class ModelFileError(ValueError):
@@ -125,6 +129,7 @@ def open_session(path: str | Path, providers: list[str] | None = None, threads: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file; run `python -m stages export` first")
+    check_against_manifest(path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -134,6 +139,23 @@ def open_session(path: str | Path, providers: list[str] | None = None, threads: 
         return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
     except Exception as err:  # onnxruntime raises its own exception types for unreadable files
         raise ModelFileError(f"{path}: not a loadable ONNX model ({str(err).strip()[:300]})") from None
+
+
+def check_against_manifest(path: str | Path) -> None:
+    """Where a ``models.json`` lies beside ``path``, the file must be listed there with its sha256: a model left
+    over from another export (or a manifest that is not) is refused, so one set of files is used together."""
+    path = Path(path)
+    manifest = path.parent / MANIFEST_NAME
+    if not manifest.is_file():
+        return
+    try:
+        entries = {entry["file"]: entry["sha256"] for entry in json.loads(manifest.read_text())["models"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelFileError(f"{manifest}: not a valid export manifest ({err}); re-run the export stage") from None
+    if path.name not in entries:
+        raise ModelFileError(f"{path}: not listed in {manifest} beside it; use the files of one export")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != entries[path.name]:
+        raise ModelFileError(f"{path}: its sha256 differs from {manifest} beside it; re-run the export stage")
 
 
 def read_metadata(session: ort.InferenceSession, source: str = "model") -> ModelMetadata:
@@ -166,6 +188,9 @@ class GenerativeModel:
         providers: list[str] | None = None,
         threads: int | None = None,
     ) -> None:
+        for name, value in (("path", path), ("encoder_path", encoder_path)):
+            if not isinstance(value, (str, Path)) and not (name == "encoder_path" and value is None):
+                raise ValueError(f"{name} must be the path of an .onnx file, got {value!r}")
         self.path = Path(path)
         self._session = open_session(path, providers, threads)
         self.metadata = read_metadata(self._session, str(path))
@@ -213,22 +238,51 @@ class GenerativeModel:
 
         Conditional models: ``labels`` is one class for all, or ``n`` classes; None cycles 0, 1, ..., K-1, 0, ...
         """
+        return np.concatenate(list(self.sample_batches(n, seed, labels, temperature)))
+
+    def sample_batches(
+        self,
+        n: int,
+        seed: int = 0,
+        labels: int | np.ndarray | None = None,
+        temperature: float = 1.0,
+        batch_size: int = SAMPLE_BATCH,
+    ) -> Iterator[np.ndarray]:
+        """:meth:`sample` in consecutive batches of at most ``batch_size`` images (the same images, in order), so
+        memory does not grow with ``n``."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
             raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if not np.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if labels is None and self.metadata.conditional:
             labels = np.arange(n) % self.metadata.num_classes
         elif labels is not None and np.ndim(labels) == 0:
             labels = np.full(n, labels)
-        z = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
-        return self.decode(z * np.float32(temperature), labels)
+        if labels is not None:
+            self._label_feed(labels, n)  # every label checked before the first batch is decoded
+        rng = np.random.default_rng(seed)
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            z = rng.standard_normal((count, self.latent_dim), dtype=np.float32) * np.float32(temperature)
+            yield self.decode(z, None if labels is None else np.asarray(labels)[start : start + count])
 
     def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Images for latents ``z`` (float32 N×D): Bernoulli probabilities or Gaussian means, or g(z)."""
         z = self._check_array("z", z, (self.latent_dim,))
+        if not np.isfinite(_bounds(z)).all():
+            raise ValueError("z holds NaN or infinite values; pass finite latents")
         feeds = {INPUT_NAMES[self.metadata.kind]: z, **self._label_feed(labels, len(z))}
-        return self._session.run(None, feeds)[0]
+        (images,) = self._session.run(None, feeds)
+        if images.shape != (len(z), *self.image_shape):
+            raise ModelFileError(
+                f"{self.path}: outputs images of shape {images.shape[1:]}, its metadata says {self.image_shape}; "
+                "re-export the model"
+            )
+        return images
 
     def encode(self, x: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The approximate posterior q(z|x) = N(mu, diag exp(logvar)) (11.18) of images ``x`` (float32 N×C×H×W)."""
@@ -239,6 +293,11 @@ class GenerativeModel:
         if not (low >= 0.0 and high <= 1.0):  # also refuses NaN
             raise ValueError(f"x must lie in [0, 1], got values from {low} to {high}; divide 8-bit images by 255")
         mu, logvar = self._encoder.run(None, {"image": x, **self._label_feed(labels, len(x))})
+        if mu.shape != (len(x), self.latent_dim) or logvar.shape != mu.shape:
+            raise ModelFileError(
+                f"{self.path}: the encoder outputs shapes {mu.shape} and {logvar.shape}, its metadata says "
+                f"({len(x)}, {self.latent_dim}); re-export the model"
+            )
         return mu, logvar
 
     def reconstruct(self, x: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -278,6 +337,8 @@ class GenerativeModel:
         if labels is None:
             raise ValueError(f"this model is conditional on the class label: pass labels in [0, {k})")
         labels = np.asarray(labels)
+        if labels.dtype == object and all(isinstance(v, int) for v in labels.flat):
+            raise ValueError(f"labels must lie in [0, {k}), got values from {min(labels.flat)} to {max(labels.flat)}")
         if labels.dtype.kind not in "iu":
             raise ValueError(f"labels have dtype {labels.dtype}; pass integer class indices in [0, {k})")
         if labels.shape != (n,):

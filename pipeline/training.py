@@ -9,6 +9,7 @@ person reads them (logs, metrics, messages).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -26,7 +27,7 @@ from pipeline.checkpoint import CheckpointError, checkpoint_state, load_checkpoi
 from pipeline.config import Config, ConfigError, check_compatible
 from pipeline.data.processed import ProcessedData
 from pipeline.distributed import DistContext, barrier, init_distributed, shutdown
-from pipeline.io import check_writable, write_json
+from pipeline.io import OutputLockedError, check_writable, exclusive_lock, write_json
 from pipeline.models.base import LabelError
 from pipeline.seeds import seed_everything, stream_seed
 
@@ -38,7 +39,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 # what a training stage reports as one line: bad params for the data, unreadable checkpoints or data, a diverged run
-TRAINING_ERRORS = (ConfigError, CheckpointError, LabelError, NonFiniteLossError, ValueError, OSError)
+TRAINING_ERRORS = (ConfigError, CheckpointError, LabelError, NonFiniteLossError, OutputLockedError, ValueError, OSError)
 
 
 def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
@@ -250,7 +251,22 @@ def fit(
     """Train ``trainer`` to its last epoch (resuming from ``last.pt`` if asked and present); the writer rank saves
     last.pt every epoch and best.pt when the monitored validation metric improves, logs to dvclive, and at the end
     writes the summary metrics and the run card. ``params``: what the training depends on (stored as provenance,
-    compared on resume); ``data``: the description of the training data. Returns the summary ({} on other ranks)."""
+    compared on resume); ``data``: the description of the training data. Returns the summary ({} on other ranks).
+    The writer rank holds the checkpoint directory's lock throughout: a second trainer is refused."""
+    with exclusive_lock(outputs.checkpoint_dir) if ctx.is_writer else contextlib.nullcontext():
+        return _fit(trainer, outputs, params=params, data=data, resume=resume, ctx=ctx, progress=progress)
+
+
+def _fit(
+    trainer: Trainer,
+    outputs: TrainingOutputs,
+    *,
+    params: dict[str, Any],
+    data: dict[str, Any],
+    resume: bool,
+    ctx: DistContext,
+    progress: bool,
+) -> dict[str, Any]:
     if ctx.is_writer:
         check_writable(outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent)
         if outputs.metrics_path is not None:

@@ -27,6 +27,7 @@ def main(params_path: str) -> None:
         mirror=mirror_directory(data.mirror),
         timeout_s=data.timeout_s,
         retries=data.retries,
+        deadline_s=data.deadline_s,
         log=lambda message: click.echo(message, err=True),
     )
     total = sum(entry["bytes"] for entry in manifest["files"])

@@ -6,6 +6,8 @@ written; a failed check exits non-zero and leaves export/ as it was.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from pipeline.checkpoint import CheckpointError
@@ -29,7 +31,7 @@ from stages.common import fail_cleanly, load_params, params_option
 def main(params_path: str, checkpoint_dir: str, out_dir: str) -> None:
     """Export the VAE decoder and encoder and the GAN generator (EMA weights) to ONNX, parity-checked."""
     config = load_params(params_path)
-    check_writable(out_dir)
+    check_writable(Path(out_dir).resolve().parent)  # the new set is written beside out_dir, then takes its place
     card = write_exported(export_checkpoints(checkpoint_dir, config.export, config.seed), out_dir)
     for entry in card["models"]:
         parity = entry["parity"]

@@ -6,15 +6,14 @@ python -m stages sample --all                     # the DVC stage: one grid per 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import click
 import numpy as np
 
 from pipeline.images import save_image_grid
-from pipeline.io import atomic_path, read_json
-from pipeline.runtime import GenerativeModel
+from pipeline.io import atomic_path, check_writable, read_json
+from pipeline.runtime import MANIFEST_NAME, GenerativeModel, check_against_manifest
 from stages.common import fail_cleanly
 
 
@@ -26,29 +25,45 @@ def parse_labels(text: str | None) -> np.ndarray | int | None:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an integer or a comma-separated list of integers") from None
+    for value in values:
+        if not 0 <= value < 2**31:
+            raise click.BadParameter(f"{value} is not a class index (0, 1, ...)", param_hint="--labels")
     return values[0] if len(values) == 1 else np.array(values)
 
 
-def write_images(images: np.ndarray, out: Path) -> None:
-    """A PNG grid (each image enlarged to at least 56 pixels high) or the raw float32 N×C×H×W array as .npy."""
-    if out.suffix == ".npy":
-        with atomic_path(out) as tmp, tmp.open("wb") as f:
-            np.save(f, images)
+MAX_GRID_IMAGES = 4096  # a PNG grid of more is unreadable; .npy takes any number
+
+
+def write_samples(model: GenerativeModel, out: Path, n: int, seed: int, labels=None, temperature: float = 1.0) -> None:
+    """A PNG grid (each image enlarged to at least 56 pixels high) or the raw float32 N×C×H×W array as .npy,
+    written atomically; the .npy is filled batch by batch, so memory does not grow with ``n``."""
+    if out.suffix.lower() == ".npy":
+        with atomic_path(out) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *model.image_shape))
+            start = 0
+            for batch in model.sample_batches(n, seed, labels, temperature):
+                array[start : start + len(batch)] = batch
+                start += len(batch)
+            array.flush()
+            del array
     else:
+        images = model.sample(n, seed, labels, temperature)
         save_image_grid(images, out, scale=max(1, 56 // images.shape[2]))
 
 
 @click.command()
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="a vae_decoder or gan_generator .onnx")
-@click.option("-n", "num", default=64, show_default=True, type=int, help="number of samples")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-n", "num", default=64, show_default=True, type=click.IntRange(min=1), help="number of samples")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.png", show_default=True, help=".png or .npy")
 @click.option("--labels", help="conditional models: one class for all, or one per sample (comma-separated)")
-@click.option("--temperature", default=1.0, show_default=True, type=float, help="z ~ N(0, T² I)")
+@click.option(
+    "--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="z ~ N(0, T² I)"
+)
 @click.option("--all", "all_models", is_flag=True, help="one grid per decoder/generator in EXPORT_DIR/models.json")
 @click.option("--export-dir", default="export", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out-dir", default="outputs/samples", show_default=True, type=click.Path(file_okay=False))
-@fail_cleanly(ValueError, FileNotFoundError)
+@fail_cleanly(ValueError, OSError)
 def main(
     model_path: str | None,
     num: int,
@@ -62,25 +77,27 @@ def main(
 ) -> None:
     """Sample images from an exported model (conditional models cycle through the classes unless --labels)."""
     if all_models:
-        card_path = Path(export_dir) / "models.json"
+        card_path = Path(export_dir) / MANIFEST_NAME
         if not card_path.is_file():
             raise click.ClickException(f"{card_path}: no model card; run `python -m stages export` first")
         entries = [e for e in read_json(card_path)["models"] if e["kind"] != "vae_encoder"]
         for entry in entries:
-            path = Path(export_dir) / entry["file"]
-            if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
-                raise click.ClickException(f"{path}: sha256 differs from {card_path}; re-run the export stage")
+            check_against_manifest(Path(export_dir) / entry["file"])
+        check_writable(out_dir)
         for entry in entries:
             model = GenerativeModel(Path(export_dir) / entry["file"])
             target = Path(out_dir) / (Path(entry["file"]).stem + ".png")
-            write_images(model.sample(num, seed, temperature=temperature), target)
+            write_samples(model, target, min(num, MAX_GRID_IMAGES), seed, temperature=temperature)
             click.echo(f"{target}: {num} samples of {entry['file']} ({model.providers[0]})")
         return
     if model_path is None:
         raise click.UsageError("give --model export/<file>.onnx, or --all")
-    if Path(out).suffix not in (".png", ".npy"):
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".png", ".npy"):
         raise click.BadParameter(f"{out!r} must end in .png or .npy", param_hint="--out")
+    if suffix == ".png" and num > MAX_GRID_IMAGES:
+        raise click.BadParameter(f"{num} images do not make a readable grid; write .npy for more", param_hint="-n")
+    check_writable(Path(out).parent)
     model = GenerativeModel(model_path)
-    images = model.sample(num, seed, parse_labels(labels), temperature)
-    write_images(images, Path(out))
+    write_samples(model, Path(out), num, seed, parse_labels(labels), temperature)
     click.echo(f"{out}: {num} samples of {model_path} ({model.providers[0]})")

@@ -2,14 +2,77 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.data.processed import save_processed
 
 REPO = Path(__file__).resolve().parents[1]
+DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# the pipeline's wiring on the default digits, at sizes that run in seconds
+TINY_PARAMS = {
+    "latent_dim": 2,
+    "device": "cpu",
+    "vae": {"hidden_sizes": [16], "epochs": 1, "batch_size": 128},
+    "gan": {"hidden_sizes": [16], "epochs": 1, "batch_size": 128, "sample_every_epochs": 1},
+    "evaluate": {
+        "num_samples": 8,
+        "curve_ks": [1, 4],
+        "max_points": 16,
+        "ais_steps": 2,
+        "ais_chains": 2,
+        "ais_points": 4,
+        "classifier_epochs": 1,
+        "num_generated": 40,
+    },
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s values, nested sections merged key by key."""
+    return {k: merge(base[k], v) if isinstance(v, dict) else v for k, v in {**base, **override}.items()}
+
+
+def stage_args(stage: dict) -> list[str]:
+    """The arguments after `python -m stages` of a dvc.yaml stage's command."""
+    words = shlex.split(stage["cmd"])
+    assert words[:3] == ["python", "-m", "stages"], stage["cmd"]
+    return words[3:]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A directory where every stage of dvc.yaml ran once, in order, on tiny params; ``params_read``: the params
+    keys each stage read (traced by tests/trace_params.py)."""
+
+    path: Path
+    params_read: dict[str, set[str]]
+
+
+@pytest.fixture(scope="session")
+def pipeline_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    work = tmp_path_factory.mktemp("workspace")
+    traces = tmp_path_factory.mktemp("traces")
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    read = {}
+    for name, stage in DVC_STAGES.items():
+        out = traces / f"{name}.json"
+        command = [sys.executable, str(REPO / "tests" / "trace_params.py"), str(out), *stage_args(stage)]
+        result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
+        read[name] = set(json.loads(out.read_text()))
+    return Workspace(work, read)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -17,13 +17,12 @@ import pytest
 from pipeline.data.fetch import (
     MIRROR_ENV,
     DownloadError,
-    atomic_directory,
     download_dataset,
     fetch_file,
     mirror_directory,
 )
 from pipeline.data.registry import DatasetSpec, RawFile, get_dataset
-from pipeline.io import read_json
+from pipeline.io import atomic_directory, read_json
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()  # ~3 read chunks
@@ -213,6 +212,25 @@ def test_environment_variable_overrides_the_mirror_param(monkeypatch: pytest.Mon
     assert mirror_directory("/params/mirror") == Path("/params/mirror")
     monkeypatch.setenv(MIRROR_ENV, "/env/mirror")
     assert mirror_directory("/params/mirror") == Path("/env/mirror")
+
+
+def test_the_worst_case_is_announced_and_a_deadline_caps_it(server: FaultyServer, tmp_path: Path) -> None:
+    """A mirror that never answers in time: the log says up front how long trying every source can take, and
+    data.deadline_s stops the whole download at its deadline instead of after every attempt on every source."""
+    server.files["/stalls/blob.bin.gz"] = BLOB
+    server.faults["/stalls/blob.bin.gz"] = ["stall"] * 20
+    sources = [server.url + "/stalls/", server.url + "/stalls/"]
+    spec = DatasetSpec("blobs", "test", "remote", "idx", files=(BLOB_FILE,), sources=tuple(sources))
+    messages: list[str] = []
+    options = {**FAST, "timeout_s": 0.4, "retries": 3, "backoff_s": 0.05}
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as caught:
+        download_dataset(spec, tmp_path / "raw", deadline_s=0.6, log=messages.append, **options)
+    elapsed = time.monotonic() - started
+    assert "takes up to 3 s (1 files × 2 sources × 3 attempts of up to 0.4 s, plus backoff)" in messages[0]
+    assert "data.deadline_s caps it at 0.6 s" in messages[0]
+    assert elapsed < 2.2, elapsed  # without the deadline: 2 sources × 3 attempts × 0.4 s and backoff, 2.7 s
+    assert "data.deadline_s reached" in str(caught.value)
 
 
 def test_failed_download_keeps_the_previous_raw_directory(server: FaultyServer, tmp_path: Path) -> None:

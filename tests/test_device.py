@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from pipeline.config import Config, GanParams, VaeParams
+from pipeline.config import Config, ConfigError, GanParams, VaeParams
 from pipeline.device import select_device, to_device
 from pipeline.gan_trainer import build_generator
 from pipeline.vae_trainer import build_vae
@@ -16,7 +16,7 @@ from pipeline.vae_trainer import build_vae
 def test_select_device_names_the_missing_accelerator() -> None:
     assert select_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA GPU; set device: auto or cpu"):
+        with pytest.raises(ConfigError, match="device: 'cuda' was asked for but torch sees no CUDA GPU"):
             select_device("cuda")
 
 

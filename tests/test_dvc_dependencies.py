@@ -6,38 +6,16 @@ a stage for nothing."""
 from __future__ import annotations
 
 import ast
-import json
-import os
-import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import DVC_STAGES, Workspace, stage_args
 
 from pipeline.config import Config
 from stages.__main__ import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("pipeline", "stages", "benchmarks")
-DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
-TINY = {
-    "latent_dim": 2,
-    "vae": {"hidden_sizes": [16], "epochs": 1, "batch_size": 128},
-    "gan": {"hidden_sizes": [16], "epochs": 1, "batch_size": 128, "sample_every_epochs": 1},
-    "evaluate": {
-        "num_samples": 8,
-        "curve_ks": [1, 4],
-        "max_points": 16,
-        "ais_steps": 2,
-        "ais_chains": 2,
-        "ais_points": 4,
-        "classifier_epochs": 1,
-        "num_generated": 40,
-    },
-}
 
 
 def _module_file(name: str) -> Path | None:
@@ -103,47 +81,19 @@ def _leaf_keys(keys: list[str]) -> set[str]:
     return leaves
 
 
-def _stage_args(stage: dict) -> list[str]:
-    words = shlex.split(stage["cmd"])
-    assert words[:3] == ["python", "-m", "stages"], stage["cmd"]
-    return words[3:]
-
-
-def _merge(base: dict, override: dict) -> dict:
-    return {k: _merge(base[k], v) if isinstance(v, dict) else v for k, v in {**base, **override}.items()}
-
-
-@pytest.fixture(scope="module")
-def traced_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """Every stage of dvc.yaml run in order on tiny data in a scratch directory, with the keys each one read."""
-    work = tmp_path_factory.mktemp("stages")
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    read = {}
-    for name, stage in DVC_YAML["stages"].items():
-        out = work / f"{name}.params.json"
-        command = [sys.executable, str(REPO / "tests" / "trace_params.py"), str(out), *_stage_args(stage)]
-        result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr}"
-        read[name] = set(json.loads(out.read_text()))
-    shutil.rmtree(work / "data", ignore_errors=True)
-    return read
-
-
-@pytest.mark.parametrize("name", list(DVC_YAML["stages"]))
+@pytest.mark.parametrize("name", list(DVC_STAGES))
 def test_stage_declares_exactly_the_project_files_it_imports(name: str) -> None:
-    stage = DVC_YAML["stages"][name]
-    module = STAGES[_stage_args(stage)[0]]
+    stage = DVC_STAGES[name]
+    module = STAGES[stage_args(stage)[0]]
     used = imported_files(module)
     declared = {dep for dep in stage.get("deps", []) if dep.endswith(".py")}
     assert not used - declared, f"{name}: dvc.yaml does not declare {sorted(used - declared)}"
     assert not declared - used, f"{name}: dvc.yaml declares files it does not import: {sorted(declared - used)}"
 
 
-@pytest.mark.parametrize("name", list(DVC_YAML["stages"]))
-def test_stage_declares_exactly_the_params_it_reads(name: str, traced_params: dict[str, set[str]]) -> None:
-    declared = _leaf_keys(DVC_YAML["stages"][name].get("params", []))
-    read = traced_params[name]
+@pytest.mark.parametrize("name", list(DVC_STAGES))
+def test_stage_declares_exactly_the_params_it_reads(name: str, pipeline_workspace: Workspace) -> None:
+    declared = _leaf_keys(DVC_STAGES[name].get("params", []))
+    read = pipeline_workspace.params_read[name]
     assert not read - declared, f"{name}: dvc.yaml does not declare params {sorted(read - declared)}"
     assert not declared - read, f"{name}: dvc.yaml declares params it does not read: {sorted(declared - read)}"

@@ -200,7 +200,22 @@ def test_stage_exports_checkpoints_and_a_failure_writes_nothing(tmp_path: Path) 
 
     result = run_stage(tmp_path, config, tmp_path / "none", tmp_path / "empty")
     assert result.exit_code == 1 and "train a model first" in result.output
-    assert not list((tmp_path / "empty").iterdir())
+    assert not (tmp_path / "empty").exists()
+
+
+def test_an_export_replaces_the_previous_set_whole(tmp_path: Path, exported) -> None:
+    """The files and the manifest are one set: a folder in the way of one file (where the old code wrote the other
+    files and failed on it, leaving two exports mixed) does not matter, and files of the old set disappear."""
+    _, _, vae, _, plain, _ = exported
+    out = tmp_path / "export"
+    (out / "vae_decoder.onnx").mkdir(parents=True)
+    (out / "gan_generator.int8.onnx").write_bytes(b"an old model")
+    card = write_exported(export_vae(vae, DATA, plain.to_dict(), plain.export), out)
+    files = {entry["file"] for entry in card["models"]}
+    assert {p.name for p in out.iterdir()} == files | {"models.json"}
+    for entry in card["models"]:
+        assert hashlib.sha256((out / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "export"]  # no staging folder left
 
 
 def test_export_params_are_checked_and_the_opset_is_honoured() -> None:

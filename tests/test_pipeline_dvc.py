@@ -12,32 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_PARAMS, merge
 
 REPO = Path(__file__).resolve().parents[1]
-
-# tiny settings: the point is wiring, not quality
-TINY = {
-    "latent_dim": 2,
-    "vae": {"hidden_sizes": [32], "epochs": 2, "batch_size": 64},
-    "gan": {"hidden_sizes": [32], "epochs": 2, "batch_size": 64, "sample_every_epochs": 1},
-    "evaluate": {
-        "num_samples": 20,
-        "curve_ks": [1, 5],
-        "max_points": 20,
-        "ais_steps": 5,
-        "ais_chains": 2,
-        "ais_points": 4,
-        "classifier_epochs": 1,
-        "num_generated": 50,
-    },
-}
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return out
 
 
 def _env() -> dict[str, str]:
@@ -87,7 +64,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,29 @@ def test_files_that_are_not_exported_models_are_refused(tmp_path: Path, export_d
         GenerativeModel(export_dir / "vae_encoder.onnx")
     with pytest.raises(ModelFileError, match="pairs a vae_encoder with a vae_decoder"):
         GenerativeModel(export_dir / "gan_generator.onnx", encoder_path=export_dir / "vae_encoder.onnx")
+
+
+def test_sampling_in_batches_gives_the_same_images(gan: GenerativeModel) -> None:
+    """sample() decodes in bounded batches (memory does not grow with n): the images are those of one big batch."""
+    whole = next(gan.sample_batches(300, seed=5, batch_size=300))
+    parts = list(gan.sample_batches(300, seed=5, batch_size=64))
+    assert [len(p) for p in parts] == [64, 64, 64, 64, 44]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    np.testing.assert_array_equal(gan.sample(300, seed=5), whole)
+
+
+def test_a_model_is_checked_against_the_manifest_beside_it(tmp_path: Path, export_dir: Path) -> None:
+    """A file left over from another export, or renamed into a folder with a manifest that does not list it, is
+    refused: one set of files is used together."""
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    GenerativeModel(copy / "gan_generator.onnx")
+    shutil.copy(copy / "vae_decoder.onnx", copy / "gan_generator.onnx")
+    with pytest.raises(ModelFileError, match="gan_generator.onnx: its sha256 differs from .*models.json beside it"):
+        GenerativeModel(copy / "gan_generator.onnx")
+    shutil.copy(copy / "vae_decoder.onnx", copy / "extra.onnx")
+    with pytest.raises(ModelFileError, match="extra.onnx: not listed in"):
+        GenerativeModel(copy / "extra.onnx")
 
 
 def test_one_session_shared_by_threads_gives_the_sequential_results(vae: GenerativeModel) -> None:

@@ -10,28 +10,27 @@ the whole ``data/raw/`` directory beside the old one and swaps it in only when e
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.formats import list_image_folder, read_npz
+from pipeline.data.formats import image_error, list_image_folder, read_npz
 from pipeline.data.registry import DatasetError, DatasetSpec, RawFile
-from pipeline.io import write_json
+from pipeline.io import atomic_directory, write_json
 
 MIRROR_ENV = "DGM_DATA_MIRROR"
 USER_AGENT = "deep-generative-pipeline/0.1 (python urllib)"
@@ -173,10 +172,14 @@ def _download_with_retries(
     backoff_s: float,
     progress: bool | None,
     log: Callable[[str], None],
+    deadline: float | None = None,
 ) -> None:
     for attempt in range(1, retries + 1):
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise _GiveUpOnSource("data.deadline_s reached")
         try:
-            _http_get(url, part, timeout_s=timeout_s, progress=progress)
+            _http_get(url, part, timeout_s=min(timeout_s, left), progress=progress)
             return
         except RETRYABLE as err:
             if attempt == retries:
@@ -185,7 +188,7 @@ def _download_with_retries(
             kept = part.stat().st_size if part.exists() else 0
             resume = f", resuming after {kept} bytes" if kept else ""
             log(f"  {url}: {_describe(err, timeout_s)}; attempt {attempt + 1}/{retries} in {delay:g} s{resume}")
-            time.sleep(delay)
+            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
 
 
 def fetch_file(
@@ -200,9 +203,11 @@ def fetch_file(
     backoff_s: float = 1.0,
     progress: bool | None = None,
     log: Callable[[str], None] = _stderr,
+    deadline: float | None = None,
 ) -> Fetched:
     """Put a verified copy of ``raw_file`` at ``destination``: from ``mirror`` if it has one, else from the
-    first of ``sources`` (base URLs) that delivers it. Raise DownloadError listing every source tried."""
+    first of ``sources`` (base URLs) that delivers it. Raise DownloadError listing every source tried.
+    ``deadline``: a ``time.monotonic()`` time after which no source is tried any more."""
     destination = Path(destination)
     part = destination.with_name(f".{destination.name}.part")
     failures: list[str] = []
@@ -227,7 +232,14 @@ def fetch_file(
             part.unlink(missing_ok=True)
             try:
                 _download_with_retries(
-                    url, part, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, progress=progress, log=log
+                    url,
+                    part,
+                    timeout_s=timeout_s,
+                    retries=retries,
+                    backoff_s=backoff_s,
+                    progress=progress,
+                    log=log,
+                    deadline=deadline,
                 )
                 verified = verify_file(part, raw_file)
             except (_GiveUpOnSource, ChecksumError) as err:
@@ -240,26 +252,6 @@ def fetch_file(
         part.unlink(missing_ok=True)
     tried = "\n".join(f"  - {failure}" for failure in failures) or "  (no sources configured)"
     raise DownloadError(f"could not fetch {raw_file.name}; every source failed:\n{tried}")
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``path``; swap it in for ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def hand_placement_help(spec: DatasetSpec, raw_dir: Path) -> str:
@@ -284,8 +276,21 @@ def _write_digits(destination: Path) -> str:
     return f"sklearn.datasets.load_digits (scikit-learn {sklearn_version})"
 
 
+MAX_LISTED_FILES = 20  # unreadable images named in one message
+
+
 def _copy_user_folder(source: Path, destination: Path) -> str:
+    """Copy the user's image folder into ``destination`` after checking every image opens: all unreadable ones
+    are reported at once, by the user's own paths."""
     files, _, _ = list_image_folder(source)
+    errors = [error for error in map(image_error, files) if error]
+    if errors:
+        listed = "\n  ".join(errors[:MAX_LISTED_FILES])
+        more = f"\n  ... and {len(errors) - MAX_LISTED_FILES} more" if len(errors) > MAX_LISTED_FILES else ""
+        raise DatasetError(
+            f"{len(errors)} of the {len(files)} images in {source} cannot be read; fix or remove them:"
+            f"\n  {listed}{more}"
+        )
     for file in files:
         target = destination / file.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -303,12 +308,15 @@ def download_dataset(
     timeout_s: float = 30.0,
     retries: int = 3,
     backoff_s: float = 1.0,
+    deadline_s: float | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = _stderr,
 ) -> dict:
     """Write ``raw_dir/<dataset>/`` and ``raw_dir/manifest.json`` (each file's size, sha256 and origin), replacing
-    ``raw_dir`` atomically. ``sources`` overrides the registry's remote mirrors; ``path`` is the user's data."""
+    ``raw_dir`` atomically. ``sources`` overrides the registry's remote mirrors; ``path`` is the user's data;
+    ``deadline_s`` caps the whole download (every file, source and attempt)."""
     raw_dir = Path(raw_dir)
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
     if spec.origin in ("user_file", "user_folder"):
         if not path:
             raise DatasetError(f"data.path is not set; dataset {spec.name!r} reads your data from it")
@@ -320,12 +328,21 @@ def download_dataset(
         target.mkdir()
         origins: dict[str, Fetched] = {}
         if spec.origin == "remote":
+            source_list = spec.sources if sources is None else sources
+            per_source = retries * timeout_s + backoff_s * (2 ** (retries - 1) - 1)
+            worst = len(spec.files) * len(source_list) * per_source
+            limit = f"data.deadline_s caps it at {deadline_s:g} s" if deadline_s else "set data.deadline_s to cap it"
+            log(
+                f"{spec.name}: files missing from the local mirror are fetched from {len(source_list)} source(s); if "
+                f"none answers this takes up to {worst:.0f} s ({len(spec.files)} files × {len(source_list)} sources × "
+                f"{retries} attempts of up to {timeout_s:g} s, plus backoff); {limit}"
+            )
             for raw_file in spec.files:
                 try:
                     fetched = fetch_file(
                         raw_file,
                         target / raw_file.name,
-                        spec.sources if sources is None else sources,
+                        source_list,
                         mirror=mirror,
                         dataset=spec.name,
                         timeout_s=timeout_s,
@@ -333,6 +350,7 @@ def download_dataset(
                         backoff_s=backoff_s,
                         progress=progress,
                         log=log,
+                        deadline=deadline,
                     )
                 except DownloadError as err:
                     raise DownloadError(f"{err}\n{hand_placement_help(spec, raw_dir)}") from None

@@ -147,6 +147,16 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     )
 
 
+def image_error(path: Path) -> str | None:
+    """Why the image file at ``path`` cannot be decoded, or None if it can."""
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return f"{path}: not a readable PNG/JPEG image ({err})"
+    return None
+
+
 def read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
     """One image as uint8 H×W×C: converted to grey or RGB, centre-cropped to a square, resized."""
     try:

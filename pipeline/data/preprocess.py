@@ -28,6 +28,7 @@ TEST_SPLIT_SEED = 0
 VALIDATION_STREAM, BINARIZE_STREAM = 1, 2  # independent random streams derived from the params' seed
 SAMPLE_GRID = 64
 RUN_DOWNLOAD = "run the download stage first (`dvc repro download`)"
+MIN_SIDE = 4  # the smallest image side every later stage can take (the feature classifier pools twice)
 
 
 @dataclass
@@ -141,19 +142,39 @@ def _load_npz(path: Path) -> RawDataset:
         raise DatasetError(f"{path}: labels for some splits but not {missing}; give labels for every split or none")
     if "y_valid" in arrays and "x_valid" not in arrays:
         raise DatasetError(f"{path}: y_valid without x_valid")
-    x = {
-        split: to_unit_storage(to_nchw(images, f"{path}: x_{split}"), f"{path}: x_{split}")
-        for split, images in x.items()
-    }
+    x = {split: to_nchw(images, f"{path}: x_{split}") for split, images in x.items()}
+    if (
+        all(np.issubdtype(images.dtype, np.integer) for images in x.values())
+        and max(int(images.max(initial=0)) for images in x.values()) <= 1
+    ):
+        # integer images holding only 0 and 1 are binary images, not the two darkest of 256 grey levels
+        x = {split: _binary_storage(images, f"{path}: x_{split}") for split, images in x.items()}
+        return _with_labels(RawDataset(x, None, binary=True), arrays, labelled, path)
+    x = {split: to_unit_storage(images, f"{path}: x_{split}") for split, images in x.items()}
+    if len({images.shape[1:] for images in x.values()}) == 1 and len({images.dtype for images in x.values()}) != 1:
+        x = {split: unit_float(images, binary=False) for split, images in x.items()}
+    return _with_labels(RawDataset(x, None), arrays, labelled, path)
+
+
+def _binary_storage(x: np.ndarray, name: str) -> np.ndarray:
+    if x.size == 0:
+        raise DatasetError(f"{name}: no images")
+    if int(x.min()) < 0:
+        raise DatasetError(f"{name}: integer values must lie in 0..255, found {int(x.min())}")
+    return x.astype(np.uint8)
+
+
+def _with_labels(data: RawDataset, arrays: dict[str, np.ndarray], labelled: list[str], path: Path) -> RawDataset:
+    """``data`` with the npz's labels checked and attached (when it has them)."""
+    x = data.x
     shapes = {split: images.shape[1:] for split, images in x.items()}
     if len(set(shapes.values())) != 1:
         raise DatasetError(f"{path}: splits have different image shapes {shapes}")
-    if len({images.dtype for images in x.values()}) != 1:
-        x = {split: unit_float(images, binary=False) for split, images in x.items()}
     if not labelled:
-        return RawDataset(x, None)
-    y = {split: check_labels(arrays[f"y_{split}"], len(x[split]), f"{path}: y_{split}") for split in x}
-    return RawDataset(x, y, num_classes=int(max(labels.max() for labels in y.values())) + 1)
+        return data
+    data.y = {split: check_labels(arrays[f"y_{split}"], len(x[split]), f"{path}: y_{split}") for split in x}
+    data.num_classes = int(max(labels.max() for labels in data.y.values())) + 1
+    return data
 
 
 def _split_off(data: RawDataset, source: str, target: str, fraction: float, rng: np.random.Generator) -> None:
@@ -218,10 +239,16 @@ def preprocess(
         _split_off(data, "train", "valid", validation_fraction, np.random.default_rng((seed, VALIDATION_STREAM)))
         splits_note["valid"] = f"{validation_fraction} of train, seed {seed}"
 
+    _, height, width = data.x["train"].shape[1:]
+    if min(height, width) < MIN_SIDE:
+        raise DatasetError(
+            f"{dataset}: images of {height}×{width} pixels are too small for the train_classifier stage (the sample "
+            f"metrics' feature classifier), which needs at least {MIN_SIDE}×{MIN_SIDE}; use larger images"
+        )
     mode = binarize
     if data.binary:
         if binarize != "static":
-            log(f"note: {dataset} is already binary (a fixed binarization); recording binarize=static")
+            log(f"note: {dataset}'s images are already binary (0/1 values); recording binarize=static")
         mode = "static"
     elif binarize == "static":
         rng = np.random.default_rng((seed, BINARIZE_STREAM))

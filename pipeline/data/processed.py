@@ -8,6 +8,7 @@ binarization; float32 in [0, 1] otherwise), optional ``y_*`` int64 labels, and
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -83,7 +84,12 @@ def load_processed(directory: str | Path = "data/processed") -> ProcessedData:
     if not (directory / "stats.json").exists() or not (directory / "arrays.npz").exists():
         raise FileNotFoundError(f"{directory}: no processed data; run `dvc repro preprocess` first")
     meta = read_json(directory / "stats.json")
-    with np.load(directory / "arrays.npz") as arrays:
-        x = {s: _to_unit(arrays[f"x_{s}"], meta["levels"]) for s in SPLITS}
-        y = {s: arrays[f"y_{s}"] for s in SPLITS} if "y_train" in arrays else None
+    try:
+        with np.load(directory / "arrays.npz") as arrays:
+            x = {s: _to_unit(arrays[f"x_{s}"], meta["levels"]) for s in SPLITS}
+            y = {s: arrays[f"y_{s}"] for s in SPLITS} if "y_train" in arrays else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(
+            f"{directory / 'arrays.npz'}: unreadable processed data ({err}); re-create it with dvc repro -f preprocess"
+        ) from None
     return ProcessedData(x=x, y=y, binarize=meta["binarize"], num_classes=meta["num_classes"], dataset=meta["dataset"])

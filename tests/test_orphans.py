@@ -1,0 +1,86 @@
+"""A stage never outlives the dvc process that started it, and two trainers never write one checkpoint folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import Workspace, merge
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+LONG_TRAINING = {"vae": {"epochs": 100000, "batch_size": 32}}
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for a parent that never reaps counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def long_run(pipeline_workspace: Workspace, tmp_path: Path) -> Path:
+    root = tmp_path / "work"
+    shutil.copytree(pipeline_workspace.path, root)
+    params = merge(yaml.safe_load((root / "params.yaml").read_text()), LONG_TRAINING)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_stage_ends_when_the_process_that_started_it_dies(long_run: Path) -> None:
+    launcher = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'stages', 'train_vae'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", launcher], cwd=long_run, env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    child = int(parent.stdout.readline())
+    lock = long_run / "checkpoints" / ".vae.lock"
+    try:
+        assert _wait_for(lambda: lock.exists() and lock.read_text() == str(child), 60), "the trainer never started"
+        parent.send_signal(signal.SIGKILL)  # as `kill -9` of dvc: no chance to pass anything on
+        parent.wait()
+        assert _wait_for(lambda: not _alive(child), 30), "the stage trains on as an orphan"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+    assert not list(long_run.rglob("*.tmp*")), "an interrupted write left a temporary file"
+
+
+def test_a_second_trainer_is_refused_while_the_first_writes(long_run: Path) -> None:
+    first = subprocess.Popen([sys.executable, "-m", "stages", "train_vae"], cwd=long_run, env=ENV)
+    lock = long_run / "checkpoints" / ".vae.lock"
+    try:
+        assert _wait_for(lambda: lock.exists() and lock.read_text() == str(first.pid), 60)
+        second = subprocess.run(
+            [sys.executable, "-m", "stages", "train_vae"], cwd=long_run, env=ENV, capture_output=True, text=True
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"another trainer (pid {first.pid}) is writing here" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
