@@ -77,7 +77,7 @@ def test_all_mode_draws_one_grid_per_decoder_and_generator(export_dir: Path, tmp
     tampered = shutil.copytree(export_dir, tmp_path / "tampered")
     (tampered / "gan_generator.onnx").write_bytes((export_dir / "gan_generator.onnx").read_bytes() + b"\0")
     result = sample_cli("--all", "--export-dir", str(tampered), "--out-dir", str(tmp_path / "again"))
-    assert result.returncode == 1 and "gan_generator.onnx: sha256 differs" in result.stderr
+    assert result.returncode == 1 and "gan_generator.onnx: its sha256 differs from" in result.stderr
     assert not (tmp_path / "again").exists()  # every file is checked before any grid is drawn
 
 
@@ -86,7 +86,7 @@ def test_bad_requests_fail_cleanly(export_dir: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not onnx")
     cases = [
-        (["--model", model, "-n", "0"], 1, "n must be a positive integer"),
+        (["--model", model, "-n", "0"], 2, "Invalid value for '-n': 0 is not in the range x>=1"),
         (["--model", model, "--labels", "10"], 1, r"labels must lie in [0, 10)"),
         (["--model", model, "--labels", "one"], 2, "is not an integer or a comma-separated list"),
         (["--model", model, "--out", str(tmp_path / "x.jpg")], 2, "must end in .png or .npy"),
