@@ -254,63 +254,50 @@ def fit(
     compared on resume); ``data``: the description of the training data. Returns the summary ({} on other ranks).
     The writer rank holds the checkpoint directory's lock throughout: a second trainer is refused."""
     with exclusive_lock(outputs.checkpoint_dir) if ctx.is_writer else contextlib.nullcontext():
-        return _fit(trainer, outputs, params=params, data=data, resume=resume, ctx=ctx, progress=progress)
-
-
-def _fit(
-    trainer: Trainer,
-    outputs: TrainingOutputs,
-    *,
-    params: dict[str, Any],
-    data: dict[str, Any],
-    resume: bool,
-    ctx: DistContext,
-    progress: bool,
-) -> dict[str, Any]:
-    if ctx.is_writer:
-        check_writable(outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent)
-        if outputs.metrics_path is not None:
-            check_writable(outputs.metrics_path.parent)
-    began = time.perf_counter()
-    start, best, history = 0, {"epoch": 0, "value": -math.inf, "metrics": {}}, []
-    if resume and outputs.last_path.exists():
-        saved = load_checkpoint(outputs.last_path)
-        check_resumable(saved["params"], params, trainer.name, trainer.resumable)
-        _load_weights(trainer.networks(), saved)
-        trainer.restore(saved["training"]["state"])
-        start, best = saved["training"]["epoch"], saved["training"]["best"]
-        history = saved["training"]["history"]
-    live = LiveLog(outputs.live_dir, ctx.is_writer, history)
-    bar = tqdm(range(start, trainer.epochs), desc=trainer.name, disable=not (progress and ctx.is_writer))
-    for epoch in bar:
-        metrics = {f"train/{k}": v for k, v in trainer.train_epoch(epoch).items()}
-        metrics |= {f"valid/{k}": v for k, v in trainer.validate(epoch).items()}
-        value = metrics.get(f"valid/{trainer.monitor}")
-        improved = _improves(trainer.monitor, trainer.higher_is_better, value, best)
-        if improved:
-            best = {"epoch": epoch + 1, "value": value, "metrics": metrics}
-        if value is not None:
-            bar.set_postfix({trainer.monitor: f"{value:.3f}"})
-        for step, record in trainer.log_records(epoch, metrics):
-            live.log(step, record)
         if ctx.is_writer:
-            training = {"state": trainer.state(), "epoch": epoch + 1, "best": best, "history": live.history}
-            state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
-            save_checkpoint(outputs.last_path, state)
+            check_writable(outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent)
+            if outputs.metrics_path is not None:
+                check_writable(outputs.metrics_path.parent)
+        began = time.perf_counter()
+        start, best, history = 0, {"epoch": 0, "value": -math.inf, "metrics": {}}, []
+        if resume and outputs.last_path.exists():
+            saved = load_checkpoint(outputs.last_path)
+            check_resumable(saved["params"], params, trainer.name, trainer.resumable)
+            _load_weights(trainer.networks(), saved)
+            trainer.restore(saved["training"]["state"])
+            start, best = saved["training"]["epoch"], saved["training"]["best"]
+            history = saved["training"]["history"]
+        live = LiveLog(outputs.live_dir, ctx.is_writer, history)
+        bar = tqdm(range(start, trainer.epochs), desc=trainer.name, disable=not (progress and ctx.is_writer))
+        for epoch in bar:
+            metrics = {f"train/{k}": v for k, v in trainer.train_epoch(epoch).items()}
+            metrics |= {f"valid/{k}": v for k, v in trainer.validate(epoch).items()}
+            value = metrics.get(f"valid/{trainer.monitor}")
+            improved = _improves(trainer.monitor, trainer.higher_is_better, value, best)
             if improved:
-                save_checkpoint(outputs.best_path, state)
-    seconds = time.perf_counter() - began
-    barrier(ctx)
-    if not ctx.is_writer:
-        return {}
-    summary, card = trainer.finish(load_checkpoint(outputs.best_path))
-    card = {"best_epoch": best["epoch"], "epochs": trainer.epochs, "world_size": ctx.world_size, **card}
-    write_json(outputs.card_path, card)
-    if outputs.metrics_path is not None:
-        write_json(outputs.metrics_path, summary)
-    live.end()
-    log.info("train_%s: %.1f s training; best epoch %d of %d", trainer.name, seconds, best["epoch"], trainer.epochs)
-    return summary
+                best = {"epoch": epoch + 1, "value": value, "metrics": metrics}
+            if value is not None:
+                bar.set_postfix({trainer.monitor: f"{value:.3f}"})
+            for step, record in trainer.log_records(epoch, metrics):
+                live.log(step, record)
+            if ctx.is_writer:
+                training = {"state": trainer.state(), "epoch": epoch + 1, "best": best, "history": live.history}
+                state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
+                save_checkpoint(outputs.last_path, state)
+                if improved:
+                    save_checkpoint(outputs.best_path, state)
+        seconds = time.perf_counter() - began
+        barrier(ctx)
+        if not ctx.is_writer:
+            return {}
+        summary, card = trainer.finish(load_checkpoint(outputs.best_path))
+        card = {"best_epoch": best["epoch"], "epochs": trainer.epochs, "world_size": ctx.world_size, **card}
+        write_json(outputs.card_path, card)
+        if outputs.metrics_path is not None:
+            write_json(outputs.metrics_path, summary)
+        live.end()
+        log.info("train_%s: %.1f s training; best epoch %d of %d", trainer.name, seconds, best["epoch"], trainer.epochs)
+        return summary
 
 
 def train(
