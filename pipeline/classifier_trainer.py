@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PARAMS = ("seed", "device", "evaluate.classifier_epochs")
 BATCH_SIZE = 32
 LEARNING_RATE = 1e-3
-OUTPUTS = TrainingOutputs.for_model("classifier")  # no images written
+OUTPUTS = TrainingOutputs.for_model("classifier", images=False)
 
 
 class ClassifierTrainer:
@@ -111,6 +111,12 @@ class ClassifierTrainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         load_optimizer_state(self.optimizer, state["optimizer"])
+
+    def rank_state(self) -> dict[str, Any]:
+        return {}
+
+    def restore_rank(self, state: dict[str, Any]) -> None:
+        """Nothing: the classifier's draws depend on the seed and epoch alone."""
 
     def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
         return [(epoch + 1, metrics)]

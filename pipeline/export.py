@@ -43,6 +43,7 @@ from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.config import ExportParams
 from pipeline.io import atomic_directory, write_json
 from pipeline.runtime import INPUT_NAMES, LABEL_NAME, MANIFEST_NAME, OUTPUT_NAMES, ModelMetadata
+from pipeline.seeds import stream_seed
 
 PARITY_BATCH_SIZES = (1, 5, 64)
 CARD_NAME = MANIFEST_NAME
@@ -261,7 +262,8 @@ def export_module(
     output_names = OUTPUT_NAMES[metadata.kind]
     float_model = to_onnx(module, inputs, output_names, opset)
     float_data = _finish(float_model, metadata, doc)
-    error = _max_abs_error(float_data, _torch_reference(module), inputs, PARITY_BATCH_SIZES, seed + 1, metadata.kind)
+    parity_seed = stream_seed(seed, "export parity", metadata.kind)
+    error = _max_abs_error(float_data, _torch_reference(module), inputs, PARITY_BATCH_SIZES, parity_seed, metadata.kind)
     if not error <= parity_atol:
         raise ExportError(
             f"{metadata.kind}: onnxruntime differs from torch by {error:.3g} (max abs) > export.parity_atol "
@@ -276,7 +278,12 @@ def export_module(
         variant_meta = dataclasses.replace(metadata, variant=variant)
         data = _finish(reduced, variant_meta, doc)
         error = _max_abs_error(
-            data, _onnx_reference(float_data), inputs, PARITY_BATCH_SIZES, seed + 2, f"{metadata.kind}.{variant}"
+            data,
+            _onnx_reference(float_data),
+            inputs,
+            PARITY_BATCH_SIZES,
+            stream_seed(seed, "export parity", metadata.kind, variant),
+            f"{metadata.kind}.{variant}",
         )
         parity = {"reference": "float32 onnx", "max_abs_error": error, "batch_sizes": list(PARITY_BATCH_SIZES)}
         models.append(_exported(f"{metadata.kind}.{variant}.onnx", data, reduced, variant_meta, parity, None))

@@ -251,16 +251,20 @@ class GanTrainer:
         return {
             "optimizer_g": self.optimizer_g.state_dict(),
             "optimizer_d": self.optimizer_d.state_dict(),
-            "noise": self.noise.get_state(),
             "ema_updates": self.ema_updates,
-            "window_sums": self.window_sums.cpu(),  # a logging window may span the interruption
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         load_optimizer_state(self.optimizer_g, state["optimizer_g"])
         load_optimizer_state(self.optimizer_d, state["optimizer_d"])
-        self.noise.set_state(state["noise"])
         self.ema_updates = state["ema_updates"]
+
+    def rank_state(self) -> dict[str, Any]:
+        # a logging window may span the interruption: its partial sums go with the rank's noise
+        return {"noise": self.noise.get_state(), "window_sums": self.window_sums.cpu()}
+
+    def restore_rank(self, state: dict[str, Any]) -> None:
+        self.noise.set_state(state["noise"])
         self.window_sums.copy_(state["window_sums"])
 
     def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]:

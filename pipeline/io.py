@@ -56,26 +56,25 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     _in_progress.add(tmp)
+    old: Path | None = None
     try:
         yield tmp
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)
-        if not path.exists():
-            os.replace(tmp, path)
-            return
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, old / path.name)
-        try:
-            os.replace(tmp, path)
-        except OSError:
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    except BaseException:  # a signal between the two renames too: put the old set back before anything is deleted
+        if old is not None and (old / path.name).exists() and not path.exists():
             os.replace(old / path.name, path)
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         _in_progress.discard(tmp)
+        if old is not None and path.exists():  # never delete the old set unless a set is in place
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def unwind_on_sigterm() -> None:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from pipeline.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from pipeline.config import Config, ConfigError, check_compatible
 from pipeline.data.processed import ProcessedData
-from pipeline.distributed import DistContext, barrier, init_distributed, shutdown
+from pipeline.distributed import DistContext, barrier, gather_objects, init_distributed, shutdown
 from pipeline.io import OutputLockedError, check_writable, exclusive_lock, write_json
 from pipeline.models.base import LabelError
 from pipeline.seeds import seed_everything, stream_seed
@@ -58,19 +58,19 @@ class TrainingOutputs:
 
     checkpoint_dir: Path
     live_dir: Path
-    image_dir: Path
+    image_dir: Path | None  # None: the training draws no figures
     metrics_path: Path | None  # None: the training's figures live in the run card and dvclive only
     card_path: Path
 
     @classmethod
-    def for_model(cls, name: str, root: str | Path = ".", metrics: bool = True) -> TrainingOutputs:
-        """checkpoints/<name>, dvclive/<name>, outputs/<name>, metrics/train_<name>.json (if ``metrics``) and
-        cards/train_<name>.json below ``root``: the paths dvc.yaml declares for the train_<name> stage."""
+    def for_model(cls, name: str, root: str | Path = ".", metrics: bool = True, images: bool = True) -> TrainingOutputs:
+        """checkpoints/<name>, dvclive/<name>, outputs/<name> (if ``images``), metrics/train_<name>.json (if
+        ``metrics``) and cards/train_<name>.json below ``root``: the paths dvc.yaml declares for train_<name>."""
         root = Path(root)
         return cls(
             root / "checkpoints" / name,
             root / "dvclive" / name,
-            root / "outputs" / name,
+            root / "outputs" / name if images else None,
             root / "metrics" / f"train_{name}.json" if metrics else None,
             root / "cards" / f"train_{name}.json",
         )
@@ -171,8 +171,9 @@ class Trainer(Protocol):
     """What one model's training supplies to :func:`fit`.
 
     ``networks()``: the modules a checkpoint stores (name -> network); ``state()`` / ``restore(state)``: the rest
-    of what a resume needs (optimizers, generators); ``log_records(epoch, metrics)``: the (step, metrics) rows to
-    log for an epoch; ``finish(best)``: the summary metrics and the run card, from the best checkpoint's state.
+    of what a resume needs that all ranks share (optimizers); ``rank_state()`` / ``restore_rank(state)``: what
+    differs per rank (random generators), kept for every rank; ``log_records(epoch, metrics)``: the (step, metrics)
+    rows to log for an epoch; ``finish(best)``: the summary metrics and the run card, from the best checkpoint.
     """
 
     name: str
@@ -190,6 +191,10 @@ class Trainer(Protocol):
     def state(self) -> dict[str, Any]: ...
 
     def restore(self, state: dict[str, Any]) -> None: ...
+
+    def rank_state(self) -> dict[str, Any]: ...
+
+    def restore_rank(self, state: dict[str, Any]) -> None: ...
 
     def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]: ...
 
@@ -220,6 +225,28 @@ def check_resumable(saved: dict[str, Any], params: dict[str, Any], section: str,
         raise ConfigError(
             f"{section}.resume: last.pt was trained with different parameters ({', '.join(changed)}); "
             f"set {section}.resume: false to start afresh, or restore those parameters"
+        )
+
+
+def _check_same_run(saved: dict[str, Any], run: dict[str, Any], trainer: Trainer) -> None:
+    """Refuse a resume on other data, another kind of device (generator states differ), another number of
+    processes, or with fewer epochs than last.pt has trained."""
+    key = f"{trainer.name}.resume"
+    if saved["data"] != run["data"]:
+        raise ConfigError(
+            f"{key}: last.pt was trained on other data ({saved['data']}, now {run['data']}); "
+            f"set {key}: false to start afresh"
+        )
+    for name, what in (("device_type", "kind of device"), ("world_size", "number of processes")):
+        if saved["training"][name] != run[name]:
+            raise ConfigError(
+                f"{key}: last.pt was written with another {what} ({saved['training'][name]}, now {run[name]}); "
+                f"resume with the same, or set {key}: false"
+            )
+    if saved["training"]["epoch"] > trainer.epochs:
+        raise ConfigError(
+            f"{trainer.name}.epochs: {trainer.epochs} is below the {saved['training']['epoch']} epochs last.pt has "
+            f"trained; raise it, or set {key}: false"
         )
 
 
@@ -255,16 +282,19 @@ def fit(
     The writer rank holds the checkpoint directory's lock throughout: a second trainer is refused."""
     with exclusive_lock(outputs.checkpoint_dir) if ctx.is_writer else contextlib.nullcontext():
         if ctx.is_writer:
-            check_writable(outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent)
-            if outputs.metrics_path is not None:
-                check_writable(outputs.metrics_path.parent)
+            folders = [outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent]
+            folders.append(None if outputs.metrics_path is None else outputs.metrics_path.parent)
+            check_writable(*(folder for folder in folders if folder is not None))
         began = time.perf_counter()
         start, best, history = 0, {"epoch": 0, "value": -math.inf, "metrics": {}}, []
+        run = {"data": data, "device_type": ctx.device.type, "world_size": ctx.world_size}
         if resume and outputs.last_path.exists():
             saved = load_checkpoint(outputs.last_path)
             check_resumable(saved["params"], params, trainer.name, trainer.resumable)
+            _check_same_run(saved, run, trainer)
             _load_weights(trainer.networks(), saved)
             trainer.restore(saved["training"]["state"])
+            trainer.restore_rank(saved["training"]["ranks"][ctx.rank])
             start, best = saved["training"]["epoch"], saved["training"]["best"]
             history = saved["training"]["history"]
         live = LiveLog(outputs.live_dir, ctx.is_writer, history)
@@ -280,8 +310,10 @@ def fit(
                 bar.set_postfix({trainer.monitor: f"{value:.3f}"})
             for step, record in trainer.log_records(epoch, metrics):
                 live.log(step, record)
+            ranks = gather_objects(trainer.rank_state(), ctx)  # every rank's generators, for an exact resume
             if ctx.is_writer:
-                training = {"state": trainer.state(), "epoch": epoch + 1, "best": best, "history": live.history}
+                training = {"state": trainer.state(), "ranks": ranks, "epoch": epoch + 1, "best": best}
+                training |= {"history": live.history, "device_type": ctx.device.type, "world_size": ctx.world_size}
                 state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
                 save_checkpoint(outputs.last_path, state)
                 if improved:

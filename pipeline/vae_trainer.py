@@ -224,10 +224,15 @@ class VaeTrainer:
         return {"model": self.model}
 
     def state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+        return {"optimizer": self.optimizer.state_dict()}
 
     def restore(self, state: dict[str, Any]) -> None:
         load_optimizer_state(self.optimizer, state["optimizer"])
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def restore_rank(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
     def log_records(self, epoch: int, metrics: dict[str, float]) -> list[tuple[int, dict[str, float]]]:

@@ -80,15 +80,19 @@ def main(
         card_path = Path(export_dir) / MANIFEST_NAME
         if not card_path.is_file():
             raise click.ClickException(f"{card_path}: no model card; run `python -m stages export` first")
-        entries = [e for e in read_json(card_path)["models"] if e["kind"] != "vae_encoder"]
+        try:
+            entries = [e for e in read_json(card_path)["models"] if e["kind"] != "vae_encoder"]
+        except (KeyError, TypeError):
+            raise click.ClickException(f"{card_path}: not an export manifest; re-run the export stage") from None
         for entry in entries:
             check_against_manifest(Path(export_dir) / entry["file"])
         check_writable(out_dir)
         for entry in entries:
             model = GenerativeModel(Path(export_dir) / entry["file"])
             target = Path(out_dir) / (Path(entry["file"]).stem + ".png")
-            write_samples(model, target, min(num, MAX_GRID_IMAGES), seed, temperature=temperature)
-            click.echo(f"{target}: {num} samples of {entry['file']} ({model.providers[0]})")
+            count = min(num, MAX_GRID_IMAGES)
+            write_samples(model, target, count, seed, temperature=temperature)
+            click.echo(f"{target}: {count} samples of {entry['file']} ({model.providers[0]})")
         return
     if model_path is None:
         raise click.UsageError("give --model export/<file>.onnx, or --all")

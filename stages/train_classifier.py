@@ -23,4 +23,5 @@ def main(params_path: str, data_dir: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     summary = train_classifier(config, load_processed(data_dir))
-    click.echo(f"train_classifier: test accuracy {summary['accuracy']:.4f}")
+    if summary:
+        click.echo(f"train_classifier: test accuracy {summary['accuracy']:.4f}")

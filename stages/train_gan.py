@@ -27,8 +27,8 @@ from stages.common import fail_cleanly, load_params, params_option
 )
 @fail_cleanly(*TRAINING_ERRORS)
 def main(params_path: str, data_dir: str, classifier_path: str) -> None:
-    """Train the GAN of §11.2; writes checkpoints/gan, dvclive/gan, outputs/gan, metrics/train_gan.json and
-    cards/train_gan.json."""
+    """Train the GAN of §11.2; writes checkpoints/gan, dvclive/gan, outputs/gan and cards/train_gan.json (its
+    samples' metrics are the evaluate_samples stage's)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     data = load_processed(data_dir)

@@ -19,7 +19,7 @@ from pipeline.training import TrainingOutputs
 
 
 def outputs(root: Path) -> TrainingOutputs:
-    return TrainingOutputs.for_model("classifier", root=root)
+    return TrainingOutputs.for_model("classifier", root=root, images=False)
 
 
 def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
@@ -30,6 +30,7 @@ def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
         Path("metrics/train_classifier.json"),
         Path("cards/train_classifier.json"),
     )
+    assert OUTPUTS.image_dir is None  # it draws no figures, so no outputs/classifier folder appears
 
 
 def test_classifier_learns_digits_well_above_chance(digits_processed_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline import io
+from pipeline.io import atomic_directory, atomic_path, read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +77,27 @@ def test_sigterm_at_any_moment_of_repeated_writes_leaves_no_temporary(tmp_path: 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 128 + signal.SIGTERM
         assert [p.name for p in directory.iterdir()] in (["out.json"], []), f"interrupt {trial}"
+
+
+def test_a_folder_swap_interrupted_between_its_renames_puts_the_old_set_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal after the old folder moved aside but before the new one moved in: the old set comes back whole and
+    neither copy is deleted meanwhile."""
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_text("old")
+    renames = []
+
+    def replace(source, target):
+        renames.append(target)
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        return original(source, target)
+
+    original = io.os.replace
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(tmp_path / "export") as new:
+        (new / "model.onnx").write_text("new")
+    monkeypatch.setattr(io.os, "replace", original)
+    assert (tmp_path / "export" / "model.onnx").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

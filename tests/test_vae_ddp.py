@@ -26,7 +26,10 @@ class Recorded(vae_trainer.VaeTrainer):
 
 
 vae_trainer.VaeTrainer = Recorded
-vae = dataclasses.replace(Config().vae, hidden_sizes=[32], batch_size=16, epochs=2, mc_samples=2)
+epochs, resume = (int(sys.argv[2]), sys.argv[3] == "resume") if len(sys.argv) > 2 else (2, False)
+vae = dataclasses.replace(
+    Config().vae, hidden_sizes=[32], batch_size=16, epochs=epochs, mc_samples=2, kl_warmup_epochs=3, resume=resume
+)
 config = Config(latent_dim=4, device="cpu", vae=vae)
 summary = vae_trainer.train_vae(config, load_processed(sys.argv[1]), progress=False)
 (trainer,) = made
@@ -48,3 +51,16 @@ def test_two_gloo_ranks_end_with_identical_weights_and_write_once(digits_process
     assert card["world_size"] == 2 and card["effective_batch_size"] == 32
     assert set(json.loads((tmp_path / "metrics/train_vae.json").read_text())) == {"train", "valid"}
     assert json.loads((tmp_path / "dvclive/vae/metrics.json").read_text())["step"] == 2  # epochs logged 1-based
+
+
+def test_two_ranks_resume_to_the_weights_of_an_uninterrupted_run(digits_processed_dir: Path, tmp_path: Path) -> None:
+    """Each rank's own random generator is checkpointed (gathered from every rank), so two ranks interrupted after
+    epoch 1 and resumed reach the weights of two ranks that never stopped."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    run_two_ranks(RANK_SCRIPT, whole, str(digits_processed_dir), "2", "fresh")
+    run_two_ranks(RANK_SCRIPT, parts, str(digits_processed_dir), "1", "fresh")
+    run_two_ranks(RANK_SCRIPT, parts, str(digits_processed_dir), "2", "resume")
+    want = torch.load(whole / "rank0_weights.pt", weights_only=True)
+    got = torch.load(parts / "rank0_weights.pt", weights_only=True)
+    assert all(torch.equal(want[k], got[k]) for k in want)

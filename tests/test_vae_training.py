@@ -104,6 +104,19 @@ def test_resume_refuses_a_checkpoint_trained_with_other_params(digits_processed_
         train_vae(_config(epochs=2, lr=1e-4, resume=True), data, outputs, progress=False)
 
 
+def test_resume_compares_only_what_the_training_depends_on(digits_processed_dir: Path, tmp_path: Path) -> None:
+    """A changed GAN setting never blocks resuming the VAE; other data, fewer epochs than trained are refused."""
+    data, outputs = load_processed(digits_processed_dir), _outputs(tmp_path)
+    train_vae(_config(epochs=1), data, outputs, progress=False)
+    other_gan = dataclasses.replace(_config(epochs=2, resume=True), gan=dataclasses.replace(Config().gan, epochs=7))
+    assert train_vae(other_gan, data, outputs, progress=False)
+    with pytest.raises(ConfigError, match="vae.epochs: 1 is below the 2 epochs last.pt has trained"):
+        train_vae(_config(epochs=1, resume=True), data, outputs, progress=False)
+    grey = _grey(data)
+    with pytest.raises(ConfigError, match="vae.resume: last.pt was trained on other data"):
+        train_vae(_config(epochs=3, resume=True), grey, outputs, progress=False)
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     digits_processed_dir: Path, tmp_path: Path
 ) -> None:
