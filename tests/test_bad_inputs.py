@@ -160,6 +160,9 @@ CASES = {
         "output", ["evaluate_vae"], "metrics: cannot write", setup=file_in_place_of("metrics")
     ),
     "cards not writable": Case("output", ["train_classifier"], "cannot write", setup=file_in_place_of("cards")),
+    "checkpoints not writable": Case(
+        "output", ["train_vae"], "checkpoints/vae: cannot write", setup=file_in_place_of("checkpoints/vae")
+    ),
     "export parent not writable": Case(
         "output", ["export", "--out", "blocked/export"], "blocked: cannot write", setup=file_in_place_of("blocked")
     ),
