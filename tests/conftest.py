@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -47,6 +48,29 @@ def stage_args(stage: dict) -> list[str]:
     words = shlex.split(stage["cmd"])
     assert words[:3] == ["python", "-m", "stages"], stage["cmd"]
     return words[3:]
+
+
+def dvc_env() -> dict[str, str]:
+    """The environment for real `git` and `dvc` runs: this virtualenv first on PATH, a git identity, no analytics."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    identity |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return env | identity | {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO)}
+
+
+def copy_repository(root: Path, params: dict) -> Path:
+    """``root`` made a copy of the repository's tracked and new files, ``params`` merged into its params.yaml."""
+    command = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    listed = subprocess.run(command, cwd=REPO, capture_output=True, check=True)
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    merged = merge(yaml.safe_load((REPO / "params.yaml").read_text()), params)
+    (root / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    return root
 
 
 @dataclass(frozen=True)

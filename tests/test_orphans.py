@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Workspace, merge
+from conftest import TINY_PARAMS, Workspace, copy_repository, dvc_env, merge
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -47,27 +47,29 @@ def long_run(pipeline_workspace: Workspace, tmp_path: Path) -> Path:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_a_stage_ends_when_the_process_that_started_it_dies(long_run: Path) -> None:
-    launcher = (
-        "import subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-m', 'stages', 'train_vae'])\n"
-        "print(child.pid, flush=True)\n"
-        "time.sleep(600)\n"
+def test_a_stage_ends_when_the_dvc_that_started_it_dies(tmp_path: Path) -> None:
+    """`dvc repro` killed while train_vae runs (SIGKILL: dvc gets no chance to pass anything on): the stage ends
+    too, instead of training on as an orphan that a second `dvc repro` would race."""
+    project = copy_repository(tmp_path, merge(TINY_PARAMS, LONG_TRAINING))
+    env = dvc_env()
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)
+    dvc = subprocess.Popen(
+        ["dvc", "repro", "train_vae"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", launcher], cwd=long_run, env=ENV, stdout=subprocess.PIPE, text=True
-    )
-    child = int(parent.stdout.readline())
-    lock = long_run / "checkpoints" / ".vae.lock"
+    lock = project / "checkpoints" / ".vae.lock"
     try:
-        assert _wait_for(lambda: lock.exists() and lock.read_text() == str(child), 60), "the trainer never started"
-        parent.send_signal(signal.SIGKILL)  # as `kill -9` of dvc: no chance to pass anything on
-        parent.wait()
-        assert _wait_for(lambda: not _alive(child), 30), "the stage trains on as an orphan"
+        assert _wait_for(lambda: lock.exists() and lock.read_text().isdigit(), 120), "the trainer never started"
+        trainer = int(lock.read_text())
+        assert trainer != dvc.pid and _alive(trainer)
+        dvc.send_signal(signal.SIGKILL)
+        dvc.wait()
+        assert _wait_for(lambda: not _alive(trainer), 30), "the stage trains on as an orphan"
     finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
-    assert not list(long_run.rglob("*.tmp*")), "an interrupted write left a temporary file"
+        if dvc.poll() is None:
+            dvc.kill()
+        if lock.exists() and lock.read_text().isdigit() and _alive(int(lock.read_text())):
+            os.kill(int(lock.read_text()), signal.SIGKILL)
 
 
 def test_a_second_trainer_is_refused_while_the_first_writes(long_run: Path) -> None:

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_PARAMS, merge
+from conftest import TINY_PARAMS, copy_repository, dvc_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@example.com",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@example.com",
-        DVC_NO_ANALYTICS="1",
-        PYTHONPATH=str(REPO),
-    )
-    return env
-
-
 def run(args: list[str], cwd: Path) -> str:
-    result = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -40,7 +23,7 @@ def run(args: list[str], cwd: Path) -> str:
 def _exp_show(project: Path) -> list[dict]:
     """`dvc exp show --json`: one row per commit, its experiments under "experiments"."""
     result = subprocess.run(
-        ["dvc", "exp", "show", "--json"], cwd=project, env=_env(), capture_output=True, text=True, check=True
+        ["dvc", "exp", "show", "--json"], cwd=project, env=dvc_env(), capture_output=True, text=True, check=True
     )
     return json.loads(result.stdout)
 
@@ -48,24 +31,7 @@ def _exp_show(project: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + dvc copy of the repository's tracked and new files, with tiny params, reproduced once."""
-    root = tmp_path_factory.mktemp("project")
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = copy_repository(tmp_path_factory.mktemp("project"), TINY_PARAMS)
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "copy"], root)
@@ -146,7 +112,7 @@ def _leaf_count(tree: object) -> set[str]:
 def test_metrics_hold_only_numbers_in_a_table_of_at_most_30_columns(project: Path) -> None:
     """`dvc metrics show` is where experiments are compared: numbers only, short names shared across files."""
     result = subprocess.run(
-        ["dvc", "metrics", "show", "--json"], cwd=project, env=_env(), capture_output=True, text=True, check=True
+        ["dvc", "metrics", "show", "--json"], cwd=project, env=dvc_env(), capture_output=True, text=True, check=True
     )
     files = json.loads(result.stdout)[""]["data"]
     columns = set()
