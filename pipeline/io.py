@@ -8,10 +8,12 @@ import fcntl
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,18 +79,56 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
+# Command interpreters a launcher may run a stage through: dvc runs `$SHELL -c cmd`, or `/bin/sh -c cmd` where
+# SHELL is unset, and Debian's dash stays alive as the stage's parent instead of exec'ing it.
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish", "busybox"})
+
+
+def _name_and_parent(pid: int) -> tuple[str, int]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+    return name, int(rest[1])
+
+
+def launcher_pid() -> int:
+    """The nearest ancestor that is not a shell: the process (dvc, a test, a scheduler) that ran this one, through
+    whatever shell it used (1 where the chain ends at init or a subreaper's reparenting)."""
+    pid = os.getppid()
+    while pid > 1:
+        name, parent = _name_and_parent(pid)
+        if name not in SHELLS:
+            return pid
+        pid = parent
+    return pid
+
+
+def _end_with_launcher() -> None:
+    """SIGTERM to this process as soon as its launcher dies, so a stage never trains on as an orphan that a second
+    `dvc repro` would race. A thread waits on a pidfd of the launcher: no polling, and nothing the launcher (which
+    may be SIGKILLed) has to pass on."""
+    launcher = launcher_pid()
+    if launcher <= 1:
+        return
+    try:
+        watched = os.pidfd_open(launcher)
+    except ProcessLookupError:
+        sys.exit(128 + signal.SIGTERM)
+    if launcher_pid() != launcher:  # the launcher died, and its number was reused, before the pidfd was opened
+        sys.exit(128 + signal.SIGTERM)
+
+    def wait_then_end() -> None:
+        select.select([watched], [], [])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_then_end, name="end-with-launcher", daemon=True).start()
+
+
 def unwind_on_sigterm() -> None:
     """Make SIGTERM unwind the stack like Ctrl-C, so atomic writes in progress delete their temporary files; on
-    Linux, also ask for SIGTERM when the parent process (dvc) dies, so a stage never trains on as an orphan."""
+    Linux, also end this process (by that SIGTERM) when the process that launched it dies."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        parent = os.getppid()
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            sys.exit(128 + signal.SIGTERM)
+    if hasattr(os, "pidfd_open"):
+        _end_with_launcher()
 
 
 class OutputLockedError(RuntimeError):

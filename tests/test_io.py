@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -101,3 +102,13 @@ def test_a_folder_swap_interrupted_between_its_renames_puts_the_old_set_back(
     monkeypatch.setattr(io.os, "replace", original)
     assert (tmp_path / "export" / "model.onnx").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_launcher_is_found_through_the_shells_between() -> None:
+    """A process run as `sh -c 'bash -c …'` names this test's process as its launcher, not either shell."""
+    script = "from pipeline.io import launcher_pid; print(launcher_pid())"
+    command = f"bash -c '{sys.executable} -c \"{script}\"; true'; true"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    printed = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
+    assert int(printed) == os.getpid()

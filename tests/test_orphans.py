@@ -46,12 +46,16 @@ def long_run(pipeline_workspace: Workspace, tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_a_stage_ends_when_the_dvc_that_started_it_dies(tmp_path: Path) -> None:
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the launcher is watched through a Linux pidfd")
+@pytest.mark.parametrize("shell", [None, "/bin/bash"], ids=["sh-stays-between", "bash-execs"])
+def test_a_stage_ends_when_the_dvc_that_started_it_dies(tmp_path: Path, shell: str | None) -> None:
     """`dvc repro` killed while train_vae runs (SIGKILL: dvc gets no chance to pass anything on): the stage ends
-    too, instead of training on as an orphan that a second `dvc repro` would race."""
+    too, instead of training on as an orphan that a second `dvc repro` would race. Without SHELL, dvc runs the
+    command through /bin/sh, which (Debian's dash) stays alive between dvc and the stage; bash execs it."""
     project = copy_repository(tmp_path, merge(TINY_PARAMS, LONG_TRAINING))
-    env = dvc_env()
+    env = {name: value for name, value in dvc_env().items() if name != "SHELL"}
+    if shell is not None:
+        env["SHELL"] = shell
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(command, cwd=project, env=env, check=True, capture_output=True)
     dvc = subprocess.Popen(
