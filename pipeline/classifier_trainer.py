@@ -50,6 +50,8 @@ class ClassifierTrainer:
     monitor = "accuracy"
     higher_is_better = True
     resumable = ()
+    patience = None
+    max_minutes = None
 
     def __init__(self, config: Config, data: ProcessedData, device: torch.device) -> None:
         self.config, self.data, self.device = config, data, device

@@ -66,9 +66,23 @@ class DataParams:
 
 @dataclass(frozen=True)
 class VaeParams:
-    arch: Literal["mlp", "conv"] = _f("mlp", "encoder/decoder architecture")
-    hidden_sizes: list[int] = _f([512, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
-    conv_channels: list[int] = _f([32, 64], "channels of the conv architecture's stride-2 blocks", **_range(1, 4096))
+    family: Literal["vae", "hvae"] = _f(
+        "vae", "vae: one stochastic layer; hvae: two (z1 latent_dim, z2 top_latent_dim)"
+    )
+    arch: Literal["mlp", "gated_mlp", "conv", "resnet"] = _f("mlp", "encoder/decoder architecture")
+    hidden_sizes: list[int] = _f([512, 256], "hidden layer widths of the mlp architectures", **_range(1, 65536))
+    conv_channels: list[int] = _f(
+        [32, 64], "channels of the conv/resnet architectures' stride-2 blocks", **_range(1, 4096)
+    )
+    prior: Literal["standard_normal", "vampprior"] = _f(
+        "standard_normal", "p(z): N(0, I), or the VampPrior mixture over learned pseudo-inputs (Tomczak & Welling)"
+    )
+    pseudo_inputs: int = _f(500, "the VampPrior's number of pseudo-inputs", **_range(1, 100000))
+    flow_steps: int = _f(
+        0, "inverse autoregressive flow steps on q(z|x) (Kingma et al. 2016); 0: none", **_range(0, 64)
+    )
+    flow_hidden: int = _f(256, "hidden width (and encoder context size) of the flow steps", **_range(1, 65536))
+    top_latent_dim: int = _f(40, "hvae: size of the top stochastic layer z2", **_range(1, 4096))
     likelihood: Literal["bernoulli", "gaussian"] = _f("bernoulli", "decoder distribution p(x|z) (11.1-11.4)")
     gaussian_variance: Literal["learned", "fixed"] = _f(
         "learned", "gaussian decoder: per-pixel learned or fixed variance"
@@ -81,9 +95,25 @@ class VaeParams:
     iwae_k: int = _f(1, "importance samples of the training bound; 1 is the ELBO", **_range(1, 4096))
     kl_warmup_epochs: int = _f(10, "epochs over which the KL weight rises linearly from 0 to 1", **_range(0, 100000))
     free_bits: float = _f(0.0, "minimum KL per latent dimension, nats (0 disables)", **_range(0.0, 100.0))
-    epochs: int = _f(100, "training epochs", **_range(1, 100000))
+    epochs: int = _f(100, "training epochs (at most)", **_range(1, 100000))
+    patience: int | None = _f(
+        None,
+        "early stopping: end after this many epochs without a better validation bound (null: never)",
+        **_range(1, 100000),
+    )
+    max_minutes: float | None = _f(
+        None,
+        "wall-clock training budget in minutes; the epoch running when it is spent is the last (null: none)",
+        **_range(0.0, 1e6, lo_open=True),
+    )
     batch_size: int = _f(32, "training batch size per process (effective: × torchrun world size)", **_range(1, 1 << 20))
     lr: float = _f(1e-3, "Adam learning rate", **_range(0.0, 1.0, lo_open=True))
+    lr_schedule: Literal["constant", "plateau", "cosine"] = _f(
+        "constant", "plateau: halve the rate after lr_patience epochs without progress; cosine: anneal over epochs"
+    )
+    lr_patience: int = _f(
+        10, "plateau schedule: epochs without a better validation bound before halving", **_range(1, 100000)
+    )
     bf16: bool = _f(False, "bf16 autocast on CUDA (ignored elsewhere)")
     resume: bool = _f(False, "continue from the last checkpoint if one exists")
 
@@ -99,7 +129,12 @@ class GanParams:
     feature_matching: bool = _f(False, "generator matches discriminator features (Salimans et al. 2016)")
     ema_decay: float = _f(0.999, "decay of the generator's weight EMA used for sampling and export", **_range(0.0, 1.0))
     conditional: bool = _f(False, "feed the class label to both networks (Mirza & Osindero 2014)")
-    epochs: int = _f(100, "training epochs", **_range(1, 100000))
+    epochs: int = _f(100, "training epochs (at most)", **_range(1, 100000))
+    max_minutes: float | None = _f(
+        None,
+        "wall-clock training budget in minutes; the epoch running when it is spent is the last (null: none)",
+        **_range(0.0, 1e6, lo_open=True),
+    )
     batch_size: int = _f(32, "training batch size (batch norm needs 2 or more)", **_range(2, 1 << 20))
     lr_g: float = _f(1e-3, "generator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     lr_d: float = _f(1e-3, "discriminator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
@@ -119,6 +154,9 @@ class EvaluateParams:
     num_samples: int = _f(1000, "K, importance samples per test point (the literature uses 5000)", **_range(1, 1 << 24))
     curve_ks: list[int] = _f(
         [1, 10, 100], "K values of the convergence curve (num_samples is added)", **_range(1, 1 << 24)
+    )
+    splits: list[Literal["test", "valid"]] = _f(
+        ["test"], "held-out splits whose log p(x) is importance-sampled (test always; add valid)"
     )
     max_points: int | None = _f(None, "evaluate at most this many test points (null: all)", **_range(1, 1 << 30))
     memory_budget_mb: int = _f(512, "working memory the estimators may use", **_range(16, 1 << 20))
@@ -292,15 +330,35 @@ def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
         raise ConfigError(f"data.path: null is not allowed with data.dataset {data.dataset!r}; give the file or folder")
     for section in ("vae", "gan"):
         params = getattr(config, section)
-        if params.arch == "mlp" and not params.hidden_sizes:
-            raise ConfigError(f"{section}.hidden_sizes: [] is not allowed with arch mlp; give at least one width")
-    if config.vae.arch == "conv" and not config.vae.conv_channels:
-        raise ConfigError("vae.conv_channels: [] is not allowed with arch conv; give at least one block's channels")
-    if config.vae.free_bits > 0 and config.vae.iwae_k > 1:
-        raise ConfigError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
+        if params.arch in ("mlp", "gated_mlp") and not params.hidden_sizes:
+            raise ConfigError(
+                f"{section}.hidden_sizes: [] is not allowed with arch {params.arch}; give at least one width"
+            )
+    _check_vae(config.vae)
     if config.gan.loss == "hinge" and config.gan.label_smoothing > 0:
         raise ConfigError("gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for hinge")
     return config
+
+
+def _check_vae(vae: VaeParams) -> None:
+    """The combinations of VAE parameters that no family accepts."""
+    if vae.arch in ("conv", "resnet") and not vae.conv_channels:
+        raise ConfigError(
+            f"vae.conv_channels: [] is not allowed with arch {vae.arch}; give at least one block's channels"
+        )
+    if vae.free_bits > 0 and vae.iwae_k > 1:
+        raise ConfigError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
+    if vae.free_bits > 0 and (vae.family != "vae" or vae.prior != "standard_normal" or vae.flow_steps):
+        raise ConfigError(
+            "vae.free_bits needs the closed-form KL of the one-layer vae with prior standard_normal and no flow; "
+            "set vae.free_bits: 0"
+        )
+    if vae.conditional and (vae.prior != "standard_normal" or vae.family != "vae"):
+        raise ConfigError(
+            "vae.conditional: true is for the one-layer vae with prior standard_normal; set vae.conditional: false"
+        )
+    if vae.family == "hvae" and vae.flow_steps:
+        raise ConfigError("vae.flow_steps: flows refine the one-layer vae; set vae.flow_steps: 0 with family hvae")
 
 
 def check_compatible(config: Config, section: str, data: ProcessedData) -> None:

@@ -27,9 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.models.base import AmortizedPosterior, LatentVariableModel
+from pipeline.models.distributions import LOG_2PI, Posterior, gaussian_sample, standard_normal_log_density
 from pipeline.seeds import stream_seed
 
-LOG_2PI = math.log(2 * math.pi)
 NOISE_POINTS = 16  # points per noise tile: chunks over points are multiples of this
 NOISE_SAMPLES = 256  # samples per noise tile
 # float32 numbers alive per decoded (sample, point) row, in units of the data size: the decoder's output and
@@ -182,9 +182,9 @@ def importance_sampled_log_likelihood(
     progress: bool = False,
     first_point: int = 0,
 ) -> ImportanceSampledLikelihood:
-    """Importance-sampled log p(x) (11.5-11.6) with proposal q(z|x) = N(mu, diag exp(logvar)) (11.18).
+    """Importance-sampled log p(x) (11.5-11.6) with the proposal q(z|x) of ``posterior`` (all its layers and flows).
 
-    log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, z_k = mu + sigma * eps_k.
+    log p(x) ≈ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K, z_k = the posterior's map of eps_k.
     Its expectation is the K-sample IWAE bound, which never decreases in K and tends to log p(x); K = 1 gives
     the ELBO, whose distance to log p(x) is KL(q(z|x) || p(z|x)) (11.21-11.25). The encoder runs once per point;
     the decoder runs on chunks of (samples × points) rows sized by ``memory_budget_mb``; the logsumexp is
@@ -209,19 +209,14 @@ def importance_sampled_log_likelihood(
     for chunk in _point_chunks(num_points, points_per_chunk):
         x_c = x[chunk]
         y_c = None if y is None else y[chunk]
-        mu, logvar = posterior.encode(x_c, y_c)
-        std = torch.exp(0.5 * logvar)
-        half_log_det = 0.5 * logvar.sum(-1)
-        noise = _TileNoise(seed, first_point + chunk.start, x_c.shape[0], x.device, mu.dtype)
+        q = posterior.posterior(x_c, y_c)
+        noise = _TileNoise(seed, first_point + chunk.start, x_c.shape[0], x.device, q.mean.dtype)
         stream = _LogMeanExp(x_c.shape[0], _accumulator_device(x.device))
         for tile_start in range(0, num_samples, NOISE_SAMPLES):
             eps_tile = noise.draw(NOISE_SAMPLES, latent_dim)[: num_samples - tile_start]
             for start in range(0, eps_tile.shape[0], samples_per_call):
-                eps = eps_tile[start : start + samples_per_call]
-                z = mu + std * eps
-                # log p(z) - log q(z|x) (11.18): as (z - mu) / sigma = eps, the 2π terms cancel and no division is left
-                log_prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + half_log_det
-                log_w = model.log_likelihood(x_c, z, y_c) + log_prior_ratio
+                z, log_q = q.sample(eps_tile[start : start + samples_per_call])
+                log_w = model.log_likelihood(x_c, z, y_c) + model.log_prior(z) - log_q
                 log_w = log_w.to(stream.sum.device, torch.float64)
                 seen = stream.count
                 for k in ks:
@@ -252,15 +247,16 @@ def sigmoid_schedule(num_steps: int, sharpness: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def _log_likelihood_and_grad(
+def _densities_and_grads(
     model: LatentVariableModel, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(x|z) (C×B) and its gradient in z (C×B×D)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p(x|z) and log p(z) (C×B each) and their gradients in z (C×B×D each)."""
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
-        log_lik = model.log_likelihood(x, z, y)
-        (grad,) = torch.autograd.grad(log_lik.sum(), z)
-    return log_lik.detach(), grad
+        log_lik, log_prior = model.log_likelihood(x, z, y), model.log_prior(z)
+        (grad_lik,) = torch.autograd.grad(log_lik.sum(), z, retain_graph=True)
+        (grad_prior,) = torch.autograd.grad(log_prior.sum(), z)
+    return log_lik.detach(), log_prior.detach(), grad_lik, grad_prior
 
 
 def annealed_importance_sampling(
@@ -299,8 +295,8 @@ def annealed_importance_sampling(
         y_c = None if y is None else y[chunk]
         points = x_c.shape[0]
         noise = _TileNoise(seed, chunk.start, points, x.device, x.dtype)
-        z = noise.draw(num_chains, latent_dim)  # z_0 ~ p(z)
-        log_lik, grad_lik = _log_likelihood_and_grad(model, x_c, z, y_c)
+        z = model.prior_from_noise(noise.draw(num_chains, latent_dim), noise.draw_uniform(num_chains))  # z_0 ~ p(z)
+        log_lik, log_prior, grad_lik, grad_prior = _densities_and_grads(model, x_c, z, y_c)
         log_w = torch.zeros(num_chains, points, dtype=torch.float64, device=_accumulator_device(x.device))
         step = torch.full((num_chains, points, 1), initial_step_size, device=x.device, dtype=x.dtype)
         avg_accept = torch.full((num_chains, points), target_acceptance, device=x.device, dtype=x.dtype)
@@ -311,22 +307,24 @@ def annealed_importance_sampling(
             if t == num_steps:
                 bar.update(points)
                 break
-            # HMC on U(z) = -log p(z) - beta log p(x|z); the prior's gradient term is -z
+            # HMC on U(z) = -log p(z) - beta log p(x|z)
             momentum = noise.draw(num_chains, latent_dim)
             log_u = torch.log(noise.draw_uniform(num_chains))
-            z_new, p_new = z, momentum - 0.5 * step * (z - beta * grad_lik)
+            z_new, p_new = z, momentum + 0.5 * step * (grad_prior + beta * grad_lik)
             for i in range(leapfrog_steps):
                 z_new = z_new + step * p_new
-                new_log_lik, new_grad = _log_likelihood_and_grad(model, x_c, z_new, y_c)
+                new_log_lik, new_log_prior, new_grad, new_grad_prior = _densities_and_grads(model, x_c, z_new, y_c)
                 scale = 0.5 if i == leapfrog_steps - 1 else 1.0
-                p_new = p_new - scale * step * (z_new - beta * new_grad)
-            energy_old = 0.5 * (z**2).sum(-1) - beta * log_lik + 0.5 * (momentum**2).sum(-1)
-            energy_new = 0.5 * (z_new**2).sum(-1) - beta * new_log_lik + 0.5 * (p_new**2).sum(-1)
+                p_new = p_new + scale * step * (new_grad_prior + beta * new_grad)
+            energy_old = -log_prior - beta * log_lik + 0.5 * (momentum**2).sum(-1)
+            energy_new = -new_log_prior - beta * new_log_lik + 0.5 * (p_new**2).sum(-1)
             log_accept = (energy_old - energy_new).nan_to_num(nan=-math.inf).clamp(max=0.0)
             accept = log_u < log_accept
             z = torch.where(accept[..., None], z_new, z)
             log_lik = torch.where(accept, new_log_lik, log_lik)
+            log_prior = torch.where(accept, new_log_prior, log_prior)
             grad_lik = torch.where(accept[..., None], new_grad, grad_lik)
+            grad_prior = torch.where(accept[..., None], new_grad_prior, grad_prior)
             accepted_total += accept
             avg_accept = 0.9 * avg_accept + 0.1 * accept
             step = step * torch.where(avg_accept > target_acceptance, 1.05, 0.95).to(step.dtype)[..., None]
@@ -374,6 +372,13 @@ class GaussianObservationModel(nn.Module):
         pixels = mean.shape[-1]
         return -0.5 * squared / self.sigma**2 - pixels * (math.log(self.sigma) + 0.5 * LOG_2PI)
 
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, I), the generator's latent distribution."""
+        return standard_normal_log_density(z)
+
+    def prior_from_noise(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return eps
+
 
 class StandardNormalProposal:
     """q(z|x) = p(z) = N(0, I) for every x: importance sampling from the prior (no encoder needed)."""
@@ -381,6 +386,6 @@ class StandardNormalProposal:
     def __init__(self, latent_dim: int) -> None:
         self.latent_dim = latent_dim
 
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Posterior:
         zeros = torch.zeros(x.shape[0], self.latent_dim, device=x.device, dtype=x.dtype)
-        return zeros, zeros
+        return Posterior(lambda eps: gaussian_sample(zeros, zeros, eps), zeros)

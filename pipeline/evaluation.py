@@ -1,8 +1,9 @@
 """Evaluation procedures: the estimators of ``pipeline/estimators.py`` and the metrics of ``pipeline/metrics.py``
 applied to trained models and the processed data.
 
-- :func:`evaluate_vae`: the VAE's log p(x) by importance sampling on the test and validation splits, ELBO, gap and
-  bits/dim, AIS on a subset with importance sampling on the same points beside it, the bound's convergence in K.
+- :func:`evaluate_vae`: the VAE's log p(x) by importance sampling on the test split (and the validation split if
+  asked), ELBO, gap and bits/dim, AIS on a subset with importance sampling on the same points beside it, the
+  bound's convergence in K.
 - :func:`evaluate_gan_likelihood`: the GAN's log p(x) by AIS under a Gaussian observation model (Wu et al. 2017).
 - :func:`sample_quality_report`: Fréchet distance (with its floor), precision/recall and classifier score of a
   sampler's images.
@@ -38,7 +39,7 @@ from pipeline.estimators import (
 from pipeline.metrics import classifier_outputs, frechet_distance, inception_score, precision_recall
 from pipeline.models.classifier import Classifier
 from pipeline.models.gan import Generator
-from pipeline.models.vae import VAE
+from pipeline.models.vae import VAE  # the one-layer family; HVAE is a subclass
 from pipeline.objectives.vae import bits_per_dim, dequantize, discrete_log_likelihood, prepare_heldout
 from pipeline.seeds import stream_seed, torch_generator
 
@@ -167,7 +168,8 @@ def evaluate_vae(
     progress: bool = True,
     ctx: DistContext | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, float]]]:
-    """Importance-sampled log p(x) on the test and validation sets, and AIS on ``settings.ais_points`` test points.
+    """Importance-sampled log p(x) on the test set (and the validation set if ``settings.splits`` names it), and AIS
+    on ``settings.ais_points`` test points. Any VAE family: the proposal is its full q(z|x), the prior its own.
 
     Returns the metrics (test log p(x), ELBO, gap = KL(q || p(z|x)) (11.21-11.25), bits/dim and AIS), the run card
     (every summary in full, validation, importance sampling on the AIS points, K, the curve's ks, units)
@@ -193,7 +195,7 @@ def evaluate_vae(
     card |= {"units": "nats per image" + (" (lower bound on the discrete data)" if offset else "")}
     curve: list[dict[str, float]] = []
     heldout, results = {}, {}
-    for split in ("test", "valid"):
+    for split in dict.fromkeys(["test", *settings.splits]):  # the test split always; the metrics are its figures
         count = min(len(data.x[split]), settings.max_points or len(data.x[split]))
         x = torch.from_numpy(data.x[split][:count]).to(device)
         x = prepare_heldout(x, data.binarize, model.likelihood, seed, split)

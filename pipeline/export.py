@@ -42,7 +42,16 @@ from torch import nn
 from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.config import ExportParams
 from pipeline.io import atomic_directory, write_json
-from pipeline.runtime import INPUT_NAMES, LABEL_NAME, MANIFEST_NAME, OUTPUT_NAMES, ModelMetadata
+from pipeline.runtime import (
+    ENCODER_EXPORTED,
+    INPUT_NAMES,
+    LABEL_NAME,
+    MANIFEST_NAME,
+    OUTPUT_NAMES,
+    PRIOR_FILE,
+    STANDARD_NORMAL,
+    ModelMetadata,
+)
 from pipeline.seeds import stream_seed
 
 PARITY_BATCH_SIZES = (1, 5, 64)
@@ -88,6 +97,17 @@ class _Method(nn.Module):
 
     def forward(self, inputs: torch.Tensor, label: torch.Tensor | None = None) -> Any:
         return getattr(self.model, self.method)(inputs, label)
+
+
+class _PriorSampler(nn.Module):
+    """z ~ p(z) from noise: the VAE's ``prior_from_noise`` as ``forward``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, noise: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.model.prior_from_noise(noise, u)
 
 
 def params_hash(config: dict[str, Any]) -> str:
@@ -314,7 +334,13 @@ def _exported(
 
 
 def _metadata(
-    kind: str, model: nn.Module, likelihood: str, data: dict[str, Any], config: dict[str, Any]
+    kind: str,
+    model: nn.Module,
+    likelihood: str,
+    data: dict[str, Any],
+    config: dict[str, Any],
+    prior: str = STANDARD_NORMAL,
+    encoder: str = "not exported: a GAN generator has no encoder",
 ) -> ModelMetadata:
     return ModelMetadata(
         kind=kind,
@@ -322,6 +348,8 @@ def _metadata(
         latent_dim=int(model.latent_dim),
         image_shape=tuple(int(s) for s in model.image_shape),
         likelihood=likelihood,
+        prior=prior,
+        encoder=encoder,
         conditional=model.num_classes is not None,
         num_classes=model.num_classes,
         dataset=str(data.get("dataset", "unknown")),
@@ -331,7 +359,9 @@ def _metadata(
 
 
 def _inputs(kind: str, model: nn.Module) -> list[InputSpec]:
-    first = INPUT_NAMES[kind]
+    if kind == "vae_prior":
+        return [InputSpec("noise", (model.latent_dim,), "normal"), InputSpec("u", (), "unit")]
+    (first,) = INPUT_NAMES[kind]
     specs = [
         InputSpec(first, (model.latent_dim,), "normal")
         if first == "z"
@@ -345,26 +375,47 @@ def _inputs(kind: str, model: nn.Module) -> list[InputSpec]:
 def export_vae(
     vae: nn.Module, data: dict[str, Any], config: dict[str, Any], export_config: ExportParams, seed: int = 0
 ) -> list[ExportedModel]:
-    """The VAE's decoder z[, label] -> E[x|z] (11.1-11.4) and encoder x[, label] -> (mu, logvar) (11.18)."""
+    """The VAE's decoder z[, label] -> E[x|z] (11.1-11.4); its prior sampler (noise, u) -> z ~ p(z) where the prior
+    is not N(0, I) (VampPrior, two layers); and its encoder x[, label] -> (mu, logvar) (11.18) where q(z|x) is that
+    Gaussian (no flow, one layer; the metadata says why otherwise)."""
     options = {"opset": export_config.opset, "parity_atol": export_config.parity_atol, "seed": seed}
     options |= {"quantize": export_config.quantize}
-    decoder_doc = f"VAE decoder: z -> E[x|z] in [0, 1] ({vae.likelihood} p(x|z)); sample z ~ N(0, I) and decode."
-    encoder_doc = "VAE encoder: image in [0, 1] -> (mu, logvar) of q(z|x) = N(mu, diag exp(logvar))."
-    decoder = export_module(
+    prior = vae.config.prior if vae.family == "vae" else f"{vae.family}:{vae.config.prior}"
+    encoder = ENCODER_EXPORTED
+    if vae.family != "vae":
+        encoder = (
+            f"not exported: q(z|x) of the {vae.family} has two stochastic layers, which no single Gaussian describes"
+        )
+    elif vae.config.flow_steps:
+        encoder = (
+            f"not exported: q(z|x) has {vae.config.flow_steps} inverse autoregressive flow steps after its Gaussian"
+        )
+    describe = {"data": data, "config": config, "prior": prior, "encoder": encoder}
+    sampled = "z ~ N(0, I)" if prior == STANDARD_NORMAL else f"z from {PRIOR_FILE} ({prior})"
+    exported = export_module(
         _Method(vae, "decode_mean"),
         _inputs("vae_decoder", vae),
-        _metadata("vae_decoder", vae, vae.likelihood, data, config),
-        doc=decoder_doc,
+        _metadata("vae_decoder", vae, vae.likelihood, **describe),
+        doc=f"VAE decoder: z -> E[x|z] in [0, 1] ({vae.likelihood} p(x|z)); sample {sampled} and decode.",
         **options,
     )
-    encoder = export_module(
-        _Method(vae, "encode"),
-        _inputs("vae_encoder", vae),
-        _metadata("vae_encoder", vae, vae.likelihood, data, config),
-        doc=encoder_doc,
-        **options,
-    )
-    return decoder + encoder
+    if prior != STANDARD_NORMAL:
+        exported += export_module(
+            _PriorSampler(vae),
+            _inputs("vae_prior", vae),
+            _metadata("vae_prior", vae, vae.likelihood, **describe),
+            doc=f"VAE prior sampler ({prior}): standard normal noise and a uniform u in [0, 1) -> z ~ p(z).",
+            **(options | {"quantize": []}),
+        )
+    if encoder == ENCODER_EXPORTED:
+        exported += export_module(
+            _Method(vae, "encode"),
+            _inputs("vae_encoder", vae),
+            _metadata("vae_encoder", vae, vae.likelihood, **describe),
+            doc="VAE encoder: image in [0, 1] -> (mu, logvar) of q(z|x) = N(mu, diag exp(logvar)).",
+            **options,
+        )
+    return exported
 
 
 def export_generator(

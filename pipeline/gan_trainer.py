@@ -94,7 +94,16 @@ class GanTrainer:
 
     name = "gan"
     higher_is_better = False
-    resumable = ("gan.epochs", "gan.resume", "gan.sample_every_epochs", "gan.log_every_steps", "device", "evaluate.")
+    patience = None
+    resumable = (
+        "gan.epochs",
+        "gan.max_minutes",
+        "gan.resume",
+        "gan.sample_every_epochs",
+        "gan.log_every_steps",
+        "device",
+        "evaluate.",
+    )
 
     def __init__(
         self,
@@ -106,7 +115,7 @@ class GanTrainer:
     ) -> None:
         self.config, self.ctx, self.data, self.outputs = config, ctx, data, outputs
         self.device = ctx.device
-        self.epochs = config.gan.epochs
+        self.epochs, self.max_minutes = config.gan.epochs, config.gan.max_minutes
         self.classifier = to_device(classifier, self.device).eval() if classifier is not None else None
         self.monitor = "frechet_distance" if classifier is not None else None
         gan = config.gan

@@ -6,8 +6,10 @@ describes itself in its ONNX metadata (written by ``pipeline.export``), so
     model = GenerativeModel("export/vae_decoder.onnx", encoder_path="export/vae_encoder.onnx")
     images = model.sample(64, seed=0)            # 64×C×H×W float32 in [0, 1]
 
-draws z ~ N(0, T² I) and decodes it: the VAE decoder gives Bernoulli probabilities
-or Gaussian means (11.1-11.4), the GAN generator g(z) its image (§11.2). One
+draws z from the model's own prior and decodes it: N(0, T² I), or, for a VAE whose metadata names another prior
+(the VampPrior, two stochastic layers), standard normal noise scaled by T mapped by ``vae_prior.onnx`` beside the
+decoder. The VAE decoder gives Bernoulli probabilities or Gaussian means (11.1-11.4), the GAN generator g(z) its
+image (§11.2). One
 instance (one onnxruntime session) may be shared by many threads: onnxruntime's
 ``run`` is thread-safe and no method here keeps per-call state.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-KINDS = ("vae_decoder", "vae_encoder", "gan_generator")
+KINDS = ("vae_decoder", "vae_encoder", "vae_prior", "gan_generator")
 METADATA_KEYS = (
     "kind",
     "variant",
@@ -31,6 +33,8 @@ METADATA_KEYS = (
     "image_shape",
     "channels",
     "likelihood",
+    "prior",
+    "encoder",
     "conditional",
     "num_classes",
     "dataset",
@@ -38,8 +42,16 @@ METADATA_KEYS = (
     "git_revision",
 )
 # input and output names of each kind; conditional models take "label" (int64, B) as a second input
-INPUT_NAMES = {"vae_decoder": "z", "gan_generator": "z", "vae_encoder": "image"}
-OUTPUT_NAMES = {"vae_decoder": ("image",), "gan_generator": ("image",), "vae_encoder": ("mu", "logvar")}
+INPUT_NAMES = {"vae_decoder": ("z",), "gan_generator": ("z",), "vae_encoder": ("image",), "vae_prior": ("noise", "u")}
+OUTPUT_NAMES = {
+    "vae_decoder": ("image",),
+    "gan_generator": ("image",),
+    "vae_encoder": ("mu", "logvar"),
+    "vae_prior": ("z",),
+}
+STANDARD_NORMAL = "standard_normal"
+PRIOR_FILE = "vae_prior.onnx"  # the prior sampler of a VAE whose prior is not N(0, I), beside its decoder
+ENCODER_EXPORTED = "exported"
 LABEL_NAME = "label"
 MANIFEST_NAME = "models.json"  # the export stage's list of the files it wrote together, with their sha256
 SAMPLE_BATCH = 1024  # images decoded per onnxruntime call when sampling
@@ -58,6 +70,8 @@ class ModelMetadata:
     latent_dim: int
     image_shape: tuple[int, int, int]
     likelihood: str
+    prior: str  # "standard_normal", or the prior the vae_prior model samples ("vampprior", "hvae:vampprior", ...)
+    encoder: str  # "exported", or why q(z|x) has no faithful ONNX encoder
     conditional: bool
     num_classes: int | None
     dataset: str
@@ -73,6 +87,8 @@ class ModelMetadata:
             "image_shape": json.dumps(list(self.image_shape)),
             "channels": str(self.image_shape[0]),
             "likelihood": self.likelihood,
+            "prior": self.prior,
+            "encoder": self.encoder,
             "conditional": json.dumps(self.conditional),
             "num_classes": json.dumps(self.num_classes),
             "dataset": self.dataset,
@@ -98,6 +114,8 @@ class ModelMetadata:
                 latent_dim=int(props["latent_dim"]),
                 image_shape=image_shape,  # type: ignore[arg-type]
                 likelihood=props["likelihood"],
+                prior=props["prior"],
+                encoder=props["encoder"],
                 conditional=bool(json.loads(props["conditional"])),
                 num_classes=None if num_classes is None else int(num_classes),
                 dataset=props["dataset"],
@@ -163,7 +181,9 @@ def read_metadata(session: ort.InferenceSession, source: str = "model") -> Model
     meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map), source)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    expected_inputs = [INPUT_NAMES[meta.kind]] + ([LABEL_NAME] if meta.conditional else [])
+    expected_inputs = [*INPUT_NAMES[meta.kind]] + (
+        [LABEL_NAME] if meta.conditional and meta.kind != "vae_prior" else []
+    )
     if inputs != expected_inputs or outputs != list(OUTPUT_NAMES[meta.kind]):
         raise ModelFileError(
             f"{source}: a {meta.kind} must have inputs {expected_inputs} and outputs {list(OUTPUT_NAMES[meta.kind])}, "
@@ -194,10 +214,23 @@ class GenerativeModel:
         self.path = Path(path)
         self._session = open_session(path, providers, threads)
         self.metadata = read_metadata(self._session, str(path))
-        if self.metadata.kind == "vae_encoder":
+        if self.metadata.kind in ("vae_encoder", "vae_prior"):
             raise ModelFileError(
-                f"{path}: this is a VAE encoder; pass the decoder as the model and this file as encoder_path"
+                f"{path}: this is a VAE {self.metadata.kind.removeprefix('vae_')}; pass the decoder as the model"
+                + (" and this file as encoder_path" if self.metadata.kind == "vae_encoder" else "")
             )
+        self._prior = None
+        if self.metadata.prior != STANDARD_NORMAL:
+            prior_path = self.path.parent / PRIOR_FILE
+            if not prior_path.is_file():
+                raise ModelFileError(
+                    f"{path}: its prior is {self.metadata.prior}, sampled by {prior_path}, which is missing; keep the "
+                    "files of one export together"
+                )
+            self._prior = open_session(prior_path, providers, threads)
+            prior_meta = read_metadata(self._prior, str(prior_path))
+            if prior_meta.kind != "vae_prior" or prior_meta.params_hash != self.metadata.params_hash:
+                raise ModelFileError(f"{prior_path} and {path} come from different models; use the files of one export")
         self._encoder = None
         if encoder_path is not None:
             self._encoder = open_session(encoder_path, providers, threads)
@@ -234,7 +267,8 @@ class GenerativeModel:
     def sample(
         self, n: int, seed: int = 0, labels: int | np.ndarray | None = None, temperature: float = 1.0
     ) -> np.ndarray:
-        """Decode ``n`` draws z ~ N(0, temperature² I) under ``seed``.
+        """Decode ``n`` draws from the model's prior under ``seed``: z ~ N(0, temperature² I), or noise of that
+        scale mapped by the model's prior sampler (for the VampPrior: within the chosen component).
 
         Conditional models: ``labels`` is one class for all, or ``n`` classes; None cycles 0, 1, ..., K-1, 0, ...
         """
@@ -268,6 +302,8 @@ class GenerativeModel:
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
             z = rng.standard_normal((count, self.latent_dim), dtype=np.float32) * np.float32(temperature)
+            if self._prior is not None:  # the noise (and a uniform choosing a mixture component) mapped to p(z)
+                (z,) = self._prior.run(None, {"noise": z, "u": rng.random(count, dtype=np.float32)})
             yield self.decode(z, None if labels is None else np.asarray(labels)[start : start + count])
 
     def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -275,7 +311,7 @@ class GenerativeModel:
         z = self._check_array("z", z, (self.latent_dim,))
         if not np.isfinite(_bounds(z)).all():
             raise ValueError("z holds NaN or infinite values; pass finite latents")
-        feeds = {INPUT_NAMES[self.metadata.kind]: z, **self._label_feed(labels, len(z))}
+        feeds = {"z": z, **self._label_feed(labels, len(z))}
         (images,) = self._session.run(None, feeds)
         if images.shape != (len(z), *self.image_shape):
             raise ModelFileError(
@@ -286,6 +322,8 @@ class GenerativeModel:
 
     def encode(self, x: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The approximate posterior q(z|x) = N(mu, diag exp(logvar)) (11.18) of images ``x`` (float32 N×C×H×W)."""
+        if self._encoder is None and self.metadata.encoder != ENCODER_EXPORTED:
+            raise ValueError(f"{self.path}: the encoder is {self.metadata.encoder}")
         if self._encoder is None:
             raise ValueError("encode needs the VAE encoder: pass encoder_path=export/vae_encoder.onnx")
         x = self._check_array("x", x, self.image_shape)

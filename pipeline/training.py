@@ -181,6 +181,8 @@ class Trainer(Protocol):
     monitor: str | None  # validation metric choosing best.pt (None: the last epoch)
     higher_is_better: bool
     resumable: tuple[str, ...]  # params keys that may differ when resuming (dotted, or a prefix ending in ".")
+    patience: int | None  # early stopping: epochs without a better monitored value (None: never)
+    max_minutes: float | None  # wall-clock training budget over all runs of a resumed training (None: none)
 
     def train_epoch(self, epoch: int) -> dict[str, float]: ...
 
@@ -265,6 +267,15 @@ def _improves(monitor: str | None, higher_is_better: bool, value: float | None, 
     return value > best["value"] if higher_is_better else value < best["value"]
 
 
+def _stop_reason(trainer: Trainer, epochs_done: int, best_epoch: int, seconds: float) -> str | None:
+    """Why training ends after this epoch, besides reaching its last: early stopping or the time budget."""
+    if trainer.patience is not None and trainer.monitor is not None and epochs_done - best_epoch >= trainer.patience:
+        return f"early stopping: {trainer.patience} epochs without a better valid/{trainer.monitor} (best {best_epoch})"
+    if trainer.max_minutes is not None and seconds >= 60 * trainer.max_minutes:
+        return f"time budget: {trainer.max_minutes:g} minutes spent after epoch {epochs_done}"
+    return None
+
+
 def fit(
     trainer: Trainer,
     outputs: TrainingOutputs,
@@ -275,7 +286,8 @@ def fit(
     ctx: DistContext,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train ``trainer`` to its last epoch (resuming from ``last.pt`` if asked and present); the writer rank saves
+    """Train ``trainer`` to its last epoch, or until its patience or time budget ends it (resuming from ``last.pt``
+    if asked and present); the writer rank saves
     last.pt every epoch and best.pt when the monitored validation metric improves, logs to dvclive, and at the end
     writes the summary metrics and the run card. ``params``: what the training depends on (stored as provenance,
     compared on resume); ``data``: the description of the training data. Returns the summary ({} on other ranks).
@@ -287,6 +299,7 @@ def fit(
             check_writable(*(folder for folder in folders if folder is not None))
         began = time.perf_counter()
         start, best, history = 0, {"epoch": 0, "value": -math.inf, "metrics": {}}, []
+        trained_seconds, stopped = 0.0, None
         run = {"data": data, "device_type": ctx.device.type, "world_size": ctx.world_size}
         if resume and outputs.last_path.exists():
             saved = load_checkpoint(outputs.last_path)
@@ -297,9 +310,14 @@ def fit(
             trainer.restore_rank(saved["training"]["ranks"][ctx.rank])
             start, best = saved["training"]["epoch"], saved["training"]["best"]
             history = saved["training"]["history"]
+            trained_seconds = saved["training"].get("seconds", 0.0)
+            # judged again under this run's patience and budget: raising either continues a stopped training
+            stopped = _stop_reason(trainer, start, best["epoch"], trained_seconds)
         live = LiveLog(outputs.live_dir, ctx.is_writer, history)
-        bar = tqdm(range(start, trainer.epochs), desc=trainer.name, disable=not (progress and ctx.is_writer))
+        epochs = range(start, start if stopped else trainer.epochs)
+        bar = tqdm(epochs, desc=trainer.name, disable=not (progress and ctx.is_writer))
         for epoch in bar:
+            epoch_began = time.perf_counter()
             metrics = {f"train/{k}": v for k, v in trainer.train_epoch(epoch).items()}
             metrics |= {f"valid/{k}": v for k, v in trainer.validate(epoch).items()}
             value = metrics.get(f"valid/{trainer.monitor}")
@@ -310,20 +328,28 @@ def fit(
                 bar.set_postfix({trainer.monitor: f"{value:.3f}"})
             for step, record in trainer.log_records(epoch, metrics):
                 live.log(step, record)
+            trained_seconds += time.perf_counter() - epoch_began
+            # rank 0's decision for all: the clocks of the ranks differ
+            stopped = gather_objects(_stop_reason(trainer, epoch + 1, best["epoch"], trained_seconds), ctx)[0]
             ranks = gather_objects(trainer.rank_state(), ctx)  # every rank's generators, for an exact resume
             if ctx.is_writer:
                 training = {"state": trainer.state(), "ranks": ranks, "epoch": epoch + 1, "best": best}
                 training |= {"history": live.history, "device_type": ctx.device.type, "world_size": ctx.world_size}
+                training |= {"seconds": trained_seconds, "stopped": stopped}
                 state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
                 save_checkpoint(outputs.last_path, state)
                 if improved:
                     save_checkpoint(outputs.best_path, state)
+            if stopped:
+                log.info("train_%s: %s", trainer.name, stopped)
+                break
         seconds = time.perf_counter() - began
         barrier(ctx)
         if not ctx.is_writer:
             return {}
         summary, card = trainer.finish(load_checkpoint(outputs.best_path))
         card = {"best_epoch": best["epoch"], "epochs": trainer.epochs, "world_size": ctx.world_size, **card}
+        card["stopped"] = stopped or "epochs"  # seconds stay in last.pt and the log: a card depends on the seed only
         write_json(outputs.card_path, card)
         if outputs.metrics_path is not None:
             write_json(outputs.metrics_path, summary)

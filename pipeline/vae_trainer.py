@@ -24,6 +24,8 @@ from pipeline.data.processed import ProcessedData
 from pipeline.device import autocast, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, wrap
 from pipeline.images import save_image_grid
+from pipeline.models import FAMILIES
+from pipeline.models.hvae import HVAE
 from pipeline.models.vae import VAE, VAEConfig
 from pipeline.objectives.vae import (
     bits_per_dim,
@@ -52,9 +54,11 @@ OUTPUTS = TrainingOutputs.for_model("vae")
 
 
 def vae_config(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAEConfig:
-    """The VAE ``config.vae`` describes for data of ``image_shape`` with ``num_classes`` labels (None: unlabelled)."""
+    """The config of the VAE family ``config.vae.family`` describes for data of ``image_shape`` with
+    ``num_classes`` labels (None: unlabelled)."""
     vae = config.vae
-    return VAEConfig(
+    family = FAMILIES[vae.family]
+    settings = dict(
         image_shape=tuple(image_shape),
         latent_dim=config.latent_dim,
         arch=vae.arch,
@@ -64,12 +68,19 @@ def vae_config(config: Config, image_shape: tuple[int, int, int], num_classes: i
         gaussian_variance=vae.gaussian_variance,
         gaussian_std=vae.gaussian_std,
         num_classes=num_classes if vae.conditional else None,
+        prior=vae.prior,
+        pseudo_inputs=vae.pseudo_inputs,
+        flow_steps=vae.flow_steps,
+        flow_hidden=vae.flow_hidden,
     )
+    if vae.family == HVAE.family:
+        settings["top_latent_dim"] = vae.top_latent_dim
+    return family.Config(**settings)
 
 
 def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
-    """A fresh :class:`VAE` of :func:`vae_config`."""
-    return VAE(vae_config(config, image_shape, num_classes))
+    """A fresh model of :func:`vae_config` (a :class:`VAE` or one of its subclasses)."""
+    return FAMILIES[config.vae.family](vae_config(config, image_shape, num_classes))
 
 
 class _Objective(nn.Module):
@@ -101,7 +112,7 @@ class VaeTrainer:
     name = "vae"
     monitor = "bound"
     higher_is_better = True
-    resumable = ("vae.epochs", "vae.resume", "device")
+    resumable = ("vae.epochs", "vae.patience", "vae.max_minutes", "vae.resume", "device")
 
     def __init__(self, config: Config, data: ProcessedData, ctx: DistContext, outputs: TrainingOutputs = OUTPUTS):
         if config.vae.likelihood == "bernoulli" and not data.binary:
@@ -110,12 +121,15 @@ class VaeTrainer:
                 "data; set data.binarize: dynamic, or vae.likelihood: gaussian"
             )
         self.config, self.ctx, self.data, self.outputs = config, ctx, data, outputs
-        self.epochs = config.vae.epochs
+        self.epochs, self.patience, self.max_minutes = config.vae.epochs, config.vae.patience, config.vae.max_minutes
         self.device = ctx.device
         self.model = to_device(build_vae(config, data.image_shape, data.num_classes), self.device)
         self.conditional = self.model.num_classes is not None
         self.dequantized = config.vae.likelihood == "gaussian"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.vae.lr, fused=True)
+        self.schedule = learning_rate_schedule(
+            self.optimizer, config.vae.lr_schedule, config.vae.lr_patience, self.epochs
+        )
         self.objective = wrap(
             _Objective(self.model, config.vae.iwae_k, config.vae.mc_samples, config.vae.free_bits), ctx
         )
@@ -167,7 +181,13 @@ class VaeTrainer:
         }
 
     def validate(self, epoch: int) -> dict[str, float]:
-        return self.evaluate("valid")
+        metrics = self.evaluate("valid")
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.schedule.step(metrics["bound"])
+        elif self.schedule is not None:
+            self.schedule.step()
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, split: str, sharded: bool = True, model: VAE | None = None) -> dict[str, float]:
@@ -224,10 +244,13 @@ class VaeTrainer:
         return {"model": self.model}
 
     def state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        schedule = None if self.schedule is None else self.schedule.state_dict()
+        return {"optimizer": self.optimizer.state_dict(), "schedule": schedule}
 
     def restore(self, state: dict[str, Any]) -> None:
         load_optimizer_state(self.optimizer, state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
 
     def rank_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -255,6 +278,21 @@ class VaeTrainer:
         return summary, card
 
 
+def learning_rate_schedule(
+    optimizer: torch.optim.Optimizer, kind: str, patience: int, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """``vae.lr_schedule``, stepped once per epoch after validation: constant (None), plateau (halve the rate after
+    ``patience`` epochs without a better validation bound, down to 1/1000 of it) or cosine (to 0 over ``epochs``)."""
+    if kind == "plateau":
+        lr = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=patience, min_lr=lr / 1000
+        )
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return None
+
+
 @torch.no_grad()
 def save_vae_figures(model: VAE, x: torch.Tensor, y: torch.Tensor | None, image_dir: Path, seed: int) -> list[Path]:
     """PNGs: prior samples (one row per class if conditional), reconstructions under their inputs,
@@ -274,25 +312,23 @@ def save_vae_figures(model: VAE, x: torch.Tensor, y: torch.Tensor | None, image_
     if model.num_classes is not None:
         per_class = 10
         labels = torch.arange(model.num_classes, device=device).repeat_interleave(per_class)
-        z = torch.randn(len(labels), d, generator=generator, device=device)
-        save("samples.png", model.decode_mean(z, labels), per_class)
+        save("samples.png", model.decode_mean(model.sample_prior(len(labels), generator), labels), per_class)
     else:
-        z = torch.randn(64, d, generator=generator, device=device)
-        save("samples.png", model.decode_mean(z), 8)
+        save("samples.png", model.decode_mean(model.sample_prior(64, generator)), 8)
 
     inputs, labels = x[:32], (y[:32] if y is not None else None)
-    recon = model.decode_mean(model.encode(inputs, labels)[0], labels)
+    recon = model.decode_mean(model.posterior(inputs, labels).mean, labels)
     rows = [torch.cat([inputs[r : r + 8], recon[r : r + 8]]) for r in range(0, len(inputs), 8)]
     save("reconstructions.png", torch.cat(rows), 8)
 
     steps, pairs = 10, min(8, len(x) // 2)
-    mu = model.encode(x[: 2 * pairs], y[: 2 * pairs] if y is not None else None)[0]
+    mu = model.posterior(x[: 2 * pairs], y[: 2 * pairs] if y is not None else None).mean
     t = torch.linspace(0, 1, steps, device=device)[None, :, None]
     z = (mu[:pairs, None] * (1 - t) + mu[pairs:, None] * t).reshape(-1, d)
     row_labels = y[:pairs].repeat_interleave(steps) if y is not None else None
     save("interpolation.png", model.decode_mean(z, row_labels), steps)
 
-    if d == 2:
+    if d == 2 and model.config.prior == "standard_normal":
         side = 15
         grid = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, side, device=device))
         z = torch.stack(torch.meshgrid(grid, grid.flip(0), indexing="xy"), -1).reshape(-1, 2)

@@ -11,6 +11,7 @@ BENCHMARKS = {
     "likelihood": "benchmarks.likelihood",
     "gan": "benchmarks.gan",
     "onnx": "benchmarks.onnx",
+    "quality": "benchmarks.quality",
 }
 
 

@@ -26,8 +26,8 @@ CURVE_PATH = "plots/vae_likelihood_curve.json"
 @click.option("--data-dir", default="data/processed", show_default=True, type=click.Path(file_okay=False))
 @fail_cleanly(*TRAINING_ERRORS)
 def main(params_path: str, checkpoint: str, data_dir: str) -> None:
-    """Estimate log p(x) (11.5-11.6) on the test and validation sets with evaluate.num_samples importance samples,
-    plus AIS on evaluate.ais_points test points; writes metrics/evaluate_vae.json, its run card
+    """Estimate log p(x) (11.5-11.6) on the test set (and the evaluate.splits named) with evaluate.num_samples
+    importance samples, plus AIS on evaluate.ais_points test points; writes metrics/evaluate_vae.json, its run card
     cards/evaluate_vae.json and the convergence curve plots/vae_likelihood_curve.json. Under torchrun the
     importance sampling is split across the ranks."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")

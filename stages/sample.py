@@ -81,7 +81,7 @@ def main(
         if not card_path.is_file():
             raise click.ClickException(f"{card_path}: no model card; run `python -m stages export` first")
         try:
-            entries = [e for e in read_json(card_path)["models"] if e["kind"] != "vae_encoder"]
+            entries = [e for e in read_json(card_path)["models"] if e["kind"] in ("vae_decoder", "gan_generator")]
         except (KeyError, TypeError):
             raise click.ClickException(f"{card_path}: not an export manifest; re-run the export stage") from None
         for entry in entries:

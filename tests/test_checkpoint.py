@@ -13,11 +13,13 @@ from pipeline.checkpoint import CheckpointError, checkpoint_state, load_checkpoi
 from pipeline.models import FAMILIES, build_model, describe_model
 from pipeline.models.classifier import ClassifierConfig
 from pipeline.models.gan import DiscriminatorConfig, GeneratorConfig
+from pipeline.models.hvae import HVAEConfig
 from pipeline.models.vae import VAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = {
     "vae": VAEConfig((1, 8, 8), 3, hidden_sizes=(16,), num_classes=10),
+    "hvae": HVAEConfig((1, 8, 8), 3, arch="gated_mlp", hidden_sizes=(16,), prior="vampprior", pseudo_inputs=4),
     "gan_generator": GeneratorConfig(3, (1, 8, 8), arch="dcgan", base_channels=4),
     "gan_discriminator": DiscriminatorConfig((1, 8, 8), hidden_sizes=(8,), spectral_norm=True),
     "classifier": ClassifierConfig((1, 8, 8), 4, task="transformations", channels=4, feature_dim=8),

@@ -21,6 +21,7 @@ from pipeline.estimators import (
     importance_sampled_log_likelihood,
 )
 from pipeline.evaluation import choose_observation_sigma
+from pipeline.models.distributions import Posterior, gaussian_sample, standard_normal_log_density
 
 DATA_SHAPE = (1, 2, 3)
 LATENT = 2
@@ -58,7 +59,13 @@ class PPCA(nn.Module):
         mvn = torch.distributions.MultivariateNormal(self._offset(y, x.shape[0]), covariance_matrix=cov)
         return mvn.log_prob(x.flatten(1))
 
-    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return standard_normal_log_density(z)
+
+    def prior_from_noise(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return eps
+
+    def exact_posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact p(z|x) = N(M^-1 W^T (x - b), sigma² M^-1), M = W^T W + sigma² I (diagonal here)."""
         m_diag = (self.weight**2).sum(0) + self.sigma**2
         mean = (x.flatten(1) - self._offset(y, x.shape[0])) @ self.weight / m_diag
@@ -75,18 +82,19 @@ class ExactPosterior:
     def __init__(self, model: PPCA) -> None:
         self.model = model
 
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.posterior(x, y)
+    def gaussian(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.exact_posterior(x, y)
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Posterior:
+        mean, logvar = self.gaussian(x, y)
+        return Posterior(lambda eps: gaussian_sample(mean, logvar, eps), mean)
 
 
-class WrongPosterior:
+class WrongPosterior(ExactPosterior):
     """A deliberately wrong q: shifted mean, twice the variance (still a usable proposal)."""
 
-    def __init__(self, model: PPCA) -> None:
-        self.model = model
-
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.model.posterior(x, y)
+    def gaussian(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.model.exact_posterior(x, y)
         return mean + 0.15, logvar + math.log(2.0)
 
 
@@ -122,7 +130,7 @@ def test_wrong_posterior_converges_within_stated_error_and_gap_is_the_kl(ppca, d
     stated = result.stderr.pow(2).mean().sqrt().item() / math.sqrt(len(data))
     assert abs(error) < 4 * stated + result.stderr.pow(2).mean().item(), (error, stated)
     # the gap log p(x) - ELBO is KL(q(z|x) || p(z|x)) (11.21-11.25), known exactly here
-    kl = kl_diagonal_gaussians(*q.encode(data), *ppca.posterior(data))
+    kl = kl_diagonal_gaussians(*q.gaussian(data), *ppca.exact_posterior(data))
     assert kl.mean() > 0.05
     torch.testing.assert_close((exact - result.elbo).mean(), kl.mean(), rtol=0.05, atol=0.01)
     # the bound rises with K in expectation: each step up in K is positive to within 3 standard errors of the
@@ -165,6 +173,9 @@ class Shifted(nn.Module):
 
     def log_likelihood(self, x, z, y=None):
         return self.model.log_likelihood(x, z, y) - self.shift
+
+    def log_prior(self, z):
+        return self.model.log_prior(z)
 
 
 def test_float64_accumulation_survives_very_negative_log_weights(ppca, data):

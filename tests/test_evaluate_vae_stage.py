@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python" if (REPO / ".venv" / "bin" / "python").exists() else Path(sys.executable)
 EVALUATE = {
     "num_samples": 64,
+    "splits": ["test", "valid"],
     "curve_ks": [1, 8],
     "memory_budget_mb": 16,
     "ais_steps": 30,

@@ -150,7 +150,20 @@ class NoisyDecoder(torch.nn.Module):
 
 
 def test_parity_failure_is_an_error() -> None:
-    meta = ModelMetadata("gan_generator", "float32", 4, IMAGE_SHAPE, "implicit", False, None, "digits", "h", "r")
+    meta = ModelMetadata(
+        "gan_generator",
+        "float32",
+        4,
+        IMAGE_SHAPE,
+        "implicit",
+        "standard_normal",
+        "not exported",
+        False,
+        None,
+        "digits",
+        "h",
+        "r",
+    )
     with pytest.raises(ExportError, match="differs from torch by .* > export.parity_atol"):
         export_module(NoisyDecoder(), [InputSpec("z", (4,), "normal")], meta, opset=18, parity_atol=1e-5)
 

@@ -8,24 +8,32 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from pipeline.models.vae import VAE, VAEConfig, reparameterize
+from pipeline.models.distributions import (
+    gaussian_log_density,
+    gaussian_sample,
+    kl_to_standard_normal,
+    standard_normal_log_density,
+)
+from pipeline.models.vae import VAE, VAEConfig
 from pipeline.objectives.vae import (
     bits_per_dim,
     count_active_units,
     dequantize,
     discrete_log_likelihood,
     elbo,
-    gaussian_log_density,
     iwae_bound,
-    kl_to_standard_normal,
     kl_warmup_beta,
-    standard_normal_log_density,
     training_bound,
 )
 
 
 def _generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    eps = torch.randn((n, *mu.shape), generator=generator, dtype=mu.dtype)
+    return gaussian_sample(mu, logvar, eps)[0]
 
 
 def test_gaussian_log_densities_match_torch_distributions() -> None:

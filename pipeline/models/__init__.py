@@ -14,10 +14,12 @@ from torch import nn
 
 from pipeline.models.classifier import Classifier
 from pipeline.models.gan import Discriminator, Generator
+from pipeline.models.hvae import HVAE
 from pipeline.models.vae import VAE
 
 FAMILIES: dict[str, type[nn.Module]] = {
     VAE.family: VAE,
+    HVAE.family: HVAE,
     Generator.family: Generator,
     Discriminator.family: Discriminator,
     Classifier.family: Classifier,

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import torch
 
+from pipeline.models.distributions import Posterior
+
 
 class LabelError(ValueError):
     """A conditional model was called without labels, or with labels it cannot use."""
@@ -34,7 +36,7 @@ def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tens
 
 
 class LatentVariableModel(Protocol):
-    """A model with prior N(0, I) over ``latent_dim`` dimensions and a tractable decoder density.
+    """A model p(z) p(x|z) over ``latent_dim`` latent numbers with tractable densities.
 
     Shapes: ``x`` is B×C×H×W, ``y`` is B labels or None, ``z`` is K×B×D (K samples per data point).
     """
@@ -45,10 +47,18 @@ class LatentVariableModel(Protocol):
         """log p(x|z) summed over the data dimensions, shape K×B (11.1-11.4)."""
         ...
 
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z), shape K×B."""
+        ...
+
+    def prior_from_noise(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """z ~ p(z) as a function of standard normal ``eps`` (K×B×D) and uniform ``u`` (K×B)."""
+        ...
+
 
 class AmortizedPosterior(Protocol):
-    """An inference network q(z|x) = N(mu, diag exp(logvar)) (11.18)."""
+    """An inference network: ``posterior(x, y)`` gives q(z|x) of a batch as a map from noise (11.37)."""
 
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (mu, logvar), each B×D."""
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Posterior:
+        """q(z|x) for the B points of ``x``."""
         ...

@@ -1,10 +1,16 @@
-"""The variational autoencoder of §11.1: prior N(0, I), Gaussian q(z|x) (11.18), Bernoulli or Gaussian p(x|z).
+"""The variational autoencoder of §11.1 with one stochastic layer: prior N(0, I) or the VampPrior, Gaussian
+q(z|x) (11.18), optionally refined by an inverse autoregressive flow, Bernoulli or Gaussian p(x|z).
 
-Networks only; the bounds that train them live in ``pipeline/objectives/vae.py`` and the
-training procedure in ``pipeline/vae_trainer.py``. Two architectures adapt to any C×H×W:
-``mlp`` (flattened pixels through ``hidden_sizes``) and ``conv`` (stride-2 convolutions
-with ``conv_channels``, mirrored by transposed convolutions). A conditional model
-(Fig. 11.2b) feeds the one-hot class label to both encoder and decoder.
+Networks only; the bounds that train them live in ``pipeline/objectives/vae.py`` and the training procedure in
+``pipeline/vae_trainer.py``. Four architectures adapt to any C×H×W: ``mlp`` (flattened pixels through
+``hidden_sizes``), ``gated_mlp`` (the same with gated dense layers, as in the VampPrior code), ``conv`` (stride-2
+convolutions with ``conv_channels``, mirrored by transposed convolutions) and ``resnet`` (the same with a residual
+block after each). A conditional model (Fig. 11.2b) feeds the one-hot class label to both encoder and decoder.
+
+Priors: ``standard_normal`` N(0, I), or ``vampprior``, the uniform mixture (1/M) Σ_m q(z|u_m) of the posteriors of
+M learned pseudo-inputs u_m (Tomczak & Welling 2018). What the estimators use (``pipeline/models/base.py``):
+``posterior(x)`` (the reparameterized q as a map from noise), ``log_prior(z)``, ``prior_from_noise(eps, u)`` and
+``log_likelihood(x, z)``. The two-layer family in ``hvae.py`` extends this one.
 """
 
 from __future__ import annotations
@@ -18,10 +24,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.base import check_labels, one_hot
+from pipeline.models.distributions import (
+    Posterior,
+    gaussian_mixture_log_density,
+    gaussian_sample,
+    kl_to_standard_normal,
+    mixture_component_sample,
+    standard_normal_log_density,
+)
+from pipeline.models.layers import InverseAutoregressiveFlow, ResidualBlock, dense_stack
 
 LOG_2PI = math.log(2 * math.pi)
 # Decoded rows the fused MLP log-likelihood holds at once (importance sampling, AIS, IWAE).
 LOGIT_ROWS_PER_BLOCK = 2048
+
+
+ARCHS = ("mlp", "gated_mlp", "conv", "resnet")
+PRIORS = ("standard_normal", "vampprior")
 
 
 @dataclass(frozen=True)
@@ -37,36 +56,34 @@ class VAEConfig:
     gaussian_variance: str = "learned"
     gaussian_std: float = 0.1
     num_classes: int | None = None
+    prior: str = "standard_normal"
+    pseudo_inputs: int = 500
+    flow_steps: int = 0
+    flow_hidden: int = 256
 
     def __post_init__(self) -> None:
         for name in ("image_shape", "hidden_sizes", "conv_channels"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        if self.arch not in ("mlp", "conv"):
-            raise ValueError(f"arch {self.arch!r} is not 'mlp' or 'conv'")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood {self.likelihood!r} is not 'bernoulli' or 'gaussian'")
-        if self.arch == "mlp" and not self.hidden_sizes:
-            raise ValueError("the mlp architecture needs at least one hidden layer (vae.hidden_sizes is empty)")
-        if self.arch == "conv" and not self.conv_channels:
-            raise ValueError("the conv architecture needs at least one block (vae.conv_channels is empty)")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior {self.prior!r} is not one of {', '.join(PRIORS)}")
+        if self.arch in ("mlp", "gated_mlp") and not self.hidden_sizes:
+            raise ValueError(
+                f"the {self.arch} architecture needs at least one hidden layer (vae.hidden_sizes is empty)"
+            )
+        if self.arch in ("conv", "resnet") and not self.conv_channels:
+            raise ValueError(f"the {self.arch} architecture needs at least one block (vae.conv_channels is empty)")
+        if self.prior == "vampprior" and self.num_classes is not None:
+            raise ValueError("the vampprior is for unconditional models: set vae.conditional: false")
+        if self.prior == "vampprior" and self.pseudo_inputs < 1:
+            raise ValueError("the vampprior needs at least one pseudo-input (vae.pseudo_inputs)")
 
-
-def reparameterize(
-    mu: torch.Tensor, logvar: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """K×B×D samples z = mu + sigma * eps with eps ~ N(0, I) (11.37), differentiable in mu and logvar."""
-    eps = torch.randn((num_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-    return mu + torch.exp(0.5 * logvar) * eps
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    @property
+    def gated(self) -> bool:
+        return self.arch == "gated_mlp"
 
 
 def _conv_shapes(height: int, width: int, depth: int) -> list[tuple[int, int]]:
@@ -84,9 +101,12 @@ def _conv_shapes(height: int, width: int, depth: int) -> list[tuple[int, int]]:
 
 
 class VAE(nn.Module):
-    """p(z) = N(0, I), q(z|x) = N(mu(x), diag exp(logvar(x))) (11.18), p(x|z) Bernoulli (11.1-11.3) or Gaussian (11.4).
+    """p(z) N(0, I) or VampPrior, q(z|x) = N(mu(x), diag exp(logvar(x))) (11.18) [→ IAF], p(x|z) Bernoulli
+    (11.1-11.3) or Gaussian (11.4).
 
     Shapes: ``x`` B×C×H×W in [0, 1], ``y`` B integer labels (conditional models only), ``z`` B×D or K×B×D.
+    ``latent_dim`` is the size of the whole latent vector; ``top_dim`` that of the layer the encoder's Gaussian
+    and the prior describe (the same here; the top layer in :class:`pipeline.models.hvae.HVAE`).
     """
 
     family = "vae"
@@ -95,34 +115,45 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
-        self.image_shape, self.latent_dim, self.num_classes = config.image_shape, config.latent_dim, config.num_classes
+        self.image_shape, self.num_classes = config.image_shape, config.num_classes
+        self.latent_dim, self.top_dim = self.latent_sizes(config)
         self.likelihood, self.arch = config.likelihood, config.arch
         self.gaussian_variance, self.gaussian_std = config.gaussian_variance, config.gaussian_std
-        latent_dim, num_classes, arch = config.latent_dim, config.num_classes, config.arch
         hidden_sizes, conv_channels, gaussian_std = config.hidden_sizes, config.conv_channels, config.gaussian_std
         c, h, w = self.image_shape
-        n_labels = num_classes or 0
-        if arch == "mlp":
+        n_labels = config.num_classes or 0
+        self.context_dim = config.flow_hidden if config.flow_steps else 0
+        head_size = 2 * self.top_dim + self.context_dim
+        if config.arch in ("mlp", "gated_mlp"):
             pixels = c * h * w
             hidden = list(hidden_sizes)
-            self.encoder = nn.Sequential(_mlp([pixels + n_labels, *hidden]), nn.ReLU())
-            self.encoder_head = nn.Linear(hidden[-1], 2 * latent_dim)
-            self.decoder = _mlp([latent_dim + n_labels, *reversed(hidden), pixels])
-        elif arch == "conv":
+            if config.gated:
+                self.encoder = dense_stack([pixels + n_labels, *hidden], gated=True, last_activation=True)
+            else:
+                self.encoder = nn.Sequential(dense_stack([pixels + n_labels, *hidden], gated=False), nn.ReLU())
+            self.feature_dim = hidden[-1]
+            self.encoder_head = nn.Linear(hidden[-1], head_size)
+            self.decoder = dense_stack([self.latent_dim + n_labels, *reversed(hidden), pixels], config.gated)
+        else:
+            residual = config.arch == "resnet"
             channels = [c, *conv_channels]
             shapes = _conv_shapes(h, w, len(conv_channels))
             blocks: list[nn.Module] = []
             for n_in, n_out in zip(channels[:-1], channels[1:], strict=True):
                 blocks += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), nn.ReLU()]
+                blocks += [ResidualBlock(n_out), nn.ReLU()] if residual else []
             self.encoder = nn.Sequential(*blocks, nn.Flatten())
             self._bottom = (channels[-1], *shapes[-1])
             features = math.prod(self._bottom)
-            self.encoder_head = nn.Linear(features + n_labels, 2 * latent_dim)
-            up: list[nn.Module] = [nn.Linear(latent_dim + n_labels, features), nn.ReLU(), nn.Unflatten(1, self._bottom)]
+            self.feature_dim = features + n_labels
+            self.encoder_head = nn.Linear(features + n_labels, head_size)
+            up: list[nn.Module] = [nn.Linear(self.latent_dim + n_labels, features), nn.ReLU()]
+            up.append(nn.Unflatten(1, self._bottom))
             for i in range(len(conv_channels), 0, -1):
                 target_h, target_w = shapes[i - 1]
                 source_h, source_w = shapes[i]
                 pad = (target_h - 2 * source_h, target_w - 2 * source_w)
+                up += [ResidualBlock(channels[i]), nn.ReLU()] if residual else []
                 up.append(nn.ConvTranspose2d(channels[i], channels[i - 1], 4, stride=2, padding=1, output_padding=pad))
                 if i > 1:
                     up.append(nn.ReLU())
@@ -131,25 +162,87 @@ class VAE(nn.Module):
             # per-pixel std = floor + softplus(raw), starting at twice the floor (softplus(raw) = floor)
             start = math.log(math.expm1(gaussian_std))
             self.decoder_std_raw = nn.Parameter(torch.full(self.image_shape, start))
+        if config.flow_steps:
+            self.flow = InverseAutoregressiveFlow(self.top_dim, self.context_dim, config.flow_hidden, config.flow_steps)
+        if config.prior == "vampprior":
+            # pseudo-inputs u_m = hardtanh(raw) in [0, 1], started near 0.05 as in the VampPrior code
+            self.pseudo_inputs_raw = nn.Parameter(torch.randn(config.pseudo_inputs, *self.image_shape) * 0.01 + 0.05)
+
+    @staticmethod
+    def latent_sizes(config: VAEConfig) -> tuple[int, int]:
+        """(size of the whole latent vector, size of the layer the encoder's Gaussian and the prior describe)."""
+        return config.latent_dim, config.latent_dim
 
     def _labels(self, y: torch.Tensor | None, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
         y = check_labels(y, self.num_classes, batch)
         return None if y is None else one_hot(y, self.num_classes, dtype)
 
-    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parameters (mu, logvar) of q(z|x) (11.18), each B×D."""
+    def _features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         labels = self._labels(y, x.shape[0], x.dtype)
-        if self.arch == "mlp":
+        if self.arch in ("mlp", "gated_mlp"):
             inputs = x.flatten(1)
             if labels is not None:
                 inputs = torch.cat([inputs, labels], dim=1)
-            features = self.encoder(inputs)
-        else:
-            features = self.encoder(x)
-            if labels is not None:
-                features = torch.cat([features, labels], dim=1)
-        mu, logvar = self.encoder_head(features).chunk(2, dim=1)
+            return self.encoder(inputs)
+        features = self.encoder(x)
+        return features if labels is None else torch.cat([features, labels], dim=1)
+
+    def _head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.encoder_head(features)
+        d = self.top_dim
+        return out[:, :d], out[:, d : 2 * d], out[:, 2 * d :]
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameters (mu, logvar) of the encoder's Gaussian (11.18), each B×``top_dim`` (before any flow)."""
+        mu, logvar, _ = self._head(self._features(x, y))
         return mu, logvar
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Posterior:
+        """q(z|x): z0 = mu + sigma * eps, then the IAF steps if any (log q gains minus their log-determinants)."""
+        mu, logvar, context = self._head(self._features(x, y))
+        if self.config.flow_steps:
+
+            def sample(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                z0, log_q0 = gaussian_sample(mu, logvar, eps)
+                z, log_det = self.flow(z0, context)
+                return z, log_q0 - log_det
+
+            return Posterior(sample, mu)
+        analytic = self.config.prior == "standard_normal"
+        return Posterior(
+            lambda eps: gaussian_sample(mu, logvar, eps), mu, kl_to_standard_normal(mu, logvar) if analytic else None
+        )
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The VampPrior's M pseudo-inputs, M×C×H×W in [0, 1]."""
+        return F.hardtanh(self.pseudo_inputs_raw, 0.0, 1.0)
+
+    def _top_prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode(self.pseudo_inputs())
+
+    def _top_log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.prior == "standard_normal":
+            return standard_normal_log_density(z)
+        return gaussian_mixture_log_density(z, *self._top_prior_components())
+
+    def _top_from_noise(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.config.prior == "standard_normal":
+            return eps
+        return mixture_component_sample(*self._top_prior_components(), eps, u)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z), K×B for z K×B×D: N(0, I), or the VampPrior (1/M) Σ_m q(z|u_m) (Tomczak & Welling, eq. 9)."""
+        return self._top_log_prior(z)
+
+    def prior_from_noise(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """z ~ p(z) as a function of standard normal ``eps`` (…×D) and uniform ``u`` (…, picks a mixture component)."""
+        return self._top_from_noise(eps, u)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws z ~ p(z), n×D."""
+        device = self.encoder_head.weight.device
+        eps = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return self.prior_from_noise(eps, torch.rand(n, generator=generator, device=device))
 
     def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's raw output for B×D latents: Bernoulli logits or pre-sigmoid Gaussian means, B×C×H×W."""
@@ -172,7 +265,7 @@ class VAE(nn.Module):
         """log p(x|z) summed over pixels, K×B, for x B×C×H×W and z K×B×D (11.3 or 11.4)."""
         k, b, d = z.shape
         y_rep = None if y is None else y.repeat(k)
-        if self.arch == "mlp" and k > 1 and not torch.is_autocast_enabled(z.device.type):
+        if self.arch in ("mlp", "gated_mlp") and k > 1 and not torch.is_autocast_enabled(z.device.type):
             return self._mlp_log_likelihood(x.reshape(b, -1).to(z.dtype).contiguous(), z, y_rep)
         logits = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, -1)
         return self.log_likelihood_from_logits(logits, x.reshape(b, -1).to(logits.dtype))

@@ -1,7 +1,7 @@
 """The VAE's training bounds: the ELBO (11.30) and the importance-weighted bound (Burda et al. 2015).
 
-Also the shared pieces: Gaussian log densities (used by the likelihood estimators too), the
-analytic KL to the prior (11.36), KL warm-up and free bits, the images a VAE scores (dynamic
+Both take any VAE family through its posterior q(z|x) (a map from noise), log p(z) and log p(x|z); the densities
+are in ``pipeline/models/distributions.py``. Also KL warm-up and free bits, the images a VAE scores (dynamic
 binarization, uniform dequantization) and bits/dim.
 """
 
@@ -12,25 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.models.vae import VAE, reparameterize
+from pipeline.models.distributions import Posterior
+from pipeline.models.vae import VAE
 from pipeline.seeds import torch_generator
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag exp(logvar)) summed over the last dimension (z may carry extra leading sample dims)."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
-
-
-def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over the last dimension: the prior p(z)."""
-    return -0.5 * (LOG_2PI + z**2).sum(-1)
-
-
-def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag exp(logvar)) || N(0, I)) per latent dimension, B×D, in closed form (11.36)."""
-    return 0.5 * (mu**2 + torch.exp(logvar) - 1.0 - logvar)
 
 
 @dataclass
@@ -44,6 +28,17 @@ class BoundTerms:
     mu: torch.Tensor
 
 
+def _posterior_samples(
+    model: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, generator: torch.Generator | None
+) -> tuple[Posterior, torch.Tensor, torch.Tensor]:
+    """q(z|x), ``num_samples`` reparameterized draws z (11.37) and their log q(z|x)."""
+    posterior = model.posterior(x, y)
+    shape = (num_samples, posterior.mean.shape[0], model.latent_dim)
+    eps = torch.randn(shape, generator=generator, device=x.device, dtype=posterior.mean.dtype)
+    z, log_q = posterior.sample(eps)
+    return posterior, z, log_q
+
+
 def elbo(
     model: VAE,
     x: torch.Tensor,
@@ -54,19 +49,25 @@ def elbo(
     free_bits: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> BoundTerms:
-    """ELBO (11.30): an M-sample Monte Carlo reconstruction term (11.32-11.33) minus the analytic KL (11.36).
+    """ELBO (11.30): an M-sample Monte Carlo reconstruction term (11.32-11.33) minus KL(q(z|x) || p(z)), analytic
+    (11.36) where the family has it in closed form, else the M-sample estimate of E_q[log q(z|x) - log p(z)]
+    (VampPrior, flows, two layers).
 
     ``bound`` is the true ELBO per example; ``loss`` is the batch mean of -(reconstruction - beta * KL),
     where with free bits each dimension's batch-averaged KL counts as at least ``free_bits`` nats.
     """
-    mu, logvar = model.encode(x, y)
-    z = reparameterize(mu, logvar, num_samples, generator)
+    posterior, z, log_q = _posterior_samples(model, x, y, num_samples, generator)
     reconstruction = model.log_likelihood(x, z, y).mean(0)
-    kl_per_dim = kl_to_standard_normal(mu, logvar)
-    kl = kl_per_dim.sum(-1)
-    penalty = torch.clamp(kl_per_dim.mean(0), min=free_bits).sum() if free_bits > 0 else kl.mean()
+    if posterior.kl_per_dim is not None:
+        kl = posterior.kl_per_dim.sum(-1)
+        penalty = torch.clamp(posterior.kl_per_dim.mean(0), min=free_bits).sum() if free_bits > 0 else kl.mean()
+    else:
+        if free_bits > 0:
+            raise ValueError("free bits need a closed-form KL: the standard normal prior without flows")
+        kl = (log_q - model.log_prior(z)).mean(0)
+        penalty = kl.mean()
     loss = -(reconstruction.mean() - beta * penalty)
-    return BoundTerms(bound=reconstruction - kl, reconstruction=reconstruction, kl=kl, loss=loss, mu=mu)
+    return BoundTerms(bound=reconstruction - kl, reconstruction=reconstruction, kl=kl, loss=loss, mu=posterior.mean)
 
 
 def iwae_bound(
@@ -84,10 +85,9 @@ def iwae_bound(
     Averaged over ``num_samples`` independent k-sample estimates; k = 1 is the ELBO with a sampled KL.
     ``loss`` uses weights p(x|z) (p(z) / q(z|x))^beta for the KL warm-up.
     """
-    mu, logvar = model.encode(x, y)
-    z = reparameterize(mu, logvar, num_samples * k, generator)
+    posterior, z, log_q = _posterior_samples(model, x, y, num_samples * k, generator)
     log_px = model.log_likelihood(x, z, y)
-    log_prior_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)
+    log_prior_ratio = model.log_prior(z) - log_q
     batch = x.shape[0]
 
     def bound_at(weight: float) -> torch.Tensor:
@@ -96,8 +96,8 @@ def iwae_bound(
 
     bound = bound_at(1.0)
     loss = -(bound if beta == 1.0 else bound_at(beta)).mean()
-    kl = kl_to_standard_normal(mu, logvar).sum(-1)
-    return BoundTerms(bound=bound, reconstruction=log_px.mean(0), kl=kl, loss=loss, mu=mu)
+    kl = posterior.kl_per_dim.sum(-1) if posterior.kl_per_dim is not None else -log_prior_ratio.mean(0)
+    return BoundTerms(bound=bound, reconstruction=log_px.mean(0), kl=kl, loss=loss, mu=posterior.mean)
 
 
 def training_bound(

@@ -1,0 +1,110 @@
+"""`python -m stages bench quality --recipe NAME`: train one recipe on statically binarized MNIST and print the
+literature's figure, test -log p(x) by importance sampling with K = 5000, beside the ELBO, the gap, the epochs and
+the training time.
+
+A recipe is ``recipes/NAME.yaml``: the params it changes from the shipped ``params.yaml``. The run is the pipeline
+itself: the download, preprocess, train_vae and evaluate_vae stages, run one after another in a working folder
+(``bench-runs/NAME`` by default) with those params, the dataset set to ``--data`` (``npz``, no binarization: the
+file holds one static draw) and evaluation set to K = 5000 on the test split. ``--max-minutes`` is the training
+budget (vae.max_minutes): the literature trains for days; say here what a CPU user can afford.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from pipeline.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+DEV_DATA = REPO.parent / "shared" / "data" / "binarized_mnist_dev.npz"
+STAGES = ("download", "preprocess", "train_vae", "evaluate_vae")
+
+
+def recipe_names() -> list[str]:
+    return sorted(path.stem for path in RECIPES.glob("*.yaml"))
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """``base`` with ``overlay``'s keys replaced, recursing into sections."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def recipe_params(name: str, data: Path, max_minutes: float | None, num_samples: int, device: str) -> dict:
+    """The shipped params with recipe ``name`` and the benchmark's data and evaluation settings merged in."""
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        raise click.BadParameter(f"no recipe {name!r}; known: {', '.join(recipe_names())}", param_hint="--recipe")
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(path.read_text()))
+    settings = {
+        "device": device,
+        "data": {"dataset": "npz", "path": str(data), "binarize": "none"},
+        "vae": {"max_minutes": max_minutes},
+        "evaluate": {"num_samples": num_samples, "splits": ["test"], "curve_ks": [1, 100, 1000]},
+    }
+    return merge(params, settings)
+
+
+@click.command()
+@click.option("--recipe", required=True, help=f"a recipe of recipes/ (or 'list'); e.g. {', '.join(recipe_names())}")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=DEV_DATA,
+              show_default=True, help="an .npz of binary images with x_train, x_valid, x_test")  # fmt: skip
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="training budget in minutes")  # fmt: skip
+@click.option("--num-samples", type=click.IntRange(min=1), default=5000, show_default=True, help="K of the estimate")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the run's files go (default bench-runs/RECIPE)")  # fmt: skip
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: all cores)")
+def main(
+    recipe: str,
+    data_path: Path,
+    max_minutes: float,
+    num_samples: int,
+    device: str,
+    workdir: Path | None,
+    threads: int | None,
+) -> None:
+    """Train RECIPE within --max-minutes and print its test -log p(x) (K importance samples)."""
+    if recipe == "list":
+        click.echo("\n".join(recipe_names()))
+        return
+    if not data_path.is_file():
+        raise click.BadParameter(f"{data_path}: no such file", param_hint="--data")
+    params = recipe_params(recipe, data_path.resolve(), max_minutes, num_samples, device)
+    workdir = (workdir or Path("bench-runs") / recipe).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads)}
+    seconds = {}
+    for stage in STAGES:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "stages", stage], cwd=workdir, env=env)
+        seconds[stage] = time.perf_counter() - start
+        if result.returncode != 0:
+            raise click.ClickException(f"stage {stage} failed (exit {result.returncode}); its output is above")
+    train = json.loads((workdir / "cards" / "train_vae.json").read_text())
+    training_seconds = load_checkpoint(workdir / "checkpoints" / "vae" / "last.pt")["training"]["seconds"]
+    evaluation = json.loads((workdir / "cards" / "evaluate_vae.json").read_text())
+    test = evaluation["test"]
+    click.echo(
+        f"recipe {recipe} on {data_path.name} x_test ({test['points']} images), device {train['device']}:\n"
+        f"  -log p(x) {-test['log_px']:.2f} ± {test['log_px_stderr']:.2f} nats (K = {evaluation['num_samples']}), "
+        f"ELBO {-test['elbo']:.2f}, gap {test['gap']:.2f}, AIS on {evaluation['ais']['points']} points "
+        f"{-evaluation['ais']['log_px']:.2f}\n"
+        f"  training {training_seconds / 60:.1f} min (budget {max_minutes:g}), best epoch "
+        f"{train['best_epoch']}, stopped: {train['stopped']}; evaluation {seconds['evaluate_vae'] / 60:.1f} min"
+    )

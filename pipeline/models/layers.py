@@ -1,0 +1,109 @@
+"""Building blocks of the VAE families: plain and gated dense stacks, residual convolutions, and the inverse
+autoregressive flow (Kingma et al. 2016) with its masked (MADE) networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GatedDense(nn.Module):
+    """h = (W x + b) ⊙ sigmoid(V x + c): the gated dense layer of the VampPrior code (Dauphin et al. 2017)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, 2 * n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.linear(x).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+def dense_stack(sizes: list[int], gated: bool, last_activation: bool = False) -> nn.Sequential:
+    """Dense layers ``sizes[0] → … → sizes[-1]``: ReLU-activated linear or gated layers; the last layer is a plain
+    Linear unless ``last_activation`` (then it is a hidden layer like the others)."""
+    layers: list[nn.Module] = []
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+    for i, (n_in, n_out) in enumerate(pairs):
+        hidden = last_activation or i < len(pairs) - 1
+        if hidden and gated:
+            layers.append(GatedDense(n_in, n_out))
+        else:
+            layers.append(nn.Linear(n_in, n_out))
+            if hidden:
+                layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))): two 3×3 convolutions that keep the channels and the size."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(channels, channels, 3, padding=1)
+        self.second = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.second(F.relu(self.first(F.relu(x))))
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (MADE, Germain et al. 2015)."""
+
+    def __init__(self, n_in: int, n_out: int, mask: torch.Tensor) -> None:
+        super().__init__(n_in, n_out)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class AutoregressiveStep(nn.Module):
+    """One IAF step z' = sigma ⊙ z + (1 - sigma) ⊙ m with [m, s] = MADE(z, h), sigma = sigmoid(s) (Kingma et al.
+    2016, eq. 11-14): output d depends on z_<d only (in ``order``), so the Jacobian is triangular with log-determinant
+    Σ log sigma. The context h (from the encoder) enters the hidden layer unmasked."""
+
+    def __init__(self, latent_dim: int, context_dim: int, hidden: int, order: torch.Tensor) -> None:
+        super().__init__()
+        degrees_hidden = torch.arange(hidden) % max(latent_dim - 1, 1)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(latent_dim)  # the position of each dimension in the autoregressive order
+        hidden_mask = (degrees_hidden[:, None] >= rank[None, :]).float()  # hidden unit k sees z_d with rank ≤ k
+        output_mask = (rank[:, None] > degrees_hidden[None, :]).float()  # output d sees units of lower degree
+        self.inputs = MaskedLinear(latent_dim, hidden, hidden_mask)
+        self.context = nn.Linear(context_dim, hidden, bias=False)
+        self.hidden = MaskedLinear(hidden, hidden, (degrees_hidden[:, None] >= degrees_hidden[None, :]).float())
+        self.shift = MaskedLinear(hidden, latent_dim, output_mask)
+        self.gate = MaskedLinear(hidden, latent_dim, output_mask)
+        # start near the identity: sigma ≈ sigmoid(2) ≈ 0.88, as the IAF paper's forget-gate bias suggests
+        nn.init.constant_(self.gate.bias, 2.0)
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z …×D, h …×C (broadcast against z) → (z', log|det ∂z'/∂z| …)."""
+        a = F.elu(self.inputs(z) + self.context(h))
+        a = F.elu(self.hidden(a))
+        log_sigma = F.logsigmoid(self.gate(a))
+        sigma = torch.exp(log_sigma)
+        return sigma * z + (1 - sigma) * self.shift(a), log_sigma.sum(-1)
+
+
+class InverseAutoregressiveFlow(nn.Module):
+    """A stack of :class:`AutoregressiveStep`, the order reversed between steps, on top of a Gaussian q(z0|x):
+    log q(z_T|x) = log q(z0|x) - Σ_t log|det ∂z_t/∂z_{t-1}| (Kingma et al. 2016, eq. 15)."""
+
+    def __init__(self, latent_dim: int, context_dim: int, hidden: int, steps: int) -> None:
+        super().__init__()
+        order = torch.arange(latent_dim)
+        self.steps = nn.ModuleList(
+            AutoregressiveStep(latent_dim, context_dim, hidden, order if t % 2 == 0 else order.flip(0))
+            for t in range(steps)
+        )
+
+    def forward(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z K×B×D, h B×C → (z_T, Σ log-determinants K×B)."""
+        log_det = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        for step in self.steps:
+            z, step_log_det = step(z, h)
+            log_det = log_det + step_log_det
+        return z, log_det
