@@ -285,8 +285,17 @@ def learning_rate_schedule(
     ``patience`` epochs without a better validation bound, down to 1/1000 of it) or cosine (to 0 over ``epochs``)."""
     if kind == "plateau":
         lr = optimizer.param_groups[0]["lr"]
+        # "better" is strictly higher, as for best.pt: torch's default relative threshold would count a slightly
+        # lower bound as better, the bound being negative
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.5, patience=patience, min_lr=lr / 1000
+            optimizer,
+            mode="max",
+            factor=0.5,
+            patience=patience,
+            min_lr=lr / 1000,
+            threshold=0.0,
+            threshold_mode="abs",
+            eps=0.0,
         )
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)

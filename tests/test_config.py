@@ -86,6 +86,13 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"data": "digits"}, r"data: expected a mapping"),
         ({"data": {"dataset": "npz"}}, r"data.path: null is not allowed with data.dataset 'npz'"),
         ({"export": {"quantize": ["int4"]}}, r"export.quantize\[0\]: 'int4' is not allowed"),
+        ({"vae": {"prior": "vamp"}}, r"vae.prior: 'vamp' is not allowed \(did you mean 'vampprior'\?\)"),
+        ({"vae": {"family": "hvae", "flow_steps": 2}}, r"vae.flow_steps: flows refine the one-layer vae"),
+        ({"vae": {"prior": "vampprior", "conditional": True}}, r"vae.conditional: true is for the one-layer vae"),
+        ({"vae": {"family": "hvae", "free_bits": 0.5}}, r"vae.free_bits needs the closed-form KL"),
+        ({"vae": {"arch": "resnet", "conv_channels": []}}, r"vae.conv_channels: \[\] is not allowed with arch resnet"),
+        ({"vae": {"max_minutes": 0}}, r"vae.max_minutes: 0.0 is out of range"),
+        ({"evaluate": {"splits": ["train"]}}, r"evaluate.splits\[0\]: 'train' is not allowed"),
     ],
 )
 def test_bad_values_are_named(raw: dict, expected: str) -> None:

@@ -216,3 +216,30 @@ def test_train_vae_stage_runs_as_a_subprocess(digits_processed_dir: Path, tmp_pa
     command[-1] = str(unlabelled)
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "vae.conditional is true" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_patience_ends_training_early_and_a_resume_with_more_patience_continues(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """With lr so small that nothing improves after the first epochs, patience 3 ends the run long before
+    vae.epochs; the card says why; resuming with a larger patience trains on from last.pt."""
+    data = load_processed(digits_processed_dir)
+    outputs = _outputs(tmp_path)
+    config = _config(epochs=50, patience=3, lr=1e-9, lr_schedule="plateau", lr_patience=1)
+    train_vae(config, data, outputs, progress=False)
+    card = json.loads(outputs.card_path.read_text())
+    trained = load_checkpoint(outputs.last_path)["training"]
+    assert trained["epoch"] < 20 and card["stopped"].startswith("early stopping: 3 epochs without")
+    assert trained["epoch"] - card["best_epoch"] == 3
+    lrs = [record["valid/lr"] for _, record in trained["history"]]
+    assert lrs[0] == 1e-9 and lrs[-1] < lrs[0]  # the plateau schedule halved it
+    resumed = dataclasses.replace(config, vae=dataclasses.replace(config.vae, patience=6, resume=True))
+    train_vae(resumed, data, outputs, progress=False)
+    assert load_checkpoint(outputs.last_path)["training"]["epoch"] > trained["epoch"]
+
+
+def test_a_time_budget_ends_training_after_the_epoch_that_spends_it(digits_processed_dir: Path, tmp_path: Path) -> None:
+    outputs = _outputs(tmp_path)
+    train_vae(_config(epochs=1000, max_minutes=1e-6), load_processed(digits_processed_dir), outputs, progress=False)
+    assert load_checkpoint(outputs.last_path)["training"]["epoch"] == 1
+    assert json.loads(outputs.card_path.read_text())["stopped"].startswith("time budget")

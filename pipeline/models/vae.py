@@ -240,9 +240,9 @@ class VAE(nn.Module):
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ p(z), n×D."""
-        device = self.encoder_head.weight.device
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        return self.prior_from_noise(eps, torch.rand(n, generator=generator, device=device))
+        like = {"device": self.encoder_head.weight.device, "dtype": self.encoder_head.weight.dtype}
+        eps = torch.randn(n, self.latent_dim, generator=generator, **like)
+        return self.prior_from_noise(eps, torch.rand(n, generator=generator, **like))
 
     def decode_logits(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's raw output for B×D latents: Bernoulli logits or pre-sigmoid Gaussian means, B×C×H×W."""

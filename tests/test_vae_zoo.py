@@ -1,0 +1,302 @@
+"""The VAE families: their densities against closed forms, the estimators exact where log p(x) is known for a
+two-layer model and a mixture prior, the flow's log-determinant, and every family through the stages."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import Workspace
+from torch import nn
+
+from pipeline.estimators import annealed_importance_sampling, importance_sampled_log_likelihood
+from pipeline.models.distributions import (
+    Posterior,
+    gaussian_log_density,
+    gaussian_mixture_log_density,
+    gaussian_sample,
+    mixture_component_sample,
+)
+from pipeline.models.hvae import HVAE, HVAEConfig
+from pipeline.models.layers import InverseAutoregressiveFlow
+from pipeline.models.vae import VAE, VAEConfig
+from pipeline.objectives.vae import elbo, iwae_bound
+
+REPO = Path(__file__).resolve().parents[1]
+F64 = torch.float64
+
+
+def _g(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_mixture_density_matches_torch_distributions() -> None:
+    g = _g(0)
+    mu, logvar = torch.randn(7, 3, generator=g, dtype=F64), torch.randn(7, 3, generator=g, dtype=F64)
+    z = torch.randn(4, 5, 3, generator=g, dtype=F64) * 2
+    mixture = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=torch.zeros(7, dtype=F64)),
+        torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1),
+    )
+    torch.testing.assert_close(gaussian_mixture_log_density(z, mu, logvar), mixture.log_prob(z))
+    # sampling picks component floor(u M) and scales the noise by its sigma
+    eps, u = torch.zeros(2, 3, dtype=F64), torch.tensor([0.0, 0.999], dtype=F64)
+    torch.testing.assert_close(mixture_component_sample(mu, logvar, eps, u), mu[[0, 6]])
+
+
+class LinearTwoLayer(nn.Module):
+    """z2 ~ N(0, 1), z1 | z2 ~ N(a z2 + c, s²), x | z1 ~ N(w z1 + b, σ² I): a two-layer linear-Gaussian model
+    (scalar layers), so log p(x) and the posterior p(z2|x) p(z1|x, z2) are exact Gaussians."""
+
+    latent_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = _g(1)
+        self.w, self.b = torch.randn(6, generator=g, dtype=F64), torch.randn(6, generator=g, dtype=F64)
+        self.a, self.c, self.s, self.sigma = 1.5, 0.3, 0.6, 0.7
+
+    def log_likelihood(self, x, z, y=None):
+        mean = z[..., :1] * self.w + self.b
+        return -0.5 * (((x.flatten(1) - mean) / self.sigma) ** 2 + math.log(2 * math.pi * self.sigma**2)).sum(-1)
+
+    def log_prior(self, z):
+        z1, z2 = z[..., 0], z[..., 1]
+        lower = -0.5 * (((z1 - self.a * z2 - self.c) / self.s) ** 2 + math.log(2 * math.pi * self.s**2))
+        return lower - 0.5 * (z2**2 + math.log(2 * math.pi))
+
+    def prior_from_noise(self, eps, u):
+        z2 = eps[..., 1]
+        return torch.stack([self.a * z2 + self.c + self.s * eps[..., 0], z2], -1)
+
+    def _joint(self):
+        """Mean and covariance of (z1, z2, x)."""
+        var_z1 = self.a**2 + self.s**2
+        mean = torch.cat([torch.tensor([self.c, 0.0], dtype=F64), self.w * self.c + self.b])
+        cov = torch.zeros(8, 8, dtype=F64)
+        cov[0, 0], cov[1, 1], cov[0, 1] = var_z1, 1.0, self.a
+        cov[1, 0] = self.a
+        cov[2:, 0], cov[2:, 1] = self.w * var_z1, self.w * self.a
+        cov[0, 2:], cov[1, 2:] = cov[2:, 0], cov[2:, 1]
+        cov[2:, 2:] = var_z1 * torch.outer(self.w, self.w) + self.sigma**2 * torch.eye(6, dtype=F64)
+        return mean, cov
+
+    def exact_log_marginal(self, x):
+        mean, cov = self._joint()
+        return torch.distributions.MultivariateNormal(mean[2:], cov[2:, 2:]).log_prob(x.flatten(1))
+
+    def sample(self, n: int) -> torch.Tensor:
+        mean, cov = self._joint()
+        return torch.distributions.MultivariateNormal(mean, cov).sample((n,))[:, 2:].reshape(n, 1, 2, 3)
+
+
+class HierarchicalPosterior:
+    """q(z2|x) q(z1|x, z2) with the exact conditionals of :class:`LinearTwoLayer` (``exact``) or shifted ones."""
+
+    def __init__(self, model: LinearTwoLayer, shift: float = 0.0) -> None:
+        self.model, self.shift = model, shift
+
+    def posterior(self, x, y=None):
+        mean, cov = self.model._joint()
+        xs = x.flatten(1) - mean[2:]
+        sxx_inv = torch.linalg.inv(cov[2:, 2:])
+        # p(z2|x)
+        k2 = cov[1, 2:] @ sxx_inv
+        mu2 = (xs @ k2) + self.shift
+        var2 = cov[1, 1] - k2 @ cov[2:, 1]
+        # p(z1|x, z2): condition the joint of (z1 | z2, x) on both
+        idx = [1, *range(2, 8)]
+        s_cc = cov[idx][:, idx]
+        k1 = cov[0, idx] @ torch.linalg.inv(s_cc)
+        var1 = cov[0, 0] - k1 @ cov[idx, 0]
+
+        # scalar layers: gaussian_sample sums over the last axis, so give it one
+        def sample_scalar(eps):
+            z2 = mu2 + var2.sqrt() * eps[..., 1]
+            log_q2 = gaussian_log_density(z2[..., None], mu2[..., None], torch.log(var2).reshape(1))
+            cond = torch.cat([(z2 - mean[1])[..., None], xs.expand(*z2.shape, -1)], -1)
+            mu1 = mean[0] + cond @ k1 - self.shift
+            z1 = mu1 + var1.sqrt() * eps[..., 0]
+            log_q1 = gaussian_log_density(z1[..., None], mu1[..., None], torch.log(var1).reshape(1))
+            return torch.stack([z1, z2], -1), log_q1 + log_q2
+
+        return Posterior(sample_scalar, torch.stack([mu2, mu2], -1))
+
+
+def test_importance_sampling_is_exact_for_a_two_layer_model_with_its_exact_posterior() -> None:
+    model = LinearTwoLayer()
+    torch.manual_seed(0)
+    x = model.sample(32)
+    exact = model.exact_log_marginal(x)
+    result = importance_sampled_log_likelihood(model, HierarchicalPosterior(model), x, num_samples=20)
+    torch.testing.assert_close(result.log_px, exact, rtol=0, atol=1e-9)
+    torch.testing.assert_close(result.elbo, exact, rtol=0, atol=1e-9)
+    wrong = importance_sampled_log_likelihood(model, HierarchicalPosterior(model, 0.4), x, num_samples=4000, seed=1)
+    assert (wrong.elbo < exact - 1e-3).all()  # a wrong q leaves a gap ...
+    assert (
+        abs((wrong.log_px - exact).mean().item()) < 4 * wrong.stderr.pow(2).mean().sqrt().item() + 1e-3
+    )  # ... K closes
+
+
+def test_ais_is_exact_in_the_limit_for_a_two_layer_prior() -> None:
+    model = LinearTwoLayer()
+    torch.manual_seed(1)
+    x = model.sample(16)
+    exact = model.exact_log_marginal(x)
+    result = annealed_importance_sampling(model, x, num_steps=300, num_chains=8, seed=0)
+    stated = result.stderr.pow(2).mean().sqrt().item() / math.sqrt(len(x))
+    assert abs((result.log_px - exact).mean().item()) < 4 * stated + 0.02, (result.log_px.mean(), exact.mean())
+
+
+class MixturePriorLinear(nn.Module):
+    """The VampPrior case: p(z) = (1/M) Σ_m N(mu_m, diag var_m) with the pipeline's own mixture density and
+    sampler, x | z ~ N(W z + b, σ² I); p(x) = (1/M) Σ_m N(x; W mu_m + b, W diag(var_m) Wᵀ + σ² I)."""
+
+    latent_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = _g(2)
+        self.mu = torch.randn(5, 2, generator=g, dtype=F64) * 2
+        self.logvar = torch.randn(5, 2, generator=g, dtype=F64) * 0.3 - 1
+        self.weight, self.bias = torch.randn(6, 2, generator=g, dtype=F64), torch.randn(6, generator=g, dtype=F64)
+        self.sigma = 0.5
+
+    def log_likelihood(self, x, z, y=None):
+        mean = z @ self.weight.T + self.bias
+        return -0.5 * (((x.flatten(1) - mean) / self.sigma) ** 2 + math.log(2 * math.pi * self.sigma**2)).sum(-1)
+
+    def log_prior(self, z):
+        return gaussian_mixture_log_density(z, self.mu, self.logvar)
+
+    def prior_from_noise(self, eps, u):
+        return mixture_component_sample(self.mu, self.logvar, eps, u)
+
+    def exact_log_marginal(self, x):
+        parts = []
+        for mu, logvar in zip(self.mu, self.logvar, strict=True):
+            cov = self.weight @ torch.diag(logvar.exp()) @ self.weight.T + self.sigma**2 * torch.eye(6, dtype=F64)
+            normal = torch.distributions.MultivariateNormal(self.weight @ mu + self.bias, cov)
+            parts.append(normal.log_prob(x.flatten(1)))
+        return torch.logsumexp(torch.stack(parts), 0) - math.log(len(parts))
+
+    def sample(self, n: int) -> torch.Tensor:
+        g = _g(3)
+        z = self.prior_from_noise(torch.randn(n, 2, generator=g, dtype=F64), torch.rand(n, generator=g, dtype=F64))
+        x = z @ self.weight.T + self.bias + self.sigma * torch.randn(n, 6, generator=g, dtype=F64)
+        return x.reshape(n, 1, 2, 3)
+
+
+class BroadGaussian:
+    """q(z|x) = N(0, 3² I): a crude proposal that covers every mixture component."""
+
+    def posterior(self, x, y=None):
+        mu = torch.zeros(x.shape[0], 2, dtype=F64)
+        logvar = torch.full_like(mu, math.log(9.0))
+        return Posterior(lambda eps: gaussian_sample(mu, logvar, eps), mu)
+
+
+def test_estimators_converge_to_the_exact_likelihood_under_a_mixture_prior() -> None:
+    model = MixturePriorLinear()
+    x = model.sample(16)
+    exact = model.exact_log_marginal(x)
+    result = importance_sampled_log_likelihood(model, BroadGaussian(), x, num_samples=20000, seed=2)
+    stated = result.stderr.pow(2).mean().sqrt().item() / math.sqrt(len(x))
+    assert abs((result.log_px - exact).mean().item()) < 4 * stated + 0.02, (result.log_px.mean(), exact.mean())
+    ais = annealed_importance_sampling(model, x, num_steps=300, num_chains=16, seed=0)
+    stated = ais.stderr.pow(2).mean().sqrt().item() / math.sqrt(len(x))
+    assert abs((ais.log_px - exact).mean().item()) < 4 * stated + 0.05, (ais.log_px.mean(), exact.mean())
+
+
+def test_the_flow_log_determinant_is_the_jacobian_and_the_steps_are_autoregressive() -> None:
+    torch.manual_seed(0)
+    flow = InverseAutoregressiveFlow(latent_dim=4, context_dim=3, hidden=16, steps=2).double()
+    for step in flow.steps:  # away from the near-identity start, so the test sees real dependencies
+        for p in step.parameters():
+            p.data.normal_(0, 0.5)
+    z0, h = torch.randn(4, dtype=F64), torch.randn(3, dtype=F64)
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v, h)[0], z0)
+    _, log_det = flow(z0, h)
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(jacobian)[1])
+    one = torch.autograd.functional.jacobian(lambda v: flow.steps[0](v, h)[0], z0)
+    torch.testing.assert_close(one, torch.tril(one))  # output d depends on z_≤d only (order 0, 1, 2, 3)
+
+
+FAMILY_CONFIGS = {
+    "vampprior": VAEConfig((1, 4, 4), 2, arch="gated_mlp", hidden_sizes=(8,), prior="vampprior", pseudo_inputs=3),
+    "iaf": VAEConfig((1, 4, 4), 2, hidden_sizes=(8,), flow_steps=2, flow_hidden=8),
+    "hvae": HVAEConfig((1, 4, 4), 1, hidden_sizes=(8,), top_latent_dim=1),
+    "hvae_vampprior": HVAEConfig((1, 4, 4), 1, hidden_sizes=(8,), top_latent_dim=1, prior="vampprior"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+def test_each_family_prior_is_a_normalized_density_that_its_sampler_draws_from(name: str) -> None:
+    config = FAMILY_CONFIGS[name]
+    torch.manual_seed(0)
+    model = (HVAE if isinstance(config, HVAEConfig) else VAE)(config).double()
+    side = torch.linspace(-8, 8, 321, dtype=F64)
+    grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        density = model.log_prior(grid[None]).exp()[0]
+        cell = (side[1] - side[0]) ** 2
+        assert abs((density.sum() * cell).item() - 1) < 1e-3
+        mean = (density[:, None] * grid).sum(0) * cell
+        draws = model.sample_prior(40000, _g(4).manual_seed(4)).double()
+    torch.testing.assert_close(draws.mean(0), mean, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+def test_each_family_bounds_sit_below_its_importance_sampled_likelihood(name: str) -> None:
+    config = FAMILY_CONFIGS[name]
+    torch.manual_seed(0)
+    model = (HVAE if isinstance(config, HVAEConfig) else VAE)(config)
+    x = torch.bernoulli(torch.full((32, 1, 4, 4), 0.3), generator=_g(5))
+    with torch.no_grad():
+        bound = elbo(model, x, num_samples=2000, generator=_g(6)).bound.mean()
+        iwae = iwae_bound(model, x, k=50, num_samples=20, generator=_g(7)).bound.mean()
+        estimate = importance_sampled_log_likelihood(model, model, x, num_samples=2000, seed=8)
+    assert abs(bound - estimate.elbo.mean()) < 0.1  # the same ELBO, estimated two ways
+    assert bound < iwae < estimate.log_px.mean() + 0.05
+
+
+FAMILY_PARAMS = {
+    "vampprior": {"arch": "gated_mlp", "prior": "vampprior", "pseudo_inputs": 4},
+    "hvae": {"family": "hvae", "top_latent_dim": 2, "prior": "vampprior", "pseudo_inputs": 4, "iwae_k": 2},
+    "iaf_resnet": {"arch": "resnet", "conv_channels": [4], "flow_steps": 2, "flow_hidden": 8},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_PARAMS))
+def test_each_family_trains_evaluates_exports_and_samples_through_the_stages(
+    name: str, pipeline_workspace: Workspace, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(pipeline_workspace.path, work, ignore=shutil.ignore_patterns("checkpoints", "export"))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["vae"] |= FAMILY_PARAMS[name] | {"epochs": 2, "patience": 1, "lr_schedule": "plateau", "lr_patience": 1}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    for args in (["train_vae"], ["evaluate_vae"], ["export"], ["sample", "--model", "export/vae_decoder.onnx",
+                                                              "-n", "8", "--out", "s.npy"]):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "stages", *args], cwd=work, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}"
+    card = yaml.safe_load((work / "cards" / "evaluate_vae.json").read_text())
+    assert "valid" not in card and np.isfinite(card["test"]["log_px"]) and card["test"]["gap"] >= -0.5
+    manifest = yaml.safe_load((work / "export" / "models.json").read_text())
+    kinds = {model["kind"]: model["metadata"] for model in manifest["models"]}
+    assert ("vae_prior" in kinds) == (FAMILY_PARAMS[name].get("prior") == "vampprior" or name == "hvae")
+    assert ("vae_encoder" in kinds) == (name == "vampprior")
+    assert kinds["vae_decoder"]["encoder"].startswith("exported" if name == "vampprior" else "not exported")
+    images = np.load(work / "s.npy")
+    assert images.shape[0] == 8 and np.isfinite(images).all()
