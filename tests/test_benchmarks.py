@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +40,22 @@ def test_benchmark_command_runs_on_tiny_sizes(benchmark: str, tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-2000:]
     for text in EXPECTED[benchmark]:
         assert text in result.stdout, f"{text!r} not in:\n{result.stdout}"
+
+
+def test_quality_benchmark_trains_a_recipe_and_prints_its_figures(tmp_path: Path) -> None:
+    """The quality benchmark end to end on a tiny generated binary .npz (one epoch of budget, K = 4)."""
+    rng = np.random.default_rng(0)
+    images = {split: (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 255 for split, n in
+              (("x_train", 64), ("x_valid", 16), ("x_test", 16))}  # fmt: skip
+    np.savez(tmp_path / "tiny.npz", **images)
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "stages", "bench", "quality", "--recipe", "hvae_vampprior", "--data", "tiny.npz"]
+    args += ["--max-minutes", "0.001", "--num-samples", "4", "--device", "cpu", "--workdir", "run"]
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "recipe hvae_vampprior on tiny.npz x_test (16 images)" in result.stdout
+    assert "nats (K = 4)" in result.stdout and "stopped: time budget" in result.stdout
+    unknown = subprocess.run([*args[:6], "nope"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert (
+        unknown.returncode == 2 and "no recipe 'nope'; known:" in unknown.stderr and "Traceback" not in unknown.stderr
+    )
