@@ -27,8 +27,8 @@ from torch import nn
 from pipeline.config import Config, VaeParams
 from pipeline.device import select_device, to_device
 from pipeline.estimators import NOISE_POINTS, importance_sampled_log_likelihood
+from pipeline.models.distributions import gaussian_log_density, gaussian_sample, standard_normal_log_density
 from pipeline.models.vae import VAE
-from pipeline.objectives.vae import gaussian_log_density, reparameterize, standard_normal_log_density
 from pipeline.vae_trainer import build_vae
 
 
@@ -71,7 +71,7 @@ def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: i
     out = []
     for xb in x.split(batch):
         mu, logvar = model.encode(xb)
-        z = reparameterize(mu, logvar, num_samples)
+        z, _ = gaussian_sample(mu, logvar, torch.randn(num_samples, *mu.shape))
         logits = model.decode_logits(z.flatten(0, 1)).reshape(num_samples, xb.shape[0], -1)
         log_px = model.log_likelihood_from_logits(logits, xb.flatten(1))
         log_w = log_px + standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)

@@ -105,7 +105,8 @@ def session_call(path: Path, model: GenerativeModel, kind: str, threads: int) ->
         if kind == "vae_encoder"
         else rng.standard_normal((1, model.latent_dim), dtype=np.float32)
     )
-    feeds = {INPUT_NAMES[kind]: first}
+    (name,) = INPUT_NAMES[kind]
+    feeds = {name: first}
     if model.num_classes is not None:
         feeds[LABEL_NAME] = rng.integers(0, model.num_classes, 1)
     return lambda: session.run(None, feeds)
