@@ -55,6 +55,8 @@ def test_quality_benchmark_trains_a_recipe_and_prints_its_figures(tmp_path: Path
     assert result.returncode == 0, result.stderr[-3000:]
     assert "recipe hvae_vampprior on tiny.npz x_test (16 images)" in result.stdout
     assert "nats (K = 4)" in result.stdout and "stopped: time budget" in result.stdout
+    speed = subprocess.run([*args[:6], "iaf", "--speed"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert speed.returncode == 0 and "recipe iaf:" in speed.stdout and "decoder evaluations/s" in speed.stdout
     unknown = subprocess.run([*args[:6], "nope"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert (
         unknown.returncode == 2 and "no recipe 'nope'; known:" in unknown.stderr and "Traceback" not in unknown.stderr
