@@ -175,6 +175,7 @@ class ExportParams:
         1e-5, "max abs error allowed between onnxruntime and torch (float32)", **_range(0.0, 1.0, lo_open=True)
     )
     quantize: list[Literal["fp16", "int8"]] = _f([], "reduced-size variants to export besides float32")
+    web: bool = _f(True, "write the browser latent explorer into export/web (needs `npm ci --prefix web`)")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -41,6 +42,7 @@ from torch import nn
 
 from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.config import ExportParams
+from pipeline.data.registry import REGISTRY
 from pipeline.io import atomic_directory, write_json
 from pipeline.runtime import (
     ENCODER_EXPORTED,
@@ -53,9 +55,11 @@ from pipeline.runtime import (
     ModelMetadata,
 )
 from pipeline.seeds import stream_seed
+from pipeline.web import Explorer
 
 PARITY_BATCH_SIZES = (1, 5, 64)
-CARD_NAME = MANIFEST_NAME
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "models.schema.json"
+WEB_DIR = "web"
 
 
 class ExportError(RuntimeError):
@@ -259,7 +263,7 @@ def _to_int8(model: onnx.ModelProto) -> onnx.ModelProto:
         # VNNI (AVX2, AVX-512 before Cascade Lake), whose 16-bit sums saturate (decoder error 0.03-0.08 on an AMD
         # Zen 3 against 0.002 for uint8)
         quantize_dynamic(prepared, out, weight_type=QuantType.QUInt8)
-        return onnx.load(out)
+        return _prune_domains(onnx.load(out))
 
 
 def export_module(
@@ -310,6 +314,43 @@ def export_module(
     return models
 
 
+def _prune_domains(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the opset imports no node uses (the quantizer declares nine domains and uses only the standard one)."""
+    used = {node.domain or "" for node in model.graph.node} | {""}
+    kept = [opset for opset in model.opset_import if (opset.domain or "") in used or opset.domain == "ai.onnx"]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model
+
+
+def _interface(kind: str, metadata: ModelMetadata, model: onnx.ModelProto) -> dict[str, Any]:
+    """What a client must feed and will get back: each value's name, dtype, shape, role and range."""
+    roles = {
+        "z": {"role": "latent", "distribution": "prior (see prior)"},
+        "noise": {"role": "noise", "distribution": "standard_normal"},
+        "u": {"role": "component choice", "distribution": "uniform [0, 1)"},
+        "image": {"role": "image", "layout": "NCHW", "range": [0.0, 1.0]},
+        LABEL_NAME: {"role": "class", "range": [0, (metadata.num_classes or 1) - 1]},
+        "mu": {"role": "posterior mean"},
+        "logvar": {"role": "posterior log-variance"},
+    }
+    if kind == "vae_prior":
+        roles["z"] = {"role": "latent", "distribution": f"the prior, {metadata.prior}"}
+    elif metadata.prior == STANDARD_NORMAL:
+        roles["z"] = {"role": "latent", "distribution": "standard_normal"}
+    return {
+        "inputs": [{**value, **roles[value["name"]]} for value in _describe_values(model.graph.input)],
+        "outputs": [{**value, **roles[value["name"]]} for value in _describe_values(model.graph.output)],
+        "prior": {
+            "kind": metadata.prior,
+            "sampler": None if metadata.prior == STANDARD_NORMAL else PRIOR_FILE,
+            "how": "z ~ N(0, I)"
+            if metadata.prior == STANDARD_NORMAL
+            else f"z = {PRIOR_FILE}(noise ~ N(0, I), u ~ U[0, 1))",
+        },
+    }
+
+
 def _exported(
     filename: str,
     data: bytes,
@@ -325,12 +366,20 @@ def _exported(
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
         "opset": _opset(model),
-        "inputs": _describe_values(model.graph.input),
-        "outputs": _describe_values(model.graph.output),
+        "domains": sorted(opset.domain or "ai.onnx" for opset in model.opset_import),
+        **_interface(metadata.kind, metadata, model),
         "parity": {**parity, "atol": atol},
-        "metadata": metadata.to_props(),
+        "metadata": metadata.to_json(),
     }
     return ExportedModel(filename, data, card)
+
+
+def class_names(data: dict[str, Any]) -> tuple[str, ...]:
+    """The class names of the dataset a model was trained on (the registry's), else the class indices as text."""
+    spec = REGISTRY.get(str(data.get("dataset")))
+    if spec is not None and spec.class_names:
+        return tuple(spec.class_names)
+    return tuple(str(k) for k in range(int(data.get("num_classes") or 0)))
 
 
 def _metadata(
@@ -352,6 +401,7 @@ def _metadata(
         encoder=encoder,
         conditional=model.num_classes is not None,
         num_classes=model.num_classes,
+        class_names=class_names(data) if model.num_classes is not None else (),
         dataset=str(data.get("dataset", "unknown")),
         params_hash=params_hash(config),
         git_revision=git_revision(),
@@ -452,22 +502,45 @@ def export_checkpoints(checkpoint_dir: str | Path, export_config: ExportParams, 
     return models
 
 
-def write_exported(models: Sequence[ExportedModel], out_dir: str | Path) -> dict[str, Any]:
-    """Replace ``out_dir`` as a whole by the model files and the ``models.json`` card listing them; return the card.
+def manifest_schema() -> dict[str, Any]:
+    """The JSON Schema of ``models.json`` (``pipeline/schemas/models.schema.json``)."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_manifest(manifest: dict[str, Any]) -> None:
+    """Raise :class:`ExportError` where ``manifest`` does not follow the schema (a bug, never a user mistake)."""
+    try:
+        jsonschema.validate(manifest, manifest_schema())
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(part) for part in err.absolute_path)
+        raise ExportError(
+            f"{MANIFEST_NAME} does not follow its schema at {where or 'the top'}: {err.message}"
+        ) from None
+
+
+def write_exported(models: Sequence[ExportedModel], out_dir: str | Path, explorer: Explorer | None = None) -> dict:
+    """Replace ``out_dir`` as a whole by the model files, the ``models.json`` manifest listing them and, with an
+    ``explorer``, the browser explorer in ``web/``; return the manifest.
 
     Everything is written into a new folder beside ``out_dir``, which then takes its place: an export that fails
     midway (an unwritable folder, a full disk) leaves the previous set of files and manifest as they were, never a
     mix of two exports.
     """
     out_dir = Path(out_dir)
-    card = {
+    manifest = {
+        "schema": SCHEMA_PATH.name,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "models": [model.card for model in models],
     }
+    validate_manifest(manifest)
+    if explorer is not None:
+        explorer.check()
     with atomic_directory(out_dir) as staging:
         for model in models:
             (staging / model.filename).write_bytes(model.data)
-        write_json(staging / CARD_NAME, card)
-    return card
+        write_json(staging / MANIFEST_NAME, manifest)
+        if explorer is not None:
+            explorer.write(staging / WEB_DIR, {model.filename: model.data for model in models}, manifest)
+    return manifest

@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -31,16 +32,17 @@ METADATA_KEYS = (
     "variant",
     "latent_dim",
     "image_shape",
-    "channels",
     "likelihood",
     "prior",
     "encoder",
     "conditional",
     "num_classes",
+    "class_names",
     "dataset",
     "params_hash",
     "git_revision",
 )
+METADATA_PROP = "model"  # the one ONNX metadata key: a JSON object with METADATA_KEYS, typed (numbers, lists, null)
 # input and output names of each kind; conditional models take "label" (int64, B) as a second input
 INPUT_NAMES = {"vae_decoder": ("z",), "gan_generator": ("z",), "vae_encoder": ("image",), "vae_prior": ("noise", "u")}
 OUTPUT_NAMES = {
@@ -63,7 +65,7 @@ class ModelFileError(ValueError):
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """What an exported model says about itself (ONNX ``metadata_props``)."""
+    """What an exported model says about itself (the JSON object under ONNX ``metadata_props["model"]``)."""
 
     kind: str
     variant: str
@@ -74,61 +76,88 @@ class ModelMetadata:
     encoder: str  # "exported", or why q(z|x) has no faithful ONNX encoder
     conditional: bool
     num_classes: int | None
+    class_names: tuple[str, ...]  # one name per class of a conditional model's dataset, else empty
     dataset: str
     params_hash: str
     git_revision: str
 
-    def to_props(self) -> dict[str, str]:
-        """The string key/value pairs stored in the ONNX file."""
+    def to_json(self) -> dict[str, Any]:
+        """The metadata as typed JSON values."""
         return {
-            "kind": self.kind,
-            "variant": self.variant,
-            "latent_dim": str(self.latent_dim),
-            "image_shape": json.dumps(list(self.image_shape)),
-            "channels": str(self.image_shape[0]),
-            "likelihood": self.likelihood,
-            "prior": self.prior,
-            "encoder": self.encoder,
-            "conditional": json.dumps(self.conditional),
-            "num_classes": json.dumps(self.num_classes),
-            "dataset": self.dataset,
-            "params_hash": self.params_hash,
-            "git_revision": self.git_revision,
+            **{key: getattr(self, key) for key in METADATA_KEYS},
+            "image_shape": list(self.image_shape),
+            "class_names": list(self.class_names),
         }
+
+    def to_props(self) -> dict[str, str]:
+        """The key/value pairs stored in the ONNX file: one key, its value JSON (ONNX metadata holds strings)."""
+        return {METADATA_PROP: json.dumps(self.to_json(), sort_keys=True)}
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
         """Parse and check the metadata of ``source``; raise :class:`ModelFileError` naming what is wrong."""
-        missing = [key for key in METADATA_KEYS if key not in props]
-        if missing:
+        if METADATA_PROP not in props:
             raise ModelFileError(
-                f"{source}: ONNX metadata lacks {', '.join(missing)}; it was not written by this project's export "
-                "stage. Export the model with `python -m stages export`."
+                f"{source}: its ONNX metadata has no {METADATA_PROP!r} entry; it was not written by this project's "
+                "export stage (or by an older version). Export the model with `python -m stages export`."
             )
         try:
-            image_shape = tuple(int(v) for v in json.loads(props["image_shape"]))
-            num_classes = json.loads(props["num_classes"])
+            values = json.loads(props[METADATA_PROP])
+            missing = [key for key in METADATA_KEYS if key not in values]
+            if missing:
+                raise ModelFileError(f"{source}: ONNX metadata lacks {', '.join(missing)}; re-export the model")
+            num_classes = values["num_classes"]
             meta = cls(
-                kind=props["kind"],
-                variant=props["variant"],
-                latent_dim=int(props["latent_dim"]),
-                image_shape=image_shape,  # type: ignore[arg-type]
-                likelihood=props["likelihood"],
-                prior=props["prior"],
-                encoder=props["encoder"],
-                conditional=bool(json.loads(props["conditional"])),
+                kind=str(values["kind"]),
+                variant=str(values["variant"]),
+                latent_dim=int(values["latent_dim"]),
+                image_shape=tuple(int(v) for v in values["image_shape"]),  # type: ignore[arg-type]
+                likelihood=str(values["likelihood"]),
+                prior=str(values["prior"]),
+                encoder=str(values["encoder"]),
+                conditional=bool(values["conditional"]),
                 num_classes=None if num_classes is None else int(num_classes),
-                dataset=props["dataset"],
-                params_hash=props["params_hash"],
-                git_revision=props["git_revision"],
+                class_names=tuple(str(v) for v in values["class_names"]),
+                dataset=str(values["dataset"]),
+                params_hash=str(values["params_hash"]),
+                git_revision=str(values["git_revision"]),
             )
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, AttributeError) as err:
+            if isinstance(err, ModelFileError):
+                raise
             raise ModelFileError(f"{source}: malformed ONNX metadata ({err}); re-export the model") from None
         if meta.kind not in KINDS:
             raise ModelFileError(f"{source}: metadata kind {meta.kind!r} is not one of {', '.join(KINDS)}")
         if len(meta.image_shape) != 3 or meta.latent_dim < 1 or (meta.conditional and not meta.num_classes):
             raise ModelFileError(f"{source}: inconsistent ONNX metadata {props}; re-export the model")
         return meta
+
+
+def portable_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 standard normals that JavaScript reproduces from the same seed (``web/src/explorer.js``).
+
+    numpy's generators have no JavaScript twin, so the explorer page and this function share a small one:
+    Mulberry32 (32-bit integer arithmetic, exact in both languages) for uniforms u in (0, 1), and Box-Muller pairs
+    sqrt(-2 ln u1) (cos 2 pi u2, sin 2 pi u2). The float64 transcendental functions may differ in the last bit
+    between libms; after the cast to float32 the values agree to ~1e-7.
+    """
+    count = int(np.prod(shape))
+    uniforms = portable_uniform(seed, count + count % 2).astype(np.float64)
+    radius = np.sqrt(-2.0 * np.log(uniforms[0::2]))
+    angle = 2.0 * np.pi * uniforms[1::2]
+    pairs = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1).reshape(-1)
+    return pairs[:count].astype(np.float32).reshape(shape)
+
+
+def portable_uniform(seed: int, count: int) -> np.ndarray:
+    """``count`` float64 uniforms in (0, 1) from Mulberry32 seeded with ``seed`` (as :func:`portable_normal`)."""
+    mask, state, out = 0xFFFFFFFF, seed & 0xFFFFFFFF, np.empty(count)
+    for i in range(count):
+        state = (state + 0x6D2B79F5) & mask
+        t = ((state ^ (state >> 15)) * (state | 1)) & mask
+        t = ((t + (((t ^ (t >> 7)) * (t | 61)) & mask)) & mask) ^ t
+        out[i] = (((t ^ (t >> 14)) & mask) + 0.5) / 2**32
+    return out
 
 
 def _bounds(a: np.ndarray) -> tuple[np.generic, np.generic]:

@@ -1,4 +1,5 @@
-"""`python -m stages export`: checkpoints/{vae,gan}/best.pt -> export/*.onnx and export/models.json.
+"""`python -m stages export`: checkpoints/{vae,gan}/best.pt -> export/*.onnx, export/models.json and the browser
+explorer export/web/.
 
 Every model is checked against torch (onnxruntime, fresh random inputs, several batch sizes) before any file is
 written; a failed check exits non-zero and leaves export/ as it was.
@@ -13,6 +14,7 @@ import click
 from pipeline.checkpoint import CheckpointError
 from pipeline.export import ExportError, export_checkpoints, write_exported
 from pipeline.io import check_writable
+from pipeline.web import WebBundleError, explorer_for
 from stages.common import fail_cleanly, load_params, params_option
 
 
@@ -27,12 +29,25 @@ from stages.common import fail_cleanly, load_params, params_option
     help="folder holding vae/best.pt and/or gan/best.pt",
 )
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False))
-@fail_cleanly(ExportError, CheckpointError, OSError)
-def main(params_path: str, checkpoint_dir: str, out_dir: str) -> None:
+@click.option(
+    "--data",
+    "processed_dir",
+    default="data/processed",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="processed data whose first test images the explorer ships",
+)
+@fail_cleanly(ExportError, CheckpointError, WebBundleError, OSError)
+def main(params_path: str, checkpoint_dir: str, out_dir: str, processed_dir: str) -> None:
     """Export the VAE decoder and encoder and the GAN generator (EMA weights) to ONNX, parity-checked."""
     config = load_params(params_path)
     check_writable(Path(out_dir).resolve().parent)  # the new set is written beside out_dir, then takes its place
-    card = write_exported(export_checkpoints(checkpoint_dir, config.export, config.seed), out_dir)
+    models = export_checkpoints(checkpoint_dir, config.export, config.seed)
+    explorer = None
+    if config.export.web:
+        explorer = explorer_for(processed_dir, models[0].card["metadata"]["image_shape"])
+        explorer.check()
+    card = write_exported(models, out_dir, explorer)
     for entry in card["models"]:
         parity = entry["parity"]
         click.echo(
@@ -40,3 +55,5 @@ def main(params_path: str, checkpoint_dir: str, out_dir: str) -> None:
             f"max abs error {parity['max_abs_error']:.2e} vs {parity['reference']}"
         )
     click.echo(f"{out_dir}/models.json lists {len(card['models'])} models ({card['exporter']})")
+    if explorer is not None:
+        click.echo(f"{out_dir}/web: the latent explorer; view it with `python -m http.server -d {out_dir}/web`")

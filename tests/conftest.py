@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,8 @@ import yaml
 from pipeline.data.processed import save_processed
 
 REPO = Path(__file__).resolve().parents[1]
+# the explorer's npm packages and the offline dvc plots page built from them by `npm ci --prefix web`
+NPM_BUILT = ("web/node_modules", "web/plots_template.html")
 DVC_STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 # the pipeline's wiring on the default digits, at sizes that run in seconds
 TINY_PARAMS = {
@@ -68,6 +75,8 @@ def copy_repository(root: Path, params: dict) -> Path:
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
+    for built in NPM_BUILT:  # what `npm ci --prefix web` adds (git-ignored), as a user's clone has it
+        (root / built).symlink_to(REPO / built)
     merged = merge(yaml.safe_load((REPO / "params.yaml").read_text()), params)
     (root / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     return root
@@ -88,6 +97,7 @@ def pipeline_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     traces = tmp_path_factory.mktemp("traces")
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / "web").symlink_to(REPO / "web", target_is_directory=True)  # the explorer's sources and npm packages
     env = dict(os.environ, PYTHONPATH=str(REPO))
     read = {}
     for name, stage in DVC_STAGES.items():
@@ -126,3 +136,27 @@ def digits_processed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         stats={"image_shape": [1, 8, 8]},
     )
     return out
+
+
+def node(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``node ARGS`` in ``web/`` (the explorer's Node check and headless-Chromium driver live there)."""
+    assert (REPO / NPM_BUILT[0]).is_dir(), "the web tests need the npm packages: run `npm ci --prefix web` (README)"
+    return subprocess.run(["node", *args], cwd=REPO / "web", capture_output=True, text=True, timeout=timeout)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """``directory`` served by a real HTTP server on 127.0.0.1 (a free port); yields its URL."""
+    handler = functools.partial(QuietHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

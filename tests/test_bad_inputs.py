@@ -249,7 +249,7 @@ def test_a_mistake_gets_one_clear_line_and_changes_nothing(
 ) -> None:
     case = CASES[name]
     root = tmp_path / "work"
-    shutil.copytree(pipeline_workspace.path, root)
+    shutil.copytree(pipeline_workspace.path, root, symlinks=True)
     params_file = root / "params.yaml"
     if case.params_text is not None:
         params_file.write_text(case.params_text)
@@ -278,7 +278,7 @@ def test_the_suite_covers_every_kind() -> None:
 
 def _copy(workspace: Workspace, tmp_path: Path, params: dict | None = None) -> Path:
     root = tmp_path / "work"
-    shutil.copytree(workspace.path, root)
+    shutil.copytree(workspace.path, root, symlinks=True)
     if params:
         merged = merge(yaml.safe_load((root / "params.yaml").read_text()), params)
         (root / "params.yaml").write_text(yaml.safe_dump(merged))

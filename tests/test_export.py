@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,7 +24,9 @@ from pipeline.export import (
     export_generator,
     export_module,
     export_vae,
+    manifest_schema,
     params_hash,
+    validate_manifest,
     write_exported,
 )
 from pipeline.gan_trainer import build_generator
@@ -115,19 +119,50 @@ def test_card_lists_every_file_with_hash_shapes_and_parity(exported) -> None:
             assert entry["parity"]["reference"] == "torch"
             assert entry["parity"]["max_abs_error"] <= entry["parity"]["atol"] == 1e-5
     decoder = next(e for e in card["models"] if e["file"] == "vae_decoder.onnx")
-    assert decoder["inputs"] == [{"name": "z", "shape": ["batch", 4], "dtype": "float32"}]
-    assert decoder["outputs"] == [{"name": "image", "shape": ["batch", 1, 8, 8], "dtype": "float32"}]
+    z = {"name": "z", "shape": ["batch", 4], "dtype": "float32", "role": "latent", "distribution": "standard_normal"}
+    assert decoder["inputs"] == [z]
+    image = {"name": "image", "shape": ["batch", 1, 8, 8], "dtype": "float32", "role": "image", "layout": "NCHW"}
+    assert decoder["outputs"] == [image | {"range": [0.0, 1.0]}]
+    assert decoder["prior"] == {"kind": "standard_normal", "sampler": None, "how": "z ~ N(0, I)"}
     encoder = next(e for e in card["models"] if e["file"] == "vae_encoder.onnx")
     assert [o["name"] for o in encoder["outputs"]] == ["mu", "logvar"]
     generator = next(e for e in card["models"] if e["file"] == "gan_generator.onnx")
-    assert generator["inputs"][1] == {"name": "label", "shape": ["batch"], "dtype": "int64"}
+    assert generator["inputs"][1] == {
+        "name": "label",
+        "shape": ["batch"],
+        "dtype": "int64",
+        "role": "class",
+        "range": [0, 9],
+    }
+    assert generator["metadata"]["class_names"] == [str(k) for k in range(10)]
     assert decoder["opset"] == 18
+
+
+def test_the_manifest_follows_its_schema_and_the_onnx_metadata_carries_the_same_typed_facts(exported) -> None:
+    out, card, *_ = exported
+    jsonschema.validate(card, manifest_schema())
+    for entry in card["models"]:
+        props = {p.key: p.value for p in onnx.load(out / entry["file"]).metadata_props}
+        assert set(props) == {"model"} and json.loads(props["model"]) == entry["metadata"]
+        assert entry["metadata"]["variant"] == entry["variant"] and entry["metadata"]["kind"] == entry["kind"]
+    broken = json.loads(json.dumps(card))
+    broken["models"][0]["inputs"][0]["dtype"] = "float64"
+    with pytest.raises(ExportError, match="models.json does not follow its schema at models/0/inputs/0/dtype"):
+        validate_manifest(broken)
+
+
+def test_quantized_files_declare_only_the_domains_their_operators_use(exported) -> None:
+    out, card, *_ = exported
+    for entry in card["models"]:
+        model = onnx.load(out / entry["file"])
+        used = {node.domain or "ai.onnx" for node in model.graph.node} | {"ai.onnx"}
+        assert set(entry["domains"]) == used == {opset.domain or "ai.onnx" for opset in model.opset_import}
 
 
 def test_metadata_round_trip(exported) -> None:
     out, _, _, _, plain, conditional = exported
     props = {p.key: p.value for p in onnx.load(out / "gan_generator.int8.onnx").metadata_props}
-    assert set(METADATA_KEYS) <= set(props)
+    assert set(METADATA_KEYS) == set(json.loads(props["model"]))
     meta = GenerativeModel(out / "gan_generator.int8.onnx").metadata
     assert meta == ModelMetadata.from_props(props)
     assert meta.kind == "gan_generator" and meta.variant == "int8" and meta.likelihood == "implicit"
@@ -160,6 +195,7 @@ def test_parity_failure_is_an_error() -> None:
         "not exported",
         False,
         None,
+        (),
         "digits",
         "h",
         "r",
@@ -201,15 +237,17 @@ def test_stage_exports_checkpoints_and_a_failure_writes_nothing(tmp_path: Path) 
     result = run_stage(tmp_path, config, tmp_path / "good", out)
     assert result.exit_code == 0, result.output
     names = {"vae_decoder", "vae_encoder", "gan_generator"}
-    assert {p.name for p in out.iterdir()} == {f"{n}{v}.onnx" for n in names for v in ("", ".fp16")} | {"models.json"}
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    onnx_files = {f"{n}{v}.onnx" for n in names for v in ("", ".fp16")}
+    assert {p.name for p in out.iterdir()} == onnx_files | {"models.json", "web"}
+    assert onnx_files | {"models.json", "reference.json", "index.html"} <= {p.name for p in (out / "web").iterdir()}
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     # the VAE passes, the generator (NaN weights) fails: nothing at all is written, the old export stays
     result = run_stage(tmp_path, config, tmp_path / "diverged", out)
     assert result.exit_code == 1
     assert "gan_generator: the reference outputs NaN" in result.output
     assert isinstance(result.exception, SystemExit)  # a clean click error, not a crash
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
     result = run_stage(tmp_path, config, tmp_path / "none", tmp_path / "empty")
     assert result.exit_code == 1 and "train a model first" in result.output

@@ -40,7 +40,7 @@ def _wait_for(condition, timeout: float) -> bool:
 @pytest.fixture
 def long_run(pipeline_workspace: Workspace, tmp_path: Path) -> Path:
     root = tmp_path / "work"
-    shutil.copytree(pipeline_workspace.path, root)
+    shutil.copytree(pipeline_workspace.path, root, symlinks=True)
     params = merge(yaml.safe_load((root / "params.yaml").read_text()), LONG_TRAINING)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_PARAMS, copy_repository, dvc_env
+from conftest import TINY_PARAMS, copy_repository, dvc_env, node, serve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,22 @@ def test_repro_builds_every_declared_output(project: Path) -> None:
             path = next(iter(entry)) if isinstance(entry, dict) else entry
             assert (project / path).exists(), f"stage {name} did not produce {path}"
     assert (project / "data/processed/stats.json").exists()
+    web = project / "export" / "web"  # the explorer, ready to serve, with the test images it ships
+    assert {"index.html", "models.json", "reference.json", "ort.wasm.min.mjs"} <= {p.name for p in web.iterdir()}
+    assert json.loads((web / "reference.json").read_text())["images"]["shape"][0] == 8
+
+
+def test_plots_show_draws_every_chart_with_no_internet(project: Path, tmp_path: Path) -> None:
+    """The repo's DVC config sets the HTML template with vega, vega-lite and vega-embed inlined."""
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page
+    with serve(tmp_path / "plots") as url:
+        result = node("browser_check.mjs", url + "index.html", str(tmp_path / "plots.png"), "plots")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["consoleErrors"] == [] and report["outsideRequests"] == [], report
+    assert report["embeds"] >= 4 and report["drawn"] == report["inked"] == report["embeds"], report
 
 
 def test_second_repro_does_nothing(project: Path) -> None:

@@ -112,8 +112,12 @@ def test_files_that_are_not_exported_models_are_refused(tmp_path: Path, export_d
     bare = onnx.load(export_dir / "gan_generator.onnx")
     del bare.metadata_props[:]
     onnx.save(bare, tmp_path / "bare.onnx")
-    with pytest.raises(ModelFileError, match="ONNX metadata lacks kind, variant, latent_dim"):
+    with pytest.raises(ModelFileError, match="its ONNX metadata has no 'model' entry"):
         GenerativeModel(tmp_path / "bare.onnx")
+    bare.metadata_props.add(key="model", value='{"kind": "vae_decoder"}')
+    onnx.save(bare, tmp_path / "partial.onnx")
+    with pytest.raises(ModelFileError, match="ONNX metadata lacks variant, latent_dim"):
+        GenerativeModel(tmp_path / "partial.onnx")
     with pytest.raises(FileNotFoundError, match="run `python -m stages export` first"):
         GenerativeModel(tmp_path / "missing.onnx")
     with pytest.raises(ModelFileError, match="this is a VAE encoder"):

@@ -280,7 +280,9 @@ def test_each_family_trains_evaluates_exports_and_samples_through_the_stages(
     name: str, pipeline_workspace: Workspace, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
-    shutil.copytree(pipeline_workspace.path, work, ignore=shutil.ignore_patterns("checkpoints", "export"))
+    shutil.copytree(
+        pipeline_workspace.path, work, symlinks=True, ignore=shutil.ignore_patterns("checkpoints", "export")
+    )
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["vae"] |= FAMILY_PARAMS[name] | {"epochs": 2, "patience": 1, "lr_schedule": "plateau", "lr_patience": 1}
     (work / "params.yaml").write_text(yaml.safe_dump(params))

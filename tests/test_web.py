@@ -1,0 +1,122 @@
+"""The browser explorer and the Node check, with the real clients: headless Chromium (Debian's) driven by
+playwright-core, and onnxruntime-node, against models exported here and served from 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import node, serve
+
+from pipeline.config import config_from_dict
+from pipeline.export import export_generator, export_vae, write_exported
+from pipeline.gan_trainer import build_generator
+from pipeline.runtime import portable_normal, portable_uniform
+from pipeline.vae_trainer import build_vae
+from pipeline.web import Explorer, WebBundleError
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SHAPE = (1, 8, 8)
+DATA = {"image_shape": list(IMAGE_SHAPE), "num_classes": 10, "dataset": "digits", "binarize": "dynamic"}
+
+
+def export_bundle(out: Path, prior: str, conditional: bool, quantize: list[str]) -> Path:
+    vae_params = {"arch": "mlp", "hidden_sizes": [32], "conditional": conditional, "prior": prior}
+    if prior == "vampprior":
+        vae_params["pseudo_inputs"] = 5
+    config = config_from_dict(
+        {
+            "latent_dim": 4,
+            "vae": vae_params,
+            "gan": {"arch": "dcgan", "base_channels": 8, "conditional": conditional},
+            "export": {"quantize": quantize},
+        }
+    )
+    torch.manual_seed(0)
+    vae, generator = build_vae(config, IMAGE_SHAPE, 10).eval(), build_generator(config, IMAGE_SHAPE, 10).eval()
+    models = export_vae(vae, DATA, config.to_dict(), config.export)
+    models += export_generator(generator, DATA, config.to_dict(), config.export)
+    images = (np.random.default_rng(0).random((8, *IMAGE_SHAPE)) * 255).astype(np.uint8)
+    write_exported(models, out, Explorer(images, np.arange(8) % 10, REPO))
+    return out / "web"
+
+
+@pytest.fixture(
+    scope="module", params=[("standard_normal", True), ("vampprior", False)], ids=["conditional", "vampprior"]
+)
+def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prior, conditional = request.param
+    return export_bundle(tmp_path_factory.mktemp("export"), prior, conditional, ["fp16", "int8"])
+
+
+@pytest.fixture
+def served(bundle: Path) -> Iterator[str]:
+    with serve(bundle) as url:
+        yield url
+
+
+def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Path, tmp_path: Path) -> None:
+    screenshot = tmp_path / "explorer.png"
+    result = node("browser_check.mjs", served, str(screenshot))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["consoleErrors"] == [] and report["errors"] == [], report
+    assert report["outsideRequests"] == [], "the page must load nothing from outside the bundle"
+    manifest = json.loads((bundle / "models.json").read_text())
+    assert set(report["files"]) == {entry["file"] for entry in manifest["models"]}
+    assert report["ok"] and report["maxError"] <= 1e-5 and report["latentError"] <= 1e-5, report
+    assert report["sections"] == ["vae_decoder", "gan_generator"]
+    assert report["grid"] == [64, 64] and report["litPixels"] > 0.5 * 64 * 64  # the sample grid drew
+    assert report["interpolation"] == 8 * 8  # two shipped images encoded, eight decoded along the line
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("EXPLORER_SCREENSHOT_DIR"):  # to look at the page: a copy of each screenshot
+        shutil.copy(screenshot, Path(os.environ["EXPLORER_SCREENSHOT_DIR"]) / f"explorer-{bundle.parent.name}.png")
+
+
+def test_onnxruntime_node_reproduces_every_model_and_a_wrong_reference_is_caught(bundle: Path, tmp_path: Path) -> None:
+    result = node("check.mjs", str(bundle))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    manifest = json.loads((bundle / "models.json").read_text())
+    assert {entry["file"] for entry in manifest["models"]} <= set(report["files"]) and report["max_abs_error"] <= 1e-5
+
+    tampered = shutil.copytree(bundle, tmp_path / "tampered")
+    reference = json.loads((tampered / "reference.json").read_text())
+    image = reference["cases"]["gan_generator.onnx"]["outputs"]["image"]
+    image["data"][0] += 1e-3
+    (tampered / "reference.json").write_text(json.dumps(reference))
+    result = node("check.mjs", str(tampered))
+    assert result.returncode == 1 and not json.loads(result.stdout)["ok"]
+
+
+def test_javascript_draws_the_same_seeded_latents_as_python() -> None:
+    script = (
+        "import { portableNormal, portableUniform } from './src/portable.js';"
+        "const out = {};"
+        "for (const seed of [0, 1, 12345, 4294967295]) out[seed] = [Array.from(portableNormal(seed, 37)),"
+        " Array.from(portableUniform(seed, 5))];"
+        "console.log(JSON.stringify(out));"
+    )
+    result = node("--input-type=module", "-e", script)
+    assert result.returncode == 0, result.stderr
+    for seed, (normals, uniforms) in json.loads(result.stdout).items():
+        assert np.array_equal(np.float32(normals), portable_normal(int(seed), (37,)))
+        assert np.array_equal(uniforms, portable_uniform(int(seed), 5))
+    draws = portable_normal(7, (20000,))
+    assert abs(draws.mean()) < 0.03 and abs(draws.std() - 1) < 0.03
+
+
+def test_a_missing_runtime_or_page_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(WebBundleError, match="the explorer's sources are missing"):
+        Explorer(root=tmp_path).check()
+    shutil.copytree(REPO / "web" / "src", tmp_path / "web" / "src")
+    with pytest.raises(
+        WebBundleError, match=r"onnxruntime-web is not installed .*npm ci --prefix web.*export.web: false"
+    ):
+        Explorer(root=tmp_path).check()

@@ -1,0 +1,283 @@
+// The latent explorer: runs the exported models (models.json and the .onnx files beside it) with onnxruntime-web.
+// Everything it loads lies in this folder; window.explorer reports the check against Python's outputs.
+import * as ort from './ort.wasm.min.mjs';
+import { portableNormal, portableUniform } from './portable.js';
+
+ort.env.wasm.numThreads = 1; // threads need cross-origin isolation, which a plain static server does not give
+ort.env.wasm.wasmPaths = new URL('./', import.meta.url).href;
+
+const GRID = 8; // the sample grid is GRID × GRID
+const STEPS = 8; // images along an interpolation
+const SLIDERS = 8; // latent coordinates with a slider
+const state = { done: false, ok: false, errors: [], files: {}, latentError: null, maxError: null };
+window.explorer = state;
+
+const sessions = new Map();
+function session(file) {
+  if (!sessions.has(file)) {
+    sessions.set(file, fetch(file).then((r) => {
+      if (!r.ok) throw new Error(`${file}: HTTP ${r.status}`);
+      return r.arrayBuffer();
+    }).then((buffer) => ort.InferenceSession.create(new Uint8Array(buffer))));
+  }
+  return sessions.get(file);
+}
+
+function tensor({ dtype, shape, data }) {
+  const values = dtype === 'int64' ? BigInt64Array.from(data, (v) => BigInt(v)) : Float32Array.from(data);
+  return new ort.Tensor(dtype, values, shape);
+}
+
+function labelTensor(labels) {
+  return new ort.Tensor('int64', BigInt64Array.from(labels, (v) => BigInt(v)), [labels.length]);
+}
+
+function maxAbs(a, b) {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return a.length === b.length ? m : Infinity;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  node.append(...children);
+  return node;
+}
+
+// images: float32 N×C×H×W in [0, 1], drawn as tiles, `cols` to a row
+function draw(canvas, images, n, [c, h, w], cols) {
+  const rows = Math.ceil(n / cols);
+  canvas.width = cols * w;
+  canvas.height = rows * h;
+  const ctx = canvas.getContext('2d');
+  const pixels = ctx.createImageData(canvas.width, canvas.height);
+  for (let k = 0; k < n; k++) {
+    const x0 = (k % cols) * w, y0 = Math.floor(k / cols) * h;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const at = 4 * ((y0 + y) * canvas.width + x0 + x);
+        for (let ch = 0; ch < 3; ch++) {
+          const v = images[((k * c + (c === 3 ? ch : 0)) * h + y) * w + x];
+          pixels.data[at + ch] = Math.round(255 * Math.min(1, Math.max(0, v)));
+        }
+        pixels.data[at + 3] = 255;
+      }
+    }
+  }
+  ctx.putImageData(pixels, 0, 0);
+}
+
+async function decode(entry, z, n, labels) {
+  const meta = entry.metadata;
+  const feeds = { z: new ort.Tensor('float32', z, [n, meta.latent_dim]) };
+  if (meta.conditional) feeds.label = labelTensor(labels);
+  const out = await (await session(entry.file)).run(feeds);
+  return out.image.data;
+}
+
+// n latents from the model's prior under `seed`: N(0, T² I), or the prior sampler's map of that noise
+async function sampleLatents(entry, prior, seed, n, temperature) {
+  const d = entry.metadata.latent_dim;
+  const noise = portableNormal(seed, n * d).map((v) => v * temperature);
+  if (!prior) return noise;
+  const u = Float32Array.from(portableUniform(seed + 1, n));
+  const out = await (await session(prior.file)).run({
+    noise: new ort.Tensor('float32', noise, [n, d]),
+    u: new ort.Tensor('float32', u, [n]),
+  });
+  return out.z.data;
+}
+
+function classPicker(meta, onchange) {
+  const select = el('select', { 'aria-label': 'class', onchange });
+  select.append(el('option', { value: '-1' }, 'every class in turn'));
+  meta.class_names.forEach((name, k) => select.append(el('option', { value: String(k) }, `${k}: ${name}`)));
+  return select;
+}
+
+function labelsFor(select, n, k) {
+  const chosen = select ? Number(select.value) : -1;
+  return Array.from({ length: n }, (_, i) => (chosen >= 0 ? chosen : i % k));
+}
+
+function modelSection(entry, manifest, reference) {
+  const meta = entry.metadata;
+  const shape = meta.image_shape;
+  const float32 = (kind) => manifest.models.find((m) => m.kind === kind && m.variant === 'float32');
+  const prior = entry.prior.sampler ? manifest.models.find((m) => m.file === entry.prior.sampler) : null;
+  const section = el('section', { class: 'model', id: entry.kind });
+  section.append(el('h2', {}, `${entry.kind === 'gan_generator' ? 'GAN generator' : 'VAE decoder'} — ${meta.dataset}`),
+    el('p', {}, `latent ${meta.latent_dim}, prior ${entry.prior.kind} (${entry.prior.how}), image ${shape.join('×')}, ` +
+      `likelihood ${meta.likelihood}`));
+
+  const seed = el('input', { type: 'number', value: '0', min: '0', step: '1', 'aria-label': 'seed' });
+  const temperature = el('input', { type: 'range', min: '0.2', max: '1.5', step: '0.05', value: '1', 'aria-label': 'temperature' });
+  const picker = meta.conditional ? classPicker(meta, () => refresh()) : null;
+  const grid = el('canvas', { class: 'grid', 'data-role': 'grid' });
+  const big = el('canvas', { class: 'big', 'data-role': 'slider-image' });
+  const sliders = el('div', { class: 'sliders' });
+  let base = null;
+
+  async function redrawSlider() {
+    const labels = meta.conditional ? labelsFor(picker, 1, meta.num_classes) : null;
+    draw(big, await decode(entry, base, 1, labels), 1, shape, 1);
+  }
+
+  async function refresh() {
+    const n = GRID * GRID;
+    const z = await sampleLatents(entry, prior, Number(seed.value) >>> 0, n, Number(temperature.value));
+    const labels = meta.conditional ? labelsFor(picker, n, meta.num_classes) : null;
+    draw(grid, await decode(entry, z, n, labels), n, shape, GRID);
+    base = Float32Array.from(z.subarray(0, meta.latent_dim));
+    sliders.replaceChildren();
+    for (let d = 0; d < Math.min(SLIDERS, meta.latent_dim); d++) {
+      const value = el('span', {}, base[d].toFixed(2));
+      const slider = el('input', {
+        type: 'range', min: '-3', max: '3', step: '0.05', value: String(base[d]), 'aria-label': `z${d}`,
+        oninput: (event) => { base[d] = Number(event.target.value); value.textContent = base[d].toFixed(2); redrawSlider(); },
+      });
+      sliders.append(el('label', {}, `z[${d}]`), slider, value);
+    }
+    await redrawSlider();
+  }
+
+  const resample = el('button', { onclick: () => refresh() }, 'Resample');
+  seed.addEventListener('change', () => refresh());
+  temperature.addEventListener('change', () => refresh());
+  section.append(el('div', { class: 'controls' }, el('label', {}, 'seed ', seed), el('label', {}, 'temperature ', temperature),
+    ...(picker ? [el('label', {}, 'class ', picker)] : []), resample));
+  section.append(el('div', { class: 'row' }, el('div', {}, el('h3', {}, 'Samples'), grid),
+    el('div', {}, el('h3', {}, 'Along latent coordinates (first sample)'), sliders, big)));
+
+  if (entry.kind === 'vae_decoder') section.append(interpolation(entry, float32('vae_encoder'), reference, picker));
+  return { section, refresh };
+}
+
+function interpolation(decoder, encoder, reference, picker) {
+  const meta = decoder.metadata;
+  const [c, h, w] = meta.image_shape;
+  const box = el('div', {}, el('h3', {}, 'Interpolation between two encoded images'));
+  if (!encoder) {
+    box.append(el('p', {}, `The encoder is ${meta.encoder}.`));
+    return box;
+  }
+  const thumbs = el('div', { class: 'controls' });
+  const strip = el('canvas', { class: 'strip', 'data-role': 'interpolation' });
+  const picked = [];
+  const images = [];
+
+  function addImage(pixels, label) {
+    const index = images.length;
+    images.push({ pixels, label });
+    const canvas = el('canvas', { class: 'thumb', 'data-index': String(index), title: 'pick two images' });
+    draw(canvas, pixels, 1, meta.image_shape, 1);
+    canvas.addEventListener('click', () => pick(index, canvas));
+    thumbs.append(canvas);
+    return canvas;
+  }
+
+  async function pick(index, canvas) {
+    picked.push({ index, canvas });
+    canvas.classList.add('picked');
+    if (picked.length > 2) picked.shift().canvas.classList.remove('picked');
+    if (picked.length < 2) return;
+    const x = new Float32Array(2 * c * h * w);
+    picked.forEach(({ index: i }, k) => x.set(images[i].pixels, k * c * h * w));
+    const labels = picked.map(({ index: i }) => images[i].label ?? Math.max(0, Number(picker?.value ?? 0)));
+    const feeds = { image: new ort.Tensor('float32', x, [2, c, h, w]) };
+    if (meta.conditional) feeds.label = labelTensor(labels);
+    const { mu } = await (await session(encoder.file)).run(feeds);
+    const d = meta.latent_dim;
+    const z = new Float32Array(STEPS * d);
+    for (let s = 0; s < STEPS; s++) {
+      const t = s / (STEPS - 1);
+      for (let j = 0; j < d; j++) z[s * d + j] = (1 - t) * mu.data[j] + t * mu.data[d + j];
+    }
+    const stepLabels = Array.from({ length: STEPS }, (_, s) => labels[s < STEPS / 2 ? 0 : 1]);
+    draw(strip, await decode(decoder, z, STEPS, stepLabels), STEPS, meta.image_shape, STEPS);
+  }
+
+  // a dropped or chosen picture, resized to the model's H×W (grey when C = 1)
+  async function addFile(file) {
+    const bitmap = await createImageBitmap(file);
+    const canvas = new OffscreenCanvas(w, h);
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(bitmap, 0, 0, w, h);
+    const rgba = ctx.getImageData(0, 0, w, h).data;
+    const pixels = new Float32Array(c * h * w);
+    for (let i = 0; i < h * w; i++) {
+      const [r, g, b] = [rgba[4 * i], rgba[4 * i + 1], rgba[4 * i + 2]].map((v) => v / 255);
+      if (c === 1) pixels[i] = (r + g + b) / 3;
+      else [r, g, b].forEach((v, ch) => { pixels[ch * h * w + i] = v; });
+    }
+    addImage(pixels, null);
+  }
+
+  const shipped = reference.images;
+  if (shipped) {
+    const size = c * h * w;
+    for (let k = 0; k < shipped.shape[0]; k++) {
+      const pixels = Float32Array.from(shipped.data.slice(k * size, (k + 1) * size), (v) => v / 255);
+      addImage(pixels, shipped.labels ? shipped.labels[k] : null);
+    }
+  }
+  const input = el('input', { type: 'file', accept: 'image/*', onchange: (e) => [...e.target.files].forEach(addFile) });
+  const drop = el('div', { class: 'drop' }, 'Drop an image here, or ', input);
+  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); [...e.dataTransfer.files].forEach(addFile); });
+  box.append(el('p', {}, 'Click two images: their posterior means are interpolated and decoded.'), thumbs, drop, strip);
+  return box;
+}
+
+// every model of the manifest run on the shipped inputs, against the outputs Python's onnxruntime gave
+async function checkAgainstPython(manifest, reference) {
+  let worst = 0;
+  for (const [file, { inputs, outputs }] of Object.entries(reference.cases)) {
+    const feeds = Object.fromEntries(Object.entries(inputs).map(([name, t]) => [name, tensor(t)]));
+    const got = await (await session(file)).run(feeds);
+    const error = Math.max(...Object.entries(outputs).map(([name, t]) => maxAbs(got[name].data, t.data)));
+    state.files[file] = error;
+    worst = Math.max(worst, error);
+  }
+  // the page's own draw from the reference seed equals the latents Python shipped
+  let latent = 0;
+  for (const { inputs } of Object.values(reference.cases)) {
+    const drawn = inputs.z ?? inputs.noise;
+    if (drawn && !inputs.u && !inputs.image) latent = Math.max(latent, maxAbs(portableNormal(reference.seed, drawn.data.length), drawn.data));
+  }
+  state.latentError = latent;
+  state.maxError = worst;
+  state.ok = worst <= reference.tolerance && latent <= reference.tolerance;
+  const line = document.getElementById('check');
+  line.textContent = `${state.ok ? '✓' : '✗'} ${Object.keys(state.files).length} models match Python's onnxruntime on the ` +
+    `shipped inputs: max |Δ| ${worst.toExponential(2)}, latents from seed ${reference.seed}: max |Δ| ${latent.toExponential(2)} ` +
+    `(tolerance ${reference.tolerance})`;
+  line.className = `check ${state.ok ? 'ok' : 'bad'}`;
+}
+
+async function main() {
+  const [manifest, reference] = await Promise.all(['models.json', 'reference.json'].map((f) => fetch(f).then((r) => {
+    if (!r.ok) throw new Error(`${f}: HTTP ${r.status}`);
+    return r.json();
+  })));
+  const generative = manifest.models.filter((m) => m.variant === 'float32' && ['vae_decoder', 'gan_generator'].includes(m.kind));
+  document.getElementById('summary').textContent = `${manifest.models.length} exported models (${manifest.exporter}); ` +
+    `running on onnxruntime-web ${ort.env.versions.web} (wasm).`;
+  const main = document.getElementById('models');
+  for (const entry of generative) {
+    const { section, refresh } = modelSection(entry, manifest, reference);
+    main.append(section);
+    await refresh();
+  }
+  await checkAgainstPython(manifest, reference);
+}
+
+main().catch((err) => {
+  state.errors.push(String(err));
+  console.error(err);
+}).finally(() => { state.done = true; });
