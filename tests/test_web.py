@@ -72,8 +72,9 @@ def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Pa
     assert set(report["files"]) == {entry["file"] for entry in manifest["models"]}
     assert report["ok"] and report["maxError"] <= 1e-5 and report["latentError"] <= 1e-5, report
     assert report["sections"] == ["vae_decoder", "gan_generator"]
-    assert report["grid"] == [64, 64] and report["litPixels"] > 0.5 * 64 * 64  # the sample grid drew
-    assert report["interpolation"] == 8 * 8  # two shipped images encoded, eight decoded along the line
+    side = 8 * (8 + 1) - 1  # eight 8-pixel tiles a row, one pixel between them
+    assert report["grid"] == [side, side] and report["litPixels"] > 0.5 * side * side  # the sample grid drew
+    assert report["interpolation"] == side  # two shipped images encoded, eight decoded along the line
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("EXPLORER_SCREENSHOT_DIR"):  # to look at the page: a copy of each screenshot
         shutil.copy(screenshot, Path(os.environ["EXPLORER_SCREENSHOT_DIR"]) / f"explorer-{bundle.parent.name}.png")

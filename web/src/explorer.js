@@ -48,15 +48,17 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-// images: float32 N×C×H×W in [0, 1], drawn as tiles, `cols` to a row
+// images: float32 N×C×H×W in [0, 1], drawn as tiles, `cols` to a row, one grey pixel between tiles
 function draw(canvas, images, n, [c, h, w], cols) {
   const rows = Math.ceil(n / cols);
-  canvas.width = cols * w;
-  canvas.height = rows * h;
+  canvas.width = cols * (w + 1) - 1;
+  canvas.height = rows * (h + 1) - 1;
   const ctx = canvas.getContext('2d');
   const pixels = ctx.createImageData(canvas.width, canvas.height);
+  pixels.data.fill(128); // grey, opaque gaps
+  for (let i = 3; i < pixels.data.length; i += 4) pixels.data[i] = 255;
   for (let k = 0; k < n; k++) {
-    const x0 = (k % cols) * w, y0 = Math.floor(k / cols) * h;
+    const x0 = (k % cols) * (w + 1), y0 = Math.floor(k / cols) * (h + 1);
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
         const at = 4 * ((y0 + y) * canvas.width + x0 + x);
@@ -64,7 +66,6 @@ function draw(canvas, images, n, [c, h, w], cols) {
           const v = images[((k * c + (c === 3 ? ch : 0)) * h + y) * w + x];
           pixels.data[at + ch] = Math.round(255 * Math.min(1, Math.max(0, v)));
         }
-        pixels.data[at + 3] = 255;
       }
     }
   }
