@@ -104,9 +104,9 @@ def main(
         params = recipe_params(recipe, data_path, max_minutes, num_samples, device)
         click.echo(f"recipe {recipe}: {importance_sampling_rate(config_from_dict(params)):,.0f} decoder evaluations/s")
         return
+    params = recipe_params(recipe, data_path.resolve(), max_minutes, num_samples, device)  # an unknown recipe first
     if not data_path.is_file():
         raise click.BadParameter(f"{data_path}: no such file", param_hint="--data")
-    params = recipe_params(recipe, data_path.resolve(), max_minutes, num_samples, device)
     workdir = (workdir or Path("bench-runs") / recipe).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
