@@ -15,7 +15,6 @@ model for comparison. Timings on shared CPUs are provisional.
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
@@ -24,39 +23,13 @@ import click
 import torch
 from torch import nn
 
+from benchmarks.common import matmul_rate, synchronize
 from pipeline.config import Config, VaeParams
 from pipeline.device import select_device, to_device
 from pipeline.estimators import NOISE_POINTS, importance_sampled_log_likelihood
 from pipeline.models.distributions import gaussian_log_density, gaussian_sample, standard_normal_log_density
 from pipeline.models.vae import VAE
 from pipeline.vae_trainer import build_vae
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def matmul_rate(device: torch.device, repeats: int = 5, size: int = 4096) -> dict[str, float]:
-    """Float32 ``torch.mm`` rates (FLOP/s) on a size³ product and a (2 size)×(size/4)² one, each the best of
-    ``repeats`` runs."""
-    rates = {}
-    for m, k, n in ((size, size, size), (2 * size, size // 4, size // 4)):
-        a = torch.randn(m, k, device=device)
-        b = torch.randn(k, n, device=device)
-        products = {f"torch.mm {m}x{k}x{n}": functools.partial(torch.mm, a, b)}
-        for name, product in products.items():
-            product()
-            best = math.inf
-            for _ in range(repeats):
-                _synchronize(device)
-                start = time.perf_counter()
-                product()
-                _synchronize(device)
-                best = min(best, time.perf_counter() - start)
-            rates[name] = 2 * m * k * n / best
-    return rates
 
 
 def decoder_flops(model: VAE) -> int:
@@ -131,12 +104,12 @@ def main(
     rate_before, seen_rates, local_fractions, seconds, log_px = max(rates.values()), [], [], 0.0, []
     for start in range(0, points, size):
         part = x[start : start + size]
-        _synchronize(device)
+        synchronize(device)
         began = time.perf_counter()
         result = importance_sampled_log_likelihood(
             model, model, part, None, samples, (1, 10, 100, 1000), memory_budget_mb=memory_budget_mb, first_point=start
         )
-        _synchronize(device)
+        synchronize(device)
         elapsed = time.perf_counter() - began
         rates_after = matmul_rate(device, repeats=3, size=rate_size)
         rate_after = max(rates_after.values())
@@ -170,10 +143,10 @@ def main(
     if baseline_points:
         xb = x[:baseline_points]
         batch = max(1, (memory_budget_mb * 2**20) // (4 * 8 * side * side * samples))
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         plain_log_likelihood(model, xb, samples, batch)
-        _synchronize(device)
+        synchronize(device)
         plain = time.perf_counter() - start
         plain_achieved = baseline_points * samples * flops / plain
         click.echo(

@@ -123,10 +123,25 @@ class GanParams:
     arch: Literal["mlp", "dcgan"] = _f("mlp", "generator/discriminator architecture")
     hidden_sizes: list[int] = _f([256, 256], "hidden layer widths of the mlp architecture", **_range(1, 65536))
     base_channels: int = _f(64, "channel width of the dcgan architecture", **_range(1, 4096))
-    loss: Literal["minimax", "non_saturating", "hinge"] = _f("non_saturating", "adversarial objective")
+    init: Literal["dcgan", "torch"] = _f(
+        "dcgan",
+        "dcgan: weights ~ N(0, 0.02), batch-norm scales ~ N(1, 0.02) (Radford et al. 2015); torch: its defaults",
+    )
+    loss: Literal["minimax", "non_saturating", "hinge", "wgan_gp"] = _f("non_saturating", "adversarial objective")
+    gp_weight: float = _f(10.0, "lambda of the WGAN-GP gradient penalty (loss wgan_gp)", **_range(0.0, 1e6))
+    r1_gamma: float = _f(
+        0.0,
+        "gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real images (Mescheder et al. 2018); 0: off",
+        **_range(0.0, 1e6),
+    )
     spectral_norm: bool = _f(False, "spectral normalization of the discriminator's layers")
     label_smoothing: float = _f(0.0, "one-sided label smoothing: real target is 1 - this", **_range(0.0, 0.5))
     feature_matching: bool = _f(False, "generator matches discriminator features (Salimans et al. 2016)")
+    info_categories: int = _f(0, "InfoGAN: categories of a categorical latent code (0: none)", **_range(0, 1024))
+    info_continuous: int = _f(0, "InfoGAN: continuous latent codes, uniform on [-1, 1] (0: none)", **_range(0, 64))
+    info_weight: float = _f(
+        1.0, "InfoGAN: lambda of the mutual-information term (Chen et al. 2016)", **_range(0.0, 1e6)
+    )
     ema_decay: float = _f(0.999, "decay of the generator's weight EMA used for sampling and export", **_range(0.0, 1.0))
     conditional: bool = _f(False, "feed the class label to both networks (Mirza & Osindero 2014)")
     epochs: int = _f(100, "training epochs (at most)", **_range(1, 100000))
@@ -336,8 +351,10 @@ def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
                 f"{section}.hidden_sizes: [] is not allowed with arch {params.arch}; give at least one width"
             )
     _check_vae(config.vae)
-    if config.gan.loss == "hinge" and config.gan.label_smoothing > 0:
-        raise ConfigError("gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for hinge")
+    if config.gan.loss in ("hinge", "wgan_gp") and config.gan.label_smoothing > 0:
+        raise ConfigError(
+            f"gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for {config.gan.loss}"
+        )
     return config
 
 

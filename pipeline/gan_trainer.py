@@ -19,6 +19,7 @@ binarization is a device of the likelihood models and is not applied here.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,22 @@ from pipeline.distributed import DistContext, all_reduce_sum, wrap
 from pipeline.evaluation import sample_quality_report
 from pipeline.images import save_image_grid
 from pipeline.models.classifier import Classifier
-from pipeline.models.gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from pipeline.objectives.gan import discriminator_loss, feature_matching_loss, generator_loss
+from pipeline.models.gan import (
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    dcgan_init_,
+    make_codes,
+)
+from pipeline.objectives.gan import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+    gradient_penalty,
+    information_loss,
+    r1_penalty,
+)
 from pipeline.seeds import stream_seed, torch_generator
 from pipeline.training import (
     IndexBatches,
@@ -61,20 +76,25 @@ def gan_configs(
     gan = config.gan
     classes = num_classes if gan.conditional else None
     common = {"arch": gan.arch, "hidden_sizes": tuple(gan.hidden_sizes), "base_channels": gan.base_channels}
+    common |= {"categories": gan.info_categories, "continuous_codes": gan.info_continuous}
     return (
         GeneratorConfig(config.latent_dim, tuple(image_shape), num_classes=classes, **common),
         DiscriminatorConfig(tuple(image_shape), spectral_norm=gan.spectral_norm, num_classes=classes, **common),
     )
 
 
+def _initialized(network: nn.Module, config: Config) -> nn.Module:
+    return dcgan_init_(network) if config.gan.init == "dcgan" else network
+
+
 def build_generator(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> Generator:
-    """A fresh generator of :func:`gan_configs`."""
-    return Generator(gan_configs(config, image_shape, num_classes)[0])
+    """A fresh generator of :func:`gan_configs`, initialized as ``gan.init`` says."""
+    return _initialized(Generator(gan_configs(config, image_shape, num_classes)[0]), config)
 
 
 def build_discriminator(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> Discriminator:
-    """A fresh discriminator of :func:`gan_configs`."""
-    return Discriminator(gan_configs(config, image_shape, num_classes)[1])
+    """A fresh discriminator of :func:`gan_configs`, initialized as ``gan.init`` says."""
+    return _initialized(Discriminator(gan_configs(config, image_shape, num_classes)[1]), config)
 
 
 @torch.no_grad()
@@ -155,17 +175,41 @@ class GanTrainer:
             return z.to(self.device), y.to(self.device), columns
         return torch.randn(64, self.config.latent_dim, generator=generator).to(self.device), None, 8
 
+    def _fixed_codes(self, n: int) -> torch.Tensor | None:
+        """The InfoGAN codes of the fixed-noise grid (None without codes)."""
+        if not self.generator.code_dim:
+            return None
+        return self.generator.sample_codes(n, torch_generator(self.device, self.config.seed, "gan", "fixed codes"))
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None, step: int, update_generator: bool) -> torch.Tensor:
-        """One discriminator update (and a generator update if asked); returns the window statistics as a tensor."""
+        """One discriminator update (and a generator update if asked); returns the window statistics as a tensor.
+
+        The discriminator's loss gains the WGAN-GP penalty (loss wgan_gp), the R1 penalty (r1_gamma > 0) and, for
+        InfoGAN, lambda times -log Q(c|g(z, c)) of the detached samples (training Q); the generator's gains the same
+        information term through its samples."""
         gan = self.config.gan
+        info = self.generator.code_dim > 0
         z = torch.randn(len(x), self.config.latent_dim, generator=self.noise, device=self.device)
+        codes = self.generator.sample_codes(len(x), self.noise) if info else None
+        if gan.r1_gamma:
+            x = x.detach().requires_grad_(True)
         with autocast(self.device, gan.bf16):
             with torch.set_grad_enabled(update_generator):
-                fake = self.train_g(z, y)
+                fake = self.train_g(z, y, codes)
             both_y = torch.cat([y, y]) if y is not None else None
-            logits = self.train_d(torch.cat([x, fake.detach()]), both_y).float()
-            real_logits, fake_logits = logits.split(len(x))
+            out = self.train_d(torch.cat([x, fake.detach()]), both_y, with_codes=info)
+            logits, code_params = out if info else (out, None)
+            real_logits, fake_logits = logits.float().split(len(x))
             d_loss = discriminator_loss(real_logits, fake_logits, gan.loss, gan.label_smoothing)
+            if gan.loss == "wgan_gp":
+                epsilon = torch.rand(len(x), 1, 1, 1, generator=self.noise, device=self.device)
+                critic = functools.partial(self.discriminator, y=y)  # the module itself: DDP allows one forward
+                d_loss = d_loss + gan.gp_weight * gradient_penalty(critic, x, fake, epsilon)
+            if gan.r1_gamma:
+                d_loss = d_loss + 0.5 * gan.r1_gamma * r1_penalty(real_logits, x)
+            if info:
+                q_loss = information_loss(code_params[len(x) :].float(), codes, self.generator.categories)
+                d_loss = d_loss + gan.info_weight * q_loss
         check_finite(d_loss, step, "discriminator loss")
         self.optimizer_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -177,9 +221,17 @@ class GanTrainer:
                 if gan.feature_matching:
                     with torch.no_grad():
                         real_features = self.discriminator.features(x, y)
-                    g_loss = feature_matching_loss(real_features.float(), self.discriminator.features(fake, y).float())
+                    fake_features = self.discriminator.features(fake, y)
+                    g_loss = feature_matching_loss(real_features.float(), fake_features.float())
+                    if info:
+                        code_params = self.discriminator.code_head(fake_features)
                 else:
-                    g_loss = generator_loss(self.discriminator(fake, y).float(), gan.loss)
+                    out = self.discriminator(fake, y, with_codes=info)
+                    fake_logits_g, code_params = out if info else (out, None)
+                    g_loss = generator_loss(fake_logits_g.float(), gan.loss)
+                if info:
+                    q_loss = information_loss(code_params.float(), codes, self.generator.categories)
+                    g_loss = g_loss + gan.info_weight * q_loss
             check_finite(g_loss, step, "generator loss")
             self.optimizer_g.zero_grad(set_to_none=True)
             g_loss.backward()
@@ -219,9 +271,10 @@ class GanTrainer:
         """``n`` images from the weight-averaged generator (labels cycle through the classes if not given)."""
         generator = torch_generator(self.device, seed, "gan", "samples")
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
+        codes = self.generator_ema.sample_codes(n, generator) if self.generator.code_dim else None
         if self.conditional and labels is None:
             labels = torch.arange(n, device=self.device) % self.generator.num_classes
-        return self.generator_ema(z, labels.to(self.device) if labels is not None else None)
+        return self.generator_ema(z, labels.to(self.device) if labels is not None else None, codes)
 
     def is_sample_epoch(self, epoch: int) -> bool:
         return (epoch + 1) % self.config.gan.sample_every_epochs == 0 or epoch == self.config.gan.epochs - 1
@@ -285,6 +338,7 @@ class GanTrainer:
     def finish(self, best: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The best epoch's metrics (in the card: the samples' metrics are evaluate_samples') and the final grid."""
         save_fixed_noise_grid(self, self.outputs.image_dir / "samples.png")
+        save_code_grids(self, self.outputs.image_dir)
         metrics = best["training"]["best"]["metrics"]
         summary = {"valid_fd": metrics["valid/frechet_distance"]} if self.monitor else {}
         card = {
@@ -307,9 +361,42 @@ def _means(sums: torch.Tensor) -> dict[str, float]:
 
 def save_fixed_noise_grid(trainer: GanTrainer, path: Path) -> None:
     """The EMA generator's images of the fixed noise (one row per class when conditional) as a PNG."""
-    images = trainer.generator_ema(trainer.fixed_z, trainer.fixed_y)
+    images = trainer.generator_ema(trainer.fixed_z, trainer.fixed_y, trainer._fixed_codes(len(trainer.fixed_z)))
     scale = max(1, 32 // trainer.generator.image_shape[1])
     save_image_grid(images.float().cpu().numpy(), path, nrow=trainer.grid_columns, scale=scale)
+
+
+@torch.no_grad()
+def save_code_grids(trainer: GanTrainer, image_dir: Path, steps: int = 10) -> list[Path]:
+    """InfoGAN: grids that vary one code at a time with the noise and the other codes fixed per row (Chen et al.
+    2016, fig. 2): ``code_category.png`` (row: one z, column: each category) and ``code_continuous_{j}.png``
+    (column: c_j from -1 to 1). Returns the paths written (none without codes)."""
+    generator = trainer.generator_ema
+    k, c = generator.categories, generator.continuous_codes
+    if not k + c:
+        return []
+    rows = 8
+    z = trainer.fixed_z[:rows]
+    base = trainer._fixed_codes(rows)
+    y = trainer.fixed_y[:rows] if trainer.fixed_y is not None else None
+    scale = max(1, 32 // generator.image_shape[1])
+    grids = {}
+    if k:
+        category = torch.arange(k, device=z.device).repeat(rows)
+        grids["code_category.png"] = (category, base[:, k:].repeat_interleave(k, 0), k)
+    for j in range(c):
+        continuous = base[:, k:].repeat_interleave(steps, 0).clone()
+        continuous[:, j] = torch.linspace(-1.0, 1.0, steps, device=z.device).repeat(rows)
+        category = base[:, :k].argmax(1).repeat_interleave(steps, 0) if k else None
+        grids[f"code_continuous_{j}.png"] = (category, continuous, steps)
+    paths = []
+    for name, (category, continuous, columns) in grids.items():
+        codes = make_codes(category, continuous, k)
+        labels = y.repeat_interleave(columns, 0) if y is not None else None
+        images = generator(z.repeat_interleave(columns, 0), labels, codes)
+        save_image_grid(images.float().cpu().numpy(), image_dir / name, nrow=columns, scale=scale)
+        paths.append(image_dir / name)
+    return paths
 
 
 def train_gan(

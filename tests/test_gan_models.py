@@ -13,7 +13,14 @@ from pipeline.config import Config, GanParams
 from pipeline.export import InputSpec, to_onnx
 from pipeline.gan_trainer import build_discriminator, build_generator
 from pipeline.models.base import LabelError
-from pipeline.models.gan import stride2_stages
+from pipeline.models.gan import (
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    make_codes,
+    stride2_stages,
+)
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
@@ -99,3 +106,45 @@ def test_generator_exports_to_onnx_with_plain_ops(arch: str) -> None:
     with torch.no_grad():
         torch_images = generator(z, y).numpy()
     np.testing.assert_allclose(onnx_images, torch_images, atol=1e-5)
+
+
+@pytest.mark.parametrize("spectral", [False, True])
+def test_dcgan_initialization_draws_weights_from_n_0_002(spectral: bool) -> None:
+    config = gan_config(arch="dcgan", base_channels=32, spectral_norm=spectral)
+    networks = [build_generator(config, (1, 28, 28), None), build_discriminator(config, (1, 28, 28), None)]
+    for network in networks:
+        for name, value in network.named_parameters():
+            if "bias" in name:
+                assert not value.any(), name
+            elif value.dim() > 1 and value.numel() > 2000:
+                assert value.mean().abs() < 0.002 and abs(value.std().item() - 0.02) < 0.002, name
+            elif value.dim() == 1:  # batch-norm scales
+                assert abs(value.mean().item() - 1.0) < 0.01 and value.std() < 0.04, name
+    torch_default = build_generator(gan_config(arch="dcgan", base_channels=32, init="torch"), (1, 28, 28), None)
+    projection = next(p for p in torch_default.parameters() if p.dim() == 2)  # z -> feature map, fan-in 16
+    assert projection.std() > 0.1  # PyTorch's own scheme, U(±1/sqrt(fan-in)), is left alone
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_infogan_codes_enter_the_generator_and_come_back_from_q(arch: str) -> None:
+    shape = (1, 28, 28)
+    common = {"arch": arch, "hidden_sizes": (32,), "base_channels": 8, "categories": 4, "continuous_codes": 2}
+    generator = Generator(GeneratorConfig(8, shape, **common)).eval()
+    discriminator = Discriminator(DiscriminatorConfig(shape, **common))
+    codes = generator.sample_codes(500, torch.Generator().manual_seed(0))
+    assert codes.shape == (500, 6) and torch.equal(codes[:, :4].sum(1), torch.ones(500))
+    assert set(codes[:, :4].argmax(1).tolist()) == {0, 1, 2, 3}
+    assert codes[:, 4:].min() >= -1 and codes[:, 4:].max() <= 1 and codes[:, 4:].std() > 0.5
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        one = make_codes(torch.tensor([0, 0, 0]), torch.zeros(3, 2), 4)
+        other = make_codes(torch.tensor([3, 3, 3]), torch.zeros(3, 2), 4)
+        assert not torch.allclose(generator(z, None, one), generator(z, None, other))  # the code matters
+        assert torch.equal(generator(z, None, one), generator(z, None, one))
+        logits, params = discriminator(generator(z, None, one), with_codes=True)
+    assert logits.shape == (3,) and params.shape == (3, 4 + 2)
+    with pytest.raises(ValueError, match=r"codes must be B×6"):
+        generator(z, None, torch.zeros(3, 5))
+    plain = Discriminator(DiscriminatorConfig(shape, arch=arch, hidden_sizes=(32,), base_channels=8))
+    with pytest.raises(ValueError, match="no InfoGAN code head"):
+        plain(torch.rand(2, *shape), with_codes=True)

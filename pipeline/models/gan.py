@@ -14,6 +14,11 @@ Architectures (``gan.arch``):
 
 Conditional GAN (Mirza & Osindero 2014): the one-hot label is concatenated to z in the generator and
 to the input (as constant channels, or features for ``mlp``) in the discriminator.
+
+InfoGAN (Chen et al. 2016): the generator also takes latent codes c, B×(K + C): a one-hot category over K
+``categories`` and C ``continuous_codes`` uniform on [-1, 1]; the discriminator's auxiliary head Q maps its
+penultimate features to the parameters of Q(c|x) (K logits and C means of a unit-variance Gaussian), sharing every
+other layer with D as in the paper.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.models.base import check_labels, one_hot
@@ -48,6 +54,8 @@ class GeneratorConfig:
     hidden_sizes: tuple[int, ...] = (256, 256)
     base_channels: int = 64
     num_classes: int | None = None
+    categories: int = 0
+    continuous_codes: int = 0
 
     def __post_init__(self) -> None:
         _normalize(self)
@@ -63,6 +71,8 @@ class DiscriminatorConfig:
     base_channels: int = 64
     spectral_norm: bool = False
     num_classes: int | None = None
+    categories: int = 0
+    continuous_codes: int = 0
 
     def __post_init__(self) -> None:
         _normalize(self)
@@ -73,6 +83,19 @@ def _normalize(config: GeneratorConfig | DiscriminatorConfig) -> None:
         object.__setattr__(config, name, tuple(int(v) for v in getattr(config, name)))
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {config.arch!r}; use 'mlp' or 'dcgan'")
+
+
+@torch.no_grad()
+def dcgan_init_(module: nn.Module) -> nn.Module:
+    """Radford et al. (2015)'s initialization, in place: convolution and linear weights ~ N(0, 0.02), batch-norm
+    scales ~ N(1, 0.02), biases 0 (under spectral normalization, the unnormalized weights)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
+            weight = layer.parametrizations.weight.original if parametrize.is_parametrized(layer) else layer.weight
+            weight.normal_(1.0 if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) else 0.0, 0.02)
+            if layer.bias is not None:
+                layer.bias.zero_()
+    return module
 
 
 def _with_labels(inputs: torch.Tensor, y: torch.Tensor | None, num_classes: int | None) -> torch.Tensor:
@@ -87,7 +110,7 @@ def _with_labels(inputs: torch.Tensor, y: torch.Tensor | None, num_classes: int 
 
 
 class Generator(nn.Module):
-    """g(z, y) -> B×C×H×W images in [0, 1] (sigmoid output)."""
+    """g(z, y, c) -> B×C×H×W images in [0, 1] (sigmoid output)."""
 
     family = "gan_generator"
     Config = GeneratorConfig
@@ -96,10 +119,11 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         self.latent_dim, self.image_shape, self.num_classes = config.latent_dim, config.image_shape, config.num_classes
+        self.categories, self.continuous_codes = config.categories, config.continuous_codes
         latent_dim, num_classes, arch = config.latent_dim, config.num_classes, config.arch
         hidden_sizes, base_channels = config.hidden_sizes, config.base_channels
         c, h, w = self.image_shape
-        inputs = latent_dim + (num_classes or 0)
+        inputs = latent_dim + (num_classes or 0) + self.code_dim
         if arch == "mlp":
             layers: list[nn.Module] = []
             for width in hidden_sizes:
@@ -124,12 +148,43 @@ class Generator(nn.Module):
                 channels //= 2
             self.body = nn.Sequential(*layers, nn.Conv2d(channels, c, 3, padding=1))
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.sigmoid(self.body(_with_labels(z, y, self.num_classes)))
+    @property
+    def code_dim(self) -> int:
+        """Width of the InfoGAN code vector c (0 without codes)."""
+        return self.categories + self.continuous_codes
+
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n codes from their prior, n×(K + C): a uniform category, one-hot, then continuous values ~ U[-1, 1]."""
+        device = next(self.parameters()).device
+        category = torch.randint(self.categories, (n,), generator=generator, device=device) if self.categories else None
+        continuous = torch.rand(n, self.continuous_codes, generator=generator, device=device) * 2 - 1
+        return make_codes(category, continuous, self.categories)
+
+    def forward(
+        self, z: torch.Tensor, y: torch.Tensor | None = None, codes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images of latents z (B×latent_dim), labels y when conditional, and InfoGAN codes c when the generator has
+        them; codes not given are drawn from their prior with torch's global generator, so g(z, y) samples p(x|y)."""
+        inputs = _with_labels(z, y, self.num_classes)
+        if self.code_dim:
+            if codes is None:
+                codes = self.sample_codes(z.shape[0])
+            if codes.shape != (z.shape[0], self.code_dim):
+                raise ValueError(f"InfoGAN codes must be B×{self.code_dim}, got {tuple(codes.shape)}")
+            inputs = torch.cat([inputs, codes.to(inputs.dtype)], dim=1)
+        return torch.sigmoid(self.body(inputs))
+
+
+def make_codes(category: torch.Tensor | None, continuous: torch.Tensor, categories: int) -> torch.Tensor:
+    """The code vector c = [one_hot(category, K), continuous] (no category part when K = 0)."""
+    if not categories:
+        return continuous
+    return torch.cat([one_hot(category, categories, continuous.dtype), continuous], dim=1)
 
 
 class Discriminator(nn.Module):
-    """D(x, y) -> B logits of "x is real"; ``features`` gives the penultimate layer (for feature matching)."""
+    """D(x, y) -> B logits of "x is real"; ``features`` gives the penultimate layer (for feature matching), and
+    ``forward(..., with_codes=True)`` InfoGAN's Q head too."""
 
     family = "gan_discriminator"
     Config = DiscriminatorConfig
@@ -160,10 +215,21 @@ class Discriminator(nn.Module):
                 inputs = self.trunk(torch.zeros(1, c + extra, h, w)).shape[1]
         self.arch = arch
         self.head = norm(nn.Linear(inputs, 1))
+        code_params = config.categories + config.continuous_codes
+        self.code_head = nn.Linear(inputs, code_params) if code_params else None
 
     def features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The penultimate layer's activations, B×F."""
         return self.trunk(_with_labels(x.flatten(1) if self.arch == "mlp" else x, y, self.num_classes))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x, y)).squeeze(1)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, with_codes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """B logits; with ``with_codes`` (InfoGAN), also Q(c|x)'s parameters, B×(K + C), from the same features."""
+        features = self.features(x, y)
+        logits = self.head(features).squeeze(1)
+        if not with_codes:
+            return logits
+        if self.code_head is None:
+            raise ValueError("this discriminator has no InfoGAN code head (categories and continuous_codes are 0)")
+        return logits, self.code_head(features)
