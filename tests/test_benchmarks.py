@@ -25,7 +25,7 @@ TINY = {
 EXPECTED = {
     "likelihood": ["points 32-47:", "of the highest matmul rate", "decoder evaluations/s"],
     "vae": ["images/s", "speed-up:"],
-    "gan": ["dcgan 28×28 (base_channels 4, batch 32):"],
+    "gan": ["dcgan 28×28 (base_channels 4, batch 32):", "classic DCGAN example's step:", "speed-up:"],
     "onnx": ["vae_decoder", "gan_generator", "target ort"],
 }
 

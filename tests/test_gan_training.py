@@ -151,7 +151,7 @@ def test_infogan_learns_codes_its_q_head_recovers_and_draws_one_grid_per_code(
     image_dir = tmp_path / "outputs" / "gan"
     for name, (width, height) in {"code_category.png": (5, 8), "code_continuous_1.png": (10, 8)}.items():
         with Image.open(image_dir / name) as grid:
-            assert grid.size[0] > grid.size[1] if width > height else True
+            assert (grid.size[0] > grid.size[1]) == (width > height)  # columns: the code's values
     assert sorted(p.name for p in image_dir.glob("code_*.png")) == [
         "code_category.png",
         "code_continuous_0.png",
