@@ -5,10 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import click
 import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def synchronize(device: torch.device) -> None:
@@ -50,3 +58,36 @@ def epoch_images_per_second(trainer: Any, warmup_batches: int = 4) -> float:
     trainer.train_epoch(1)
     synchronize(trainer.device)
     return full.size / (time.perf_counter() - start)
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """``base`` with ``overlay``'s keys replaced, recursing into sections."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def recipe_overlay(path: Path, known: list[str]) -> dict:
+    """The params a recipe file changes; a missing recipe is a --recipe error naming the known ones."""
+    if not path.is_file():
+        raise click.BadParameter(f"no recipe {path.stem!r}; known: {', '.join(known)}", param_hint="--recipe")
+    return yaml.safe_load(path.read_text())
+
+
+def run_stages(workdir: Path, params: dict, stages: tuple[str, ...], threads: int | None) -> dict[str, float]:
+    """Run the pipeline's ``stages`` one after another in ``workdir`` with ``params`` as its params.yaml (the
+    pipeline itself, as `dvc repro` runs it); returns each stage's seconds. A failing stage stops the benchmark."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads)}
+    seconds = {}
+    for stage in stages:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "stages", stage], cwd=workdir, env=env)
+        seconds[stage] = time.perf_counter() - start
+        if result.returncode != 0:
+            raise click.ClickException(f"stage {stage} failed (exit {result.returncode}); its output is above")
+    return seconds

@@ -15,21 +15,18 @@ the images are in memory) and its step: D on the real batch, D on the detached f
 through D on the same fakes. Both steps' floating-point operations per image are counted by
 ``torch.utils.flop_counter.FlopCounterMode``, and their rates are set against this machine's float32 matmul rate.
 
-``--fashion-mnist-epochs N``: in ``--workdir`` (a temporary directory by default) the download and
-preprocess stages build Fashion-MNIST (grey, 54000/6000/10000) from the local mirror
-(``--mirror``, Debian's dataset-fashion-mnist by default), the feature classifier trains for
-``--classifier-epochs``, the DCGAN for N epochs with the options given here, and the metrics of
-``pipeline.metrics.sample_quality_report`` are printed for ``--num-generated`` samples against the
-test split, with the path of the final sample grid.
+``--recipe NAME``: the pipeline itself (download, preprocess, train_classifier, train_gan, train_vae, evaluate_vae,
+evaluate_samples, as `dvc repro` runs them) in ``--workdir`` with ``recipes/gan/NAME.yaml`` merged into the
+shipped params, ``--dataset`` (Fashion-MNIST from Debian's dataset-fashion-mnist mirror by default; grey values),
+and the budgets ``--minutes`` for the GAN and ``--vae-minutes`` for the VAE it is compared with; it prints
+evaluate_samples' figures for both: Fréchet distance in the feature classifier's features and its real-data floor,
+precision, recall, classifier score, AIS log p(x), and the training times.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-import tempfile
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,18 +39,24 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import epoch_images_per_second, matmul_rate, synchronize
-from pipeline.checkpoint import load_model
-from pipeline.classifier_trainer import train_classifier
-from pipeline.config import Config, EvaluateParams, GanParams
-from pipeline.data.processed import ProcessedData, load_processed
+from benchmarks.common import REPO, epoch_images_per_second, matmul_rate, merge, recipe_overlay, run_stages, synchronize
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import Config, GanParams
+from pipeline.data.processed import ProcessedData
 from pipeline.device import select_device
 from pipeline.distributed import DistContext
-from pipeline.evaluation import conditional_sampler, sample_quality_report
-from pipeline.gan_trainer import GanTrainer, train_gan
-from pipeline.training import TrainingOutputs
+from pipeline.gan_trainer import GanTrainer
 
-REPO = Path(__file__).resolve().parents[1]
+GAN_RECIPES = REPO / "recipes" / "gan"
+RECIPE_STAGES = (
+    "download",
+    "preprocess",
+    "train_classifier",
+    "train_gan",
+    "train_vae",
+    "evaluate_vae",
+    "evaluate_samples",
+)
 
 
 def random_images(images: int) -> np.ndarray:
@@ -162,20 +165,31 @@ def flops_per_image(step: Callable[[], None], batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def build_fashion_mnist(workdir: Path, mirror: Path, config: Config) -> Path:
-    """data/processed under ``workdir`` via the project's download and preprocess stages (reused if present)."""
-    processed = workdir / "data" / "processed"
-    if (processed / "stats.json").exists():
-        return processed
-    raw = config.to_dict()
-    raw["data"] |= {"dataset": "fashion_mnist", "mirror": str(mirror), "binarize": "none"}
-    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    for stage in ("download", "preprocess"):
-        done = subprocess.run([sys.executable, "-m", "stages", stage], cwd=workdir, env=env, text=True)
-        if done.returncode != 0:
-            raise click.ClickException(f"the {stage} stage failed for Fashion-MNIST from {mirror}")
-    return processed
+def recipe_params(name: str, dataset: str, mirror: str | None, minutes: float, vae_minutes: float, device: str) -> dict:
+    """The shipped params with GAN recipe ``name`` (recipes/gan/NAME.yaml), the dataset and both training budgets."""
+    overlay = recipe_overlay(GAN_RECIPES / f"{name}.yaml", sorted(p.stem for p in GAN_RECIPES.glob("*.yaml")))
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overlay)
+    data = {"dataset": dataset, "binarize": "none"} | ({"mirror": mirror} if mirror else {})
+    settings = {"device": device, "data": data, "gan": {"max_minutes": minutes}, "vae": {"max_minutes": vae_minutes}}
+    return merge(params, settings)
+
+
+def report_recipe(workdir: Path, seconds: dict[str, float]) -> None:
+    """The evaluate_samples figures of both models, with their training times."""
+    metrics = json.loads((workdir / "metrics" / "evaluate_samples.json").read_text())
+    card = json.loads((workdir / "cards" / "evaluate_samples.json").read_text())
+    for name in ("gan", "vae"):
+        training = load_checkpoint(workdir / "checkpoints" / name / "last.pt")["training"]
+        report = card[name]
+        score = f", classifier score {report['classifier_score']:.2f}" if "classifier_score" in report else ""
+        likelihood = metrics[name].get("gaussian_ais")
+        ais = f", AIS log p(x) {likelihood:.1f} nats (Gaussian observation model)" if likelihood is not None else ""
+        click.echo(
+            f"  {name}: Fréchet distance {report['frechet_distance']:.2f} (floor {report['frechet_floor']:.2f}), "
+            f"precision {report['precision']:.3f}, recall {report['recall']:.3f}{score}{ais}; "
+            f"trained {training['seconds'] / 60:.1f} min, {training['epoch']} epochs"
+        )
+    click.echo("  stage minutes: " + ", ".join(f"{stage} {s / 60:.1f}" for stage, s in seconds.items()))
 
 
 @click.command()
@@ -187,12 +201,16 @@ def build_fashion_mnist(workdir: Path, mirror: Path, config: Config) -> Path:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default)")
 @click.option("--repeats", default=2, show_default=True, help="timed runs; the best is reported")
-@click.option("--fashion-mnist-epochs", default=0, show_default=True, help="also train on Fashion-MNIST (0: skip)")
-@click.option("--train-images", default=0, help="use only the first N training images (0: all 54000)")
-@click.option("--classifier-epochs", default=3, show_default=True)
-@click.option("--num-generated", default=5000, show_default=True)
-@click.option("--mirror", default="/usr/share/datasets/fashion-mnist", show_default=True, type=click.Path())
-@click.option("--workdir", default=None, type=click.Path(file_okay=False), help="default: a temporary directory")
+@click.option(
+    "--recipe", default=None, help="also run a GAN recipe of recipes/gan/ through the pipeline (e.g. dcgan_fashion)"
+)
+@click.option("--dataset", default="fashion_mnist", show_default=True, help="data.dataset of the recipe run")
+@click.option("--mirror", default="/usr/share/datasets/fashion-mnist", show_default=True,
+              help="data.mirror of the recipe run ('' for none)")  # fmt: skip
+@click.option("--minutes", default=30.0, show_default=True, help="the GAN's training budget (gan.max_minutes)")
+@click.option("--vae-minutes", default=10.0, show_default=True, help="the VAE's training budget (vae.max_minutes)")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="where the recipe run's files go (default bench-runs/RECIPE-DATASET)")  # fmt: skip
 def main(
     batch_size: int,
     base_channels: int,
@@ -202,14 +220,15 @@ def main(
     device: str,
     threads: int,
     repeats: int,
-    fashion_mnist_epochs: int,
-    train_images: int,
-    classifier_epochs: int,
-    num_generated: int,
+    recipe: str | None,
+    dataset: str,
     mirror: str,
-    workdir: str | None,
+    minutes: float,
+    vae_minutes: float,
+    workdir: Path | None,
 ) -> None:
-    """Training throughput of the DCGAN at 28×28 (and optionally Fashion-MNIST sample quality after a short budget)."""
+    """Training images/s of the DCGAN at 28×28, ours and the classic example's; with --recipe, a GAN recipe's sample
+    quality after its budget, beside the VAE's."""
     if threads:
         torch.set_num_threads(threads)
     torch_device = select_device(device)
@@ -244,34 +263,10 @@ def main(
             f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of float32 matmul ({peak / 1e9:.1f} GFLOP/s)"
         )
     click.echo(f"  speed-up: {rates['ours'] / rates['classic']:.2f}x")
-    if not fashion_mnist_epochs:
+    if recipe is None:
         return
-    root = Path(workdir or tempfile.mkdtemp(prefix="bench_gan_"))
-    root.mkdir(parents=True, exist_ok=True)
-    data = load_processed(build_fashion_mnist(root, Path(mirror), config))
-    if train_images:
-        x = data.x | {"train": data.x["train"][:train_images]}
-        data = dataclasses.replace(data, x=x, y=data.y | {"train": data.y["train"][:train_images]})
-    settings = dataclasses.replace(EvaluateParams(), classifier_epochs=classifier_epochs, num_generated=num_generated)
-    config = dataclasses.replace(
-        config, gan=dataclasses.replace(gan, epochs=fashion_mnist_epochs, sample_every_epochs=10**5), evaluate=settings
-    )
-    start = time.perf_counter()
-    classifier_outputs = TrainingOutputs.for_model("classifier", root)
-    accuracy = train_classifier(config, data, classifier_outputs)["accuracy"]
-    click.echo(f"classifier: test accuracy {accuracy:.4f} after {classifier_epochs} epochs")
-    outputs = TrainingOutputs.for_model("gan", root)
-    train_gan(config, data, outputs)
-    minutes = (time.perf_counter() - start) / 60
-    classifier = load_model(classifier_outputs.best_path, "model", torch_device)
-    generator = load_model(outputs.last_path, "generator_ema", torch_device)
-    sampler = conditional_sampler(generator, generator.latent_dim, torch_device, None, config.seed)
-    test, train = torch.from_numpy(data.x["test"]), torch.from_numpy(data.x["train"])
-    report = sample_quality_report(sampler, classifier, test, train, num_generated, seed=config.seed)
-    click.echo(
-        f"Fashion-MNIST, {fashion_mnist_epochs} epoch(s) over {len(train)} images, lr {lr}, spectral norm "
-        f"{spectral_norm}, {minutes:.1f} min (classifier and GAN training):"
-    )
-    for name, value in report.items():
-        click.echo(f"  {name}: {value:.4g}")
-    click.echo(f"  sample grid: {outputs.image_dir / 'samples.png'}")
+    params = recipe_params(recipe, dataset, mirror or None, minutes, vae_minutes, device)
+    workdir = (workdir or Path("bench-runs") / f"{recipe}-{dataset}").resolve()
+    seconds = run_stages(workdir, params, RECIPE_STAGES, threads or None)
+    click.echo(f"recipe {recipe} on {dataset} (GAN budget {minutes:g} min, VAE {vae_minutes:g} min):")
+    report_recipe(workdir, seconds)

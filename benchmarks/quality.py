@@ -12,9 +12,6 @@ budget (vae.max_minutes): the literature trains for days; say here what a CPU us
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,12 +19,12 @@ import click
 import torch
 import yaml
 
+from benchmarks.common import REPO, merge, recipe_overlay, run_stages
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Config, config_from_dict
 from pipeline.estimators import importance_sampled_log_likelihood
 from pipeline.vae_trainer import build_vae
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 DEV_DATA = REPO.parent / "shared" / "data" / "binarized_mnist_dev.npz"
 STAGES = ("download", "preprocess", "train_vae", "evaluate_vae")
@@ -37,20 +34,10 @@ def recipe_names() -> list[str]:
     return sorted(path.stem for path in RECIPES.glob("*.yaml"))
 
 
-def merge(base: dict, overlay: dict) -> dict:
-    """``base`` with ``overlay``'s keys replaced, recursing into sections."""
-    merged = dict(base)
-    for key, value in overlay.items():
-        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return merged
-
-
 def recipe_params(name: str, data: Path, max_minutes: float | None, num_samples: int, device: str) -> dict:
     """The shipped params with recipe ``name`` and the benchmark's data and evaluation settings merged in."""
-    path = RECIPES / f"{name}.yaml"
-    if not path.is_file():
-        raise click.BadParameter(f"no recipe {name!r}; known: {', '.join(recipe_names())}", param_hint="--recipe")
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(path.read_text()))
+    overlay = recipe_overlay(RECIPES / f"{name}.yaml", recipe_names())
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overlay)
     settings = {
         "device": device,
         "data": {"dataset": "npz", "path": str(data), "binarize": "none"},
@@ -108,18 +95,7 @@ def main(
     if not data_path.is_file():
         raise click.BadParameter(f"{data_path}: no such file", param_hint="--data")
     workdir = (workdir or Path("bench-runs") / recipe).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    if threads:
-        env |= {"OMP_NUM_THREADS": str(threads)}
-    seconds = {}
-    for stage in STAGES:
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "stages", stage], cwd=workdir, env=env)
-        seconds[stage] = time.perf_counter() - start
-        if result.returncode != 0:
-            raise click.ClickException(f"stage {stage} failed (exit {result.returncode}); its output is above")
+    seconds = run_stages(workdir, params, STAGES, threads)
     train = json.loads((workdir / "cards" / "train_vae.json").read_text())
     training_seconds = load_checkpoint(workdir / "checkpoints" / "vae" / "last.pt")["training"]["seconds"]
     evaluation = json.loads((workdir / "cards" / "evaluate_vae.json").read_text())
