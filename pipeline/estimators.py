@@ -352,14 +352,16 @@ def annealed_importance_sampling(
 class GaussianObservationModel(nn.Module):
     """p(x|z) = N(x; g(z), sigma² I) around a generator's output, making a GAN a density model (Wu et al. 2017).
 
-    ``generator`` maps B×D latents (and labels, if conditional) to B×C×H×W images; the prior is N(0, I).
+    ``generator`` maps B×D latents (and labels, if conditional) to B×C×H×W images. The prior is N(0, I), or that of
+    ``prior`` (a latent-variable model with ``log_prior`` and ``prior_from_noise``: a VAE whose decoder mean is the
+    generator, so GAN and VAE are compared under one observation model).
     """
 
-    def __init__(self, generator: nn.Module, sigma: float) -> None:
+    def __init__(self, generator: nn.Module, sigma: float, prior: nn.Module | None = None) -> None:
         super().__init__()
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
-        self.generator = generator
+        self.generator, self.prior = generator, prior
         self.sigma = float(sigma)
         self.latent_dim = generator.latent_dim
 
@@ -373,11 +375,11 @@ class GaussianObservationModel(nn.Module):
         return -0.5 * squared / self.sigma**2 - pixels * (math.log(self.sigma) + 0.5 * LOG_2PI)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        """log N(z; 0, I), the generator's latent distribution."""
-        return standard_normal_log_density(z)
+        """log p(z): N(0, I), or the given prior's."""
+        return standard_normal_log_density(z) if self.prior is None else self.prior.log_prior(z)
 
     def prior_from_noise(self, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return eps
+        return eps if self.prior is None else self.prior.prior_from_noise(eps, u)
 
 
 class StandardNormalProposal:

@@ -4,7 +4,8 @@ applied to trained models and the processed data.
 - :func:`evaluate_vae`: the VAE's log p(x) by importance sampling on the test split (and the validation split if
   asked), ELBO, gap and bits/dim, AIS on a subset with importance sampling on the same points beside it, the
   bound's convergence in K.
-- :func:`evaluate_gan_likelihood`: the GAN's log p(x) by AIS under a Gaussian observation model (Wu et al. 2017).
+- :func:`evaluate_gaussian_likelihood`: log p(x) by AIS under a Gaussian observation model around a generator or a
+  VAE's decoder mean (Wu et al. 2017), the same test points and the same choice of sigma for both.
 - :func:`sample_quality_report`: Fréchet distance (with its floor), precision/recall and classifier score of a
   sampler's images.
 
@@ -38,7 +39,6 @@ from pipeline.estimators import (
 )
 from pipeline.metrics import classifier_outputs, frechet_distance, inception_score, precision_recall
 from pipeline.models.classifier import Classifier
-from pipeline.models.gan import Generator
 from pipeline.models.vae import VAE  # the one-layer family; HVAE is a subclass
 from pipeline.objectives.vae import bits_per_dim, dequantize, discrete_log_likelihood, prepare_heldout
 from pipeline.seeds import stream_seed, torch_generator
@@ -46,8 +46,17 @@ from pipeline.seeds import stream_seed, torch_generator
 log = logging.getLogger(__name__)
 
 Sampler = Callable[[int], torch.Tensor]
-# observation noise candidates of the GAN's Gaussian observation model, in units of the [0, 1] pixel range
+# observation noise candidates of the Gaussian observation model, in units of the [0, 1] pixel range
 SIGMA_CANDIDATES = (0.01, 0.02, 0.05, 0.1, 0.2)
+GAUSSIAN_COMPARISON = (
+    "gaussian_ais: log p(x) by AIS under one observation model, p(x|z) = N(x; mean(z), sigma^2 I) around the GAN "
+    "generator's output and around the VAE decoder's mean E[x|z], each under its own prior, sigma chosen for each "
+    "among the same candidates by AIS on the same validation images, evaluated on the same dequantized test images "
+    "(Wu et al. 2017): the two are comparable with each other, as lower bounds on the discrete data's likelihood, "
+    "and both depend strongly on sigma. vae ais and is: the VAE's own decoder (its own likelihood, on test images "
+    "prepared for it: binarized for a Bernoulli decoder), from the evaluate_vae stage: figures of a different "
+    "density on different data, not comparable with gaussian_ais."
+)
 
 
 def likelihood_summary(
@@ -110,6 +119,7 @@ def choose_observation_sigma(
     candidates: Sequence[float],
     y_valid: torch.Tensor | None = None,
     *,
+    prior: nn.Module | None = None,
     method: str = "prior",
     num_samples: int = 1000,
     ais_steps: int = 100,
@@ -121,16 +131,19 @@ def choose_observation_sigma(
 ) -> ObservationSigmaChoice:
     """Pick the sigma of :class:`GaussianObservationModel` that maximizes validation log p(x) (Wu et al. 2017).
 
-    ``method``: "ais" (annealed importance sampling, accurate) or "prior" (importance sampling from the prior
-    with ``num_samples`` samples, fast; the same samples serve every candidate).
+    ``method``: "ais" (annealed importance sampling, accurate) or "prior" (importance sampling from the N(0, I)
+    prior with ``num_samples`` samples, fast; the same samples serve every candidate). ``prior``: the latent
+    prior when not N(0, I) (AIS only).
     """
     if not candidates:
         raise ValueError("no sigma candidates given")
     if method not in ("ais", "prior"):
         raise ValueError(f"method {method!r} is not 'ais' or 'prior'")
+    if method == "prior" and prior is not None:
+        raise ValueError("method 'prior' samples N(0, I); use method 'ais' with another prior")
     scores = {}
     for sigma in candidates:
-        model = GaussianObservationModel(generator, sigma)
+        model = GaussianObservationModel(generator, sigma, prior)
         if method == "ais":
             result = annealed_importance_sampling(
                 model,
@@ -257,16 +270,34 @@ def evaluate_vae(
     return metrics, card, curve
 
 
-@torch.no_grad()
-def evaluate_gan_likelihood(
-    generator: Generator, data: ProcessedData, settings: EvaluateParams, seed: int, progress: bool = False
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """AIS estimate of the GAN's log p(x) under p(x|z) = N(g(z), sigma² I) (Wu et al. 2017) on test images.
+class DecoderMean(nn.Module):
+    """A VAE's decoder as a generator, z[, y] -> E[x|z] (with its ``latent_dim`` and ``num_classes``)."""
 
-    sigma is chosen among :data:`SIGMA_CANDIDATES` by AIS (a quarter of the steps) on validation images.
-    The GAN models the stored images, so grey levels are uniformly dequantized (256 levels; 2 after static
-    binarization) and the density becomes a lower bound on the discrete data's log-likelihood. Returns the metrics
-    (test log p(x), bits/dim) and the run card.
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.vae, self.latent_dim, self.num_classes = vae, vae.latent_dim, vae.num_classes
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vae.decode_mean(z, y)
+
+
+@torch.no_grad()
+def evaluate_gaussian_likelihood(
+    generator: nn.Module,
+    data: ProcessedData,
+    settings: EvaluateParams,
+    seed: int,
+    prior: nn.Module | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """AIS estimate of log p(x) under p(x|z) = N(g(z), sigma² I) (Wu et al. 2017) on test images: ``generator`` is
+    a GAN's generator (prior N(0, I)) or a VAE's :class:`DecoderMean` with the VAE as ``prior``.
+
+    sigma is chosen among :data:`SIGMA_CANDIDATES` by AIS (a quarter of the steps) on validation images. The test
+    and validation images, their dequantization and every chain's noise depend on the seed alone, not on the
+    model, so two models evaluated with one seed see the same points. The images are taken as stored, so grey
+    levels are uniformly dequantized (256 levels; 2 after static binarization) and the density becomes a lower
+    bound on the discrete data's log-likelihood. Returns the metrics (test log p(x), bits/dim) and the run card.
     """
     device = next(generator.parameters()).device
     levels = 2 if data.binarize == "static" else 256
@@ -275,7 +306,7 @@ def evaluate_gan_likelihood(
     for split in ("valid", "test"):
         count = min(len(data.x[split]), settings.ais_points)
         x = torch.from_numpy(data.x[split][:count]).to(device)
-        x = dequantize(x, torch_generator(device, seed, "evaluate_gan", "dequantize", split), levels)
+        x = dequantize(x, torch_generator(device, seed, "gaussian likelihood", "dequantize", split), levels)
         y = torch.from_numpy(data.y[split][:count]).to(device) if generator.num_classes is not None else None
         heldout[split] = (x, y)
     ais = {
@@ -290,21 +321,22 @@ def evaluate_gan_likelihood(
         heldout["valid"][0],
         SIGMA_CANDIDATES,
         heldout["valid"][1],
+        prior=prior,
         method="ais",
         ais_steps=max(1, settings.ais_steps // 4),
         ais_chains=ais["num_chains"],
         leapfrog_steps=ais["leapfrog_steps"],
-        seed=stream_seed(seed, "evaluate_gan", "sigma"),
+        seed=stream_seed(seed, "gaussian likelihood", "sigma"),
         memory_budget_mb=ais["memory_budget_mb"],
     )
     result = annealed_importance_sampling(
-        GaussianObservationModel(generator, choice.sigma),
+        GaussianObservationModel(generator, choice.sigma, prior),
         *heldout["test"],
         settings.ais_steps,
-        seed=stream_seed(seed, "evaluate_gan", "ais"),
+        seed=stream_seed(seed, "gaussian likelihood", "ais"),
         **ais,
     )
-    log.info("gan likelihood: sigma choice and AIS: %.1f s", time.perf_counter() - start)
+    log.info("gaussian likelihood: sigma choice and AIS: %.1f s", time.perf_counter() - start)
     summary = likelihood_summary(discrete_log_likelihood(result.log_px, dims, levels), result.stderr, dims)
     card = summary | {
         "chain_spread": result.chain_spread.mean().item(),

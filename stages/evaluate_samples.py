@@ -1,8 +1,9 @@
-"""`python -m stages evaluate_samples`: GAN and VAE sample quality on one table, and the GAN's AIS likelihood."""
+"""`python -m stages evaluate_samples`: GAN and VAE sample quality on one table, and their likelihoods side by side."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 import torch
@@ -10,8 +11,14 @@ import torch
 from pipeline.checkpoint import load_model
 from pipeline.data.processed import load_processed
 from pipeline.device import select_device
-from pipeline.evaluation import conditional_sampler, evaluate_gan_likelihood, sample_quality_report
-from pipeline.io import check_writable, write_json
+from pipeline.evaluation import (
+    GAUSSIAN_COMPARISON,
+    DecoderMean,
+    conditional_sampler,
+    evaluate_gaussian_likelihood,
+    sample_quality_report,
+)
+from pipeline.io import check_writable, read_json, write_json
 from pipeline.seeds import seed_everything, stream_seed
 from pipeline.training import TRAINING_ERRORS
 from stages.common import fail_cleanly, load_params, params_option
@@ -26,11 +33,21 @@ CARD_PATH = "cards/evaluate_samples.json"
 @click.option("--classifier", "classifier_path", default="checkpoints/classifier/best.pt", show_default=True)
 @click.option("--gan", "gan_path", default="checkpoints/gan/best.pt", show_default=True)
 @click.option("--vae", "vae_path", default="checkpoints/vae/best.pt", show_default=True)
+@click.option(
+    "--vae-metrics",
+    "vae_metrics_path",
+    default="metrics/evaluate_vae.json",
+    show_default=True,
+    help="the evaluate_vae stage's metrics: the VAE's own AIS and importance-sampled log p(x), shown beside",
+)
 @fail_cleanly(*TRAINING_ERRORS)
-def main(params_path: str, data_dir: str, classifier_path: str, gan_path: str, vae_path: str) -> None:
+def main(
+    params_path: str, data_dir: str, classifier_path: str, gan_path: str, vae_path: str, vae_metrics_path: str
+) -> None:
     """Fréchet distance (with its real-data floor), precision/recall and, on labelled data, the classifier score of
-    GAN and VAE samples in the classifier's features; the GAN's log p(x) by AIS with a Gaussian observation model,
-    sigma chosen on validation data. Writes metrics/evaluate_samples.json and its run card
+    GAN and VAE samples in the classifier's features; log p(x) of the GAN generator and of the VAE decoder by AIS
+    under one Gaussian observation model (sigma chosen on validation data for each, the same test points), beside
+    the VAE's own AIS and importance-sampled figures. Writes metrics/evaluate_samples.json and its run card
     cards/evaluate_samples.json."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
@@ -38,6 +55,11 @@ def main(params_path: str, data_dir: str, classifier_path: str, gan_path: str, v
     seed_everything(config.seed)
     device = select_device(config.device)
     data = load_processed(data_dir)
+    if not Path(vae_metrics_path).is_file():
+        raise click.ClickException(
+            f"{vae_metrics_path}: no such file; run python -m stages evaluate_vae first (dvc repro runs it)"
+        )
+    vae_own = read_json(vae_metrics_path)
     classifier = load_model(classifier_path, "model", device)
     generator = load_model(gan_path, "generator_ema", device)
     vae = load_model(vae_path, "model", device)
@@ -66,11 +88,25 @@ def main(params_path: str, data_dir: str, classifier_path: str, gan_path: str, v
             f"{name}: Fréchet distance {report['frechet_distance']:.2f} (floor {report['frechet_floor']:.2f}), "
             f"precision {report['precision']:.3f}, recall {report['recall']:.3f}"
         )
-    likelihood, card["gan_likelihood"] = evaluate_gan_likelihood(generator, data, config.evaluate, config.seed)
-    metrics["gan"]["ais"] = likelihood["log_px"]
+    card["likelihood"] = {"comparison": GAUSSIAN_COMPARISON}
+    for name, decoder, prior in (("gan", generator, None), ("vae", DecoderMean(vae), vae)):
+        if name == "gan" and generator.code_dim:
+            card["likelihood"][name] = {
+                "not_computed": "InfoGAN's categorical and continuous codes are part of the generator's latent and "
+                "HMC cannot move a discrete code: AIS over z alone would not estimate p(x)"
+            }
+            continue
+        likelihood, card["likelihood"][name] = evaluate_gaussian_likelihood(
+            decoder, data, config.evaluate, config.seed, prior
+        )
+        metrics[name]["gaussian_ais"] = likelihood["log_px"]
+        click.echo(
+            f"{name}: AIS log p(x) {likelihood['log_px']:.2f} nats ({likelihood['bits_per_dim']:.3f} bits/dim) under "
+            f"the Gaussian observation model, sigma {card['likelihood'][name]['sigma']}"
+        )
+    metrics["vae"] |= {"ais": vae_own["ais"], "is": vae_own["log_px"]}
+    card["likelihood"]["vae_own_decoder"] = {"source": vae_metrics_path, "likelihood": vae.likelihood} | {
+        key: vae_own[key] for key in ("ais", "log_px")
+    }
     write_json(CARD_PATH, card)
     write_json(METRICS_PATH, metrics)
-    click.echo(
-        f"gan: AIS log p(x) {likelihood['log_px']:.2f} nats ({likelihood['bits_per_dim']:.3f} "
-        f"bits/dim), sigma {card['gan_likelihood']['sigma']}"
-    )

@@ -47,7 +47,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, digits_processed_dir: Path
 
 
 def test_stages_run_in_order_and_write_their_outputs(project: Path) -> None:
-    for stage in ("train_classifier", "train_gan", "train_vae", "evaluate_samples"):
+    for stage in ("train_classifier", "train_gan", "train_vae", "evaluate_vae", "evaluate_samples"):
         result = run_stage(project, stage)
         assert result.returncode == 0, f"{stage}: {result.stderr[-2000:]}"
     assert (project / "checkpoints" / "classifier" / "best.pt").exists()
@@ -64,17 +64,23 @@ def test_stages_run_in_order_and_write_their_outputs(project: Path) -> None:
     table = json.loads((project / "metrics" / "evaluate_samples.json").read_text())
     card = json.loads((project / "cards" / "evaluate_samples.json").read_text())
     assert set(table) == {"fd_floor", "gan", "vae"} and card["classifier_task"] == "classes"
-    assert set(table["gan"]) == {"fd", "prec", "rec", "ais"} and set(table["vae"]) == {"fd", "prec", "rec"}
+    assert set(table["gan"]) == {"fd", "prec", "rec", "gaussian_ais"}
+    assert set(table["vae"]) == {"fd", "prec", "rec", "gaussian_ais", "ais", "is"}
     for model in ("gan", "vae"):
         row = card[model]  # the full report; the metrics file has its headline numbers
         assert row["num_images"] == 40 and row["frechet_floor"] == table["fd_floor"]
         assert row["frechet_distance"] > 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
         headline = {"fd": row["frechet_distance"], "prec": row["precision"], "rec": row["recall"]}
         assert {key: table[model][key] for key in headline} == headline
-    likelihood = card["gan_likelihood"]
-    assert likelihood["points"] == 4 and math.isfinite(likelihood["log_px"]) and likelihood["log_px"] < 0
-    assert table["gan"]["ais"] == likelihood["log_px"]
-    assert likelihood["sigma"] in (0.01, 0.02, 0.05, 0.1, 0.2)
+    likelihood = card["likelihood"]
+    assert "comparable with each other" in likelihood["comparison"]  # the caveat travels with the figures
+    for model in ("gan", "vae"):
+        row = likelihood[model]
+        assert row["points"] == 4 and math.isfinite(row["log_px"]) and row["log_px"] < 0
+        assert table[model]["gaussian_ais"] == row["log_px"] and row["sigma"] in (0.01, 0.02, 0.05, 0.1, 0.2)
+    own = json.loads((project / "metrics" / "evaluate_vae.json").read_text())
+    assert (table["vae"]["ais"], table["vae"]["is"]) == (own["ais"], own["log_px"])
+    assert likelihood["vae_own_decoder"]["likelihood"] == "bernoulli"
 
 
 def test_bad_input_exits_with_one_clear_message(project: Path, tmp_path: Path) -> None:
@@ -107,7 +113,7 @@ def test_data_without_labels_run_through_the_sample_metrics(project: Path, tmp_p
     )
     shutil.copy(project / "params.yaml", tmp_path / "params.yaml")
     printed = {}
-    for stage in ("train_classifier", "train_gan", "train_vae", "evaluate_samples"):
+    for stage in ("train_classifier", "train_gan", "train_vae", "evaluate_vae", "evaluate_samples"):
         result = run_stage(tmp_path, stage)
         assert result.returncode == 0, f"{stage}: {result.stderr[-2000:]}"
         printed[stage] = result.stdout
