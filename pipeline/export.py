@@ -44,7 +44,9 @@ from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.config import ExportParams
 from pipeline.data.registry import REGISTRY
 from pipeline.io import atomic_directory, write_json
+from pipeline.models.gan import make_codes
 from pipeline.runtime import (
+    CODE_NAME,
     ENCODER_EXPORTED,
     INPUT_NAMES,
     LABEL_NAME,
@@ -72,12 +74,16 @@ class InputSpec:
 
     name: str
     item_shape: tuple[int, ...]
-    distribution: Literal["normal", "unit", "label"]
-    num_classes: int | None = None
+    distribution: Literal["normal", "unit", "label", "code"]
+    num_classes: int | None = None  # labels: the classes; codes: the categories of the code's one-hot part
 
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         if self.distribution == "label":
             return torch.randint(0, self.num_classes, (batch,), generator=generator)
+        if self.distribution == "code":
+            k = self.num_classes
+            continuous = torch.rand((batch, self.item_shape[0] - k), generator=generator) * 2 - 1
+            return make_codes(torch.randint(0, k, (batch,), generator=generator) if k else None, continuous, k)
         if self.distribution == "unit":
             return torch.rand((batch, *self.item_shape), generator=generator)
         return torch.randn((batch, *self.item_shape), generator=generator)
@@ -101,6 +107,22 @@ class _Method(nn.Module):
 
     def forward(self, inputs: torch.Tensor, label: torch.Tensor | None = None) -> Any:
         return getattr(self.model, self.method)(inputs, label)
+
+
+class _Generator(nn.Module):
+    """A GAN generator with its inputs positional, as the ONNX graph takes them: z[, label][, code]."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(
+        self, z: torch.Tensor, second: torch.Tensor | None = None, third: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        conditional = self.generator.num_classes is not None
+        label = second if conditional else None
+        code = (third if conditional else second) if self.generator.code_dim else None
+        return self.generator(z, label, code)
 
 
 class _PriorSampler(nn.Module):
@@ -331,6 +353,11 @@ def _interface(kind: str, metadata: ModelMetadata, model: onnx.ModelProto) -> di
         "u": {"role": "component choice", "distribution": "uniform [0, 1)"},
         "image": {"role": "image", "layout": "NCHW", "range": [0.0, 1.0]},
         LABEL_NAME: {"role": "class", "range": [0, (metadata.num_classes or 1) - 1]},
+        CODE_NAME: {
+            "role": "InfoGAN code",
+            "distribution": f"one-hot category over the first {metadata.code_categories} values, then "
+            f"{metadata.code_continuous} continuous codes uniform on [-1, 1]",
+        },
         "mu": {"role": "posterior mean"},
         "logvar": {"role": "posterior log-variance"},
     }
@@ -405,6 +432,8 @@ def _metadata(
         dataset=str(data.get("dataset", "unknown")),
         params_hash=params_hash(config),
         git_revision=git_revision(),
+        code_categories=int(getattr(model, "categories", 0)),
+        code_continuous=int(getattr(model, "continuous_codes", 0)),
     )
 
 
@@ -419,6 +448,8 @@ def _inputs(kind: str, model: nn.Module) -> list[InputSpec]:
     ]
     if model.num_classes is not None:
         specs.append(InputSpec(LABEL_NAME, (), "label", model.num_classes))
+    if kind == "gan_generator" and model.code_dim:
+        specs.append(InputSpec(CODE_NAME, (model.code_dim,), "code", model.categories))
     return specs
 
 
@@ -473,14 +504,19 @@ def export_generator(
 ) -> list[ExportedModel]:
     """The GAN generator z[, label] -> g(z) in [0, 1] (§11.2), an implicit model without a likelihood."""
     return export_module(
-        generator,
+        _Generator(generator),
         _inputs("gan_generator", generator),
         _metadata("gan_generator", generator, "implicit", data, config),
         opset=export_config.opset,
         parity_atol=export_config.parity_atol,
         quantize=export_config.quantize,
         seed=seed,
-        doc="GAN generator (EMA weights): z ~ N(0, I) -> image in [0, 1].",
+        doc="GAN generator (EMA weights): z ~ N(0, I) -> image in [0, 1]"
+        + (
+            " (InfoGAN: and the code input, see the metadata's code_categories/code_continuous)."
+            if generator.code_dim
+            else "."
+        ),
     )
 
 

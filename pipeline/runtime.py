@@ -42,8 +42,10 @@ METADATA_KEYS = (
     "params_hash",
     "git_revision",
 )
+CODE_KEYS = ("code_categories", "code_continuous")  # InfoGAN generators only; absent means 0
 METADATA_PROP = "model"  # the one ONNX metadata key: a JSON object with METADATA_KEYS, typed (numbers, lists, null)
-# input and output names of each kind; conditional models take "label" (int64, B) as a second input
+# input and output names of each kind; conditional models take "label" (int64, B) next, InfoGAN generators "code"
+# (float32, B×(K + C): a one-hot category over K, then C continuous codes in [-1, 1]) last
 INPUT_NAMES = {"vae_decoder": ("z",), "gan_generator": ("z",), "vae_encoder": ("image",), "vae_prior": ("noise", "u")}
 OUTPUT_NAMES = {
     "vae_decoder": ("image",),
@@ -55,6 +57,7 @@ STANDARD_NORMAL = "standard_normal"
 PRIOR_FILE = "vae_prior.onnx"  # the prior sampler of a VAE whose prior is not N(0, I), beside its decoder
 ENCODER_EXPORTED = "exported"
 LABEL_NAME = "label"
+CODE_NAME = "code"
 MANIFEST_NAME = "models.json"  # the export stage's list of the files it wrote together, with their sha256
 SAMPLE_BATCH = 1024  # images decoded per onnxruntime call when sampling
 
@@ -80,13 +83,22 @@ class ModelMetadata:
     dataset: str
     params_hash: str
     git_revision: str
+    code_categories: int = 0  # InfoGAN: categories of the categorical code (Chen et al. 2016)
+    code_continuous: int = 0  # InfoGAN: continuous codes, each in [-1, 1]
+
+    @property
+    def code_dim(self) -> int:
+        """Width of the ``code`` input (0: the model takes none)."""
+        return self.code_categories + self.code_continuous
 
     def to_json(self) -> dict[str, Any]:
-        """The metadata as typed JSON values."""
+        """The metadata as typed JSON values (the InfoGAN code sizes only where there are codes)."""
+        codes = {key: getattr(self, key) for key in CODE_KEYS} if self.code_dim else {}
         return {
             **{key: getattr(self, key) for key in METADATA_KEYS},
             "image_shape": list(self.image_shape),
             "class_names": list(self.class_names),
+            **codes,
         }
 
     def to_props(self) -> dict[str, str]:
@@ -121,6 +133,7 @@ class ModelMetadata:
                 dataset=str(values["dataset"]),
                 params_hash=str(values["params_hash"]),
                 git_revision=str(values["git_revision"]),
+                **{key: int(values.get(key, 0)) for key in CODE_KEYS},
             )
         except (ValueError, TypeError, AttributeError) as err:
             if isinstance(err, ModelFileError):
@@ -128,7 +141,13 @@ class ModelMetadata:
             raise ModelFileError(f"{source}: malformed ONNX metadata ({err}); re-export the model") from None
         if meta.kind not in KINDS:
             raise ModelFileError(f"{source}: metadata kind {meta.kind!r} is not one of {', '.join(KINDS)}")
-        if len(meta.image_shape) != 3 or meta.latent_dim < 1 or (meta.conditional and not meta.num_classes):
+        if (
+            len(meta.image_shape) != 3
+            or meta.latent_dim < 1
+            or (meta.conditional and not meta.num_classes)
+            or min(meta.code_categories, meta.code_continuous) < 0
+            or (meta.code_dim and meta.kind != "gan_generator")
+        ):
             raise ModelFileError(f"{source}: inconsistent ONNX metadata {props}; re-export the model")
         return meta
 
@@ -213,6 +232,7 @@ def read_metadata(session: ort.InferenceSession, source: str = "model") -> Model
     expected_inputs = [*INPUT_NAMES[meta.kind]] + (
         [LABEL_NAME] if meta.conditional and meta.kind != "vae_prior" else []
     )
+    expected_inputs += [CODE_NAME] if meta.code_dim else []
     if inputs != expected_inputs or outputs != list(OUTPUT_NAMES[meta.kind]):
         raise ModelFileError(
             f"{source}: a {meta.kind} must have inputs {expected_inputs} and outputs {list(OUTPUT_NAMES[meta.kind])}, "
@@ -293,15 +313,27 @@ class GenerativeModel:
     def providers(self) -> list[str]:
         return self._session.get_providers()
 
+    @property
+    def code_dim(self) -> int:
+        """Width of an InfoGAN generator's code (0 for every other model)."""
+        return self.metadata.code_dim
+
     def sample(
-        self, n: int, seed: int = 0, labels: int | np.ndarray | None = None, temperature: float = 1.0
+        self,
+        n: int,
+        seed: int = 0,
+        labels: int | np.ndarray | None = None,
+        temperature: float = 1.0,
+        codes: np.ndarray | None = None,
     ) -> np.ndarray:
         """Decode ``n`` draws from the model's prior under ``seed``: z ~ N(0, temperature² I), or noise of that
         scale mapped by the model's prior sampler (for the VampPrior: within the chosen component).
 
         Conditional models: ``labels`` is one class for all, or ``n`` classes; None cycles 0, 1, ..., K-1, 0, ...
+        InfoGAN generators: ``codes`` is one code for all (size K + C, see :func:`make_codes`) or ``n`` codes; None
+        draws them from their prior (a uniform category, continuous codes uniform on [-1, 1]) under ``seed``.
         """
-        return np.concatenate(list(self.sample_batches(n, seed, labels, temperature)))
+        return np.concatenate(list(self.sample_batches(n, seed, labels, temperature, codes=codes)))
 
     def sample_batches(
         self,
@@ -310,6 +342,7 @@ class GenerativeModel:
         labels: int | np.ndarray | None = None,
         temperature: float = 1.0,
         batch_size: int = SAMPLE_BATCH,
+        codes: np.ndarray | None = None,
     ) -> Iterator[np.ndarray]:
         """:meth:`sample` in consecutive batches of at most ``batch_size`` images (the same images, in order), so
         memory does not grow with ``n``."""
@@ -327,20 +360,30 @@ class GenerativeModel:
             labels = np.full(n, labels)
         if labels is not None:
             self._label_feed(labels, n)  # every label checked before the first batch is decoded
+        if codes is not None and np.ndim(codes) == 1:
+            codes = np.broadcast_to(codes, (n, len(codes)))
+        if codes is not None:
+            self._code_feed(codes, n)
         rng = np.random.default_rng(seed)
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
             z = rng.standard_normal((count, self.latent_dim), dtype=np.float32) * np.float32(temperature)
             if self._prior is not None:  # the noise (and a uniform choosing a mixture component) mapped to p(z)
                 (z,) = self._prior.run(None, {"noise": z, "u": rng.random(count, dtype=np.float32)})
-            yield self.decode(z, None if labels is None else np.asarray(labels)[start : start + count])
+            batch_codes = None if codes is None else codes[start : start + count]
+            if batch_codes is None and self.code_dim:
+                k, c = self.metadata.code_categories, self.metadata.code_continuous
+                category = rng.integers(k, size=count) if k else None
+                batch_codes = make_codes(category, rng.uniform(-1, 1, (count, c)).astype(np.float32), k)
+            labels_now = None if labels is None else np.asarray(labels)[start : start + count]
+            yield self.decode(z, labels_now, batch_codes)
 
-    def decode(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        """Images for latents ``z`` (float32 N×D): Bernoulli probabilities or Gaussian means, or g(z)."""
+    def decode(self, z: np.ndarray, labels: np.ndarray | None = None, codes: np.ndarray | None = None) -> np.ndarray:
+        """Images for latents ``z`` (float32 N×D): Bernoulli probabilities or Gaussian means, or g(z[, code])."""
         z = self._check_array("z", z, (self.latent_dim,))
         if not np.isfinite(_bounds(z)).all():
             raise ValueError("z holds NaN or infinite values; pass finite latents")
-        feeds = {"z": z, **self._label_feed(labels, len(z))}
+        feeds = {"z": z, **self._label_feed(labels, len(z)), **self._code_feed(codes, len(z))}
         (images,) = self._session.run(None, feeds)
         if images.shape != (len(z), *self.image_shape):
             raise ModelFileError(
@@ -395,6 +438,27 @@ class GenerativeModel:
             raise ValueError(f"{name} has shape {a.shape}; this model takes {expected} with N ≥ 1")
         return np.ascontiguousarray(a)
 
+    def _code_feed(self, codes: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
+        k, width = self.metadata.code_categories, self.code_dim
+        if not width:
+            if codes is not None:
+                raise ValueError("this model has no InfoGAN codes; do not pass codes")
+            return {}
+        if codes is None:
+            raise ValueError(f"this InfoGAN generator takes codes, N×{width}: build them with make_codes")
+        codes = self._check_array("codes", np.asarray(codes), (width,))
+        if len(codes) != n:
+            raise ValueError(f"codes have {len(codes)} rows; expected one per item, {n}")
+        one_hot, continuous = codes[:, :k], codes[:, k:]
+        if k and not (np.isin(one_hot, (0.0, 1.0)).all() and (one_hot.sum(1) == 1).all()):
+            raise ValueError(
+                f"the first {k} values of each code must be a one-hot category; build codes with make_codes"
+            )
+        low, high = _bounds(continuous) if continuous.size else (0.0, 0.0)
+        if not (low >= -1.0 and high <= 1.0):
+            raise ValueError(f"continuous codes must lie in [-1, 1], got values from {low} to {high}")
+        return {CODE_NAME: codes}
+
     def _label_feed(self, labels: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
         k = self.metadata.num_classes
         if not self.metadata.conditional:
@@ -414,3 +478,13 @@ class GenerativeModel:
         if low < 0 or high >= k:
             raise ValueError(f"labels must lie in [0, {k}), got values from {low} to {high}")
         return {LABEL_NAME: labels.astype(np.int64, copy=False)}
+
+
+def make_codes(category: np.ndarray | None, continuous: np.ndarray, categories: int) -> np.ndarray:
+    """InfoGAN codes, float32 N×(K + C): the one-hot ``category`` (N integers in [0, K); None when K = 0) followed by
+    the ``continuous`` codes (N×C in [-1, 1])."""
+    continuous = np.asarray(continuous, dtype=np.float32).reshape(len(continuous), -1)
+    if not categories:
+        return continuous
+    one_hot = np.eye(categories, dtype=np.float32)[np.asarray(category)]
+    return np.concatenate([one_hot, continuous], axis=1)

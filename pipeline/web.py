@@ -20,7 +20,15 @@ import onnxruntime as ort
 
 from pipeline.data.processed import load_processed
 from pipeline.io import write_json
-from pipeline.runtime import INPUT_NAMES, LABEL_NAME, MANIFEST_NAME, portable_normal, portable_uniform
+from pipeline.runtime import (
+    CODE_NAME,
+    INPUT_NAMES,
+    LABEL_NAME,
+    MANIFEST_NAME,
+    make_codes,
+    portable_normal,
+    portable_uniform,
+)
 
 WEB_SOURCES = Path("web/src")
 ORT_DIST = Path("web/node_modules/onnxruntime-web/dist")
@@ -42,7 +50,8 @@ def _tensor(array: np.ndarray) -> dict[str, Any]:
 
 def reference_inputs(entry: dict[str, Any], images: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
     """The inputs the reference file gives one manifest entry: portable normals for z and noise, portable uniforms
-    for u (seed + 1), the shipped test images for an encoder, and labels cycling through the classes."""
+    for u (seed + 1), the shipped test images for an encoder, labels cycling through the classes, and InfoGAN codes
+    (categories cycling, continuous codes 2u - 1 from seed + 2)."""
     meta, count = entry["metadata"], REFERENCE_COUNT
     feeds: dict[str, np.ndarray] = {}
     for name in INPUT_NAMES[entry["kind"]]:
@@ -60,6 +69,10 @@ def reference_inputs(entry: dict[str, Any], images: np.ndarray | None, seed: int
             feeds[name] = portable_normal(seed, (count, meta["latent_dim"]))
     if meta["conditional"] and entry["kind"] != "vae_prior":
         feeds[LABEL_NAME] = np.arange(count, dtype=np.int64) % meta["num_classes"]
+    k, c = meta.get("code_categories", 0), meta.get("code_continuous", 0)
+    if k + c:
+        continuous = portable_uniform(seed + 2, count * c).reshape(count, c) * 2 - 1
+        feeds[CODE_NAME] = make_codes(np.arange(count) % k if k else None, continuous, k)
     return feeds
 
 

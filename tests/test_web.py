@@ -26,7 +26,9 @@ IMAGE_SHAPE = (1, 8, 8)
 DATA = {"image_shape": list(IMAGE_SHAPE), "num_classes": 10, "dataset": "digits", "binarize": "dynamic"}
 
 
-def export_bundle(out: Path, prior: str, conditional: bool, quantize: list[str]) -> Path:
+def export_bundle(
+    out: Path, prior: str, conditional: bool, quantize: list[str], codes: tuple[int, int] = (0, 0)
+) -> Path:
     vae_params = {"arch": "mlp", "hidden_sizes": [32], "conditional": conditional, "prior": prior}
     if prior == "vampprior":
         vae_params["pseudo_inputs"] = 5
@@ -34,7 +36,13 @@ def export_bundle(out: Path, prior: str, conditional: bool, quantize: list[str])
         {
             "latent_dim": 4,
             "vae": vae_params,
-            "gan": {"arch": "dcgan", "base_channels": 8, "conditional": conditional},
+            "gan": {
+                "arch": "dcgan",
+                "base_channels": 8,
+                "conditional": conditional,
+                "info_categories": codes[0],
+                "info_continuous": codes[1],
+            },
             "export": {"quantize": quantize},
         }
     )
@@ -47,12 +55,17 @@ def export_bundle(out: Path, prior: str, conditional: bool, quantize: list[str])
     return out / "web"
 
 
-@pytest.fixture(
-    scope="module", params=[("standard_normal", True), ("vampprior", False)], ids=["conditional", "vampprior"]
-)
+BUNDLES = {
+    "conditional": ("standard_normal", True, (0, 0)),
+    "vampprior": ("vampprior", False, (0, 0)),
+    "infogan": ("standard_normal", False, (3, 2)),  # a categorical code over 3 and 2 continuous codes
+}
+
+
+@pytest.fixture(scope="module", params=list(BUNDLES))
 def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    prior, conditional = request.param
-    return export_bundle(tmp_path_factory.mktemp("export"), prior, conditional, ["fp16", "int8"])
+    prior, conditional, codes = BUNDLES[request.param]
+    return export_bundle(tmp_path_factory.mktemp(request.param), prior, conditional, ["fp16", "int8"], codes)
 
 
 @pytest.fixture
@@ -75,6 +88,12 @@ def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Pa
     side = 8 * (8 + 1) - 1  # eight 8-pixel tiles a row, one pixel between them
     assert report["grid"] == [side, side] and report["litPixels"] > 0.5 * side * side  # the sample grid drew
     assert report["interpolation"] == side  # two shipped images encoded, eight decoded along the line
+    gan = next(entry for entry in manifest["models"] if entry["file"] == "gan_generator.onnx")
+    if gan["metadata"].get("code_categories"):  # a row over the 3 categories, a row per continuous code; 8 columns
+        assert [value["name"] for value in gan["inputs"]] == ["z", "code"]
+        assert report["codeSweep"] == [side, 3 * (8 + 1) - 1]
+    else:
+        assert report["codeSweep"] is None
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("EXPLORER_SCREENSHOT_DIR"):  # to look at the page: a copy of each screenshot
         shutil.copy(screenshot, Path(os.environ["EXPLORER_SCREENSHOT_DIR"]) / f"explorer-{bundle.parent.name}.png")

@@ -41,7 +41,9 @@ try {
       const data = grid ? grid.getContext('2d').getImageData(0, 0, grid.width, grid.height).data : [];
       let lit = 0;
       for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 0) lit++;
+      const sweep = document.querySelector('canvas[data-role=code-sweep]');
       return { ...window.explorer, grid: grid ? [grid.width, grid.height] : null, litPixels: lit,
+        codeSweep: sweep ? [sweep.width, sweep.height] : null,
         sections: [...document.querySelectorAll('section.model')].map((s) => s.id) };
     });
     const thumbs = await page.$$('canvas.thumb');

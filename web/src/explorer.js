@@ -72,10 +72,35 @@ function draw(canvas, images, n, [c, h, w], cols) {
   ctx.putImageData(pixels, 0, 0);
 }
 
-async function decode(entry, z, n, labels) {
+// InfoGAN: the code input's width, K one-hot categories then C continuous codes (0 for other models)
+const codeSizes = (meta) => [meta.code_categories ?? 0, meta.code_continuous ?? 0];
+
+// codes[i] = [one_hot(categories[i], K), continuous[i]], float32 N×(K + C)
+function makeCodes(meta, categories, continuous) {
+  const [k, c] = codeSizes(meta);
+  const codes = new Float32Array(categories.length * (k + c));
+  categories.forEach((category, i) => {
+    if (k) codes[i * (k + c) + category] = 1;
+    for (let j = 0; j < c; j++) codes[i * (k + c) + k + j] = continuous[i * c + j];
+  });
+  return codes;
+}
+
+// n codes from their prior under `seed`: categories from uniforms of seed + 2 (or the chosen one), continuous
+// codes 2u - 1 from seed + 3
+function sampleCodes(meta, seed, n, chosen) {
+  const [k, c] = codeSizes(meta);
+  const u = portableUniform(seed + 2, n);
+  const categories = Array.from({ length: n }, (_, i) => (chosen >= 0 ? chosen : Math.min(k - 1, Math.floor(u[i] * k))));
+  return { categories, continuous: Float32Array.from(portableUniform(seed + 3, n * c), (v) => 2 * v - 1) };
+}
+
+async function decode(entry, z, n, labels, codes = null) {
   const meta = entry.metadata;
   const feeds = { z: new ort.Tensor('float32', z, [n, meta.latent_dim]) };
   if (meta.conditional) feeds.label = labelTensor(labels);
+  const [k, c] = codeSizes(meta);
+  if (k + c) feeds.code = new ort.Tensor('float32', codes, [n, k + c]);
   const out = await (await session(entry.file)).run(feeds);
   return out.image.data;
 }
@@ -100,6 +125,13 @@ function classPicker(meta, onchange) {
   return select;
 }
 
+function codeCategoryPicker(k, onchange) {
+  const select = el('select', { 'aria-label': 'code category', onchange });
+  select.append(el('option', { value: '-1' }, 'drawn at random'));
+  for (let j = 0; j < k; j++) select.append(el('option', { value: String(j) }, `category ${j}`));
+  return select;
+}
+
 function labelsFor(select, n, k) {
   const chosen = select ? Number(select.value) : -1;
   return Array.from({ length: n }, (_, i) => (chosen >= 0 ? chosen : i % k));
@@ -118,21 +150,55 @@ function modelSection(entry, manifest, reference) {
   const seed = el('input', { type: 'number', value: '0', min: '0', step: '1', 'aria-label': 'seed' });
   const temperature = el('input', { type: 'range', min: '0.2', max: '1.5', step: '0.05', value: '1', 'aria-label': 'temperature' });
   const picker = meta.conditional ? classPicker(meta, () => refresh()) : null;
+  const [k, c] = codeSizes(meta);
+  const category = k ? codeCategoryPicker(k, () => refresh()) : null;
   const grid = el('canvas', { class: 'grid', 'data-role': 'grid' });
   const big = el('canvas', { class: 'big', 'data-role': 'slider-image' });
   const sliders = el('div', { class: 'sliders' });
+  const sweep = el('canvas', { class: 'sweep', 'data-role': 'code-sweep' });
   let base = null;
+  let baseCode = null; // the first sample's category and continuous codes
 
   async function redrawSlider() {
     const labels = meta.conditional ? labelsFor(picker, 1, meta.num_classes) : null;
-    draw(big, await decode(entry, base, 1, labels), 1, shape, 1);
+    const code = k + c ? makeCodes(meta, [baseCode.category], baseCode.continuous) : null;
+    draw(big, await decode(entry, base, 1, labels, code), 1, shape, 1);
+    if (k + c) await redrawSweep(labels);
+  }
+
+  // InfoGAN (Chen et al. 2016, fig. 2): the first sample with one code varied at a time, the rest fixed: a row over
+  // the categories, then a row per continuous code from -1 to 1
+  async function redrawSweep(labels) {
+    const columns = Math.max(k, STEPS);
+    const rows = [];
+    if (k) rows.push(Array.from({ length: columns }, (_, j) => ({ category: j % k, continuous: baseCode.continuous })));
+    for (let d = 0; d < c; d++) {
+      rows.push(Array.from({ length: columns }, (_, j) => {
+        const continuous = Float32Array.from(baseCode.continuous);
+        continuous[d] = -1 + (2 * j) / (columns - 1);
+        return { category: baseCode.category, continuous };
+      }));
+    }
+    const items = rows.flat();
+    const n = items.length;
+    const z = new Float32Array(n * meta.latent_dim);
+    for (let i = 0; i < n; i++) z.set(base, i * meta.latent_dim);
+    const codes = makeCodes(meta, items.map((it) => it.category), Float32Array.from(items.flatMap((it) => [...it.continuous])));
+    draw(sweep, await decode(entry, z, n, labels && Array(n).fill(labels[0]), codes), n, shape, columns);
   }
 
   async function refresh() {
     const n = GRID * GRID;
-    const z = await sampleLatents(entry, prior, Number(seed.value) >>> 0, n, Number(temperature.value));
+    const drawn = Number(seed.value) >>> 0;
+    const z = await sampleLatents(entry, prior, drawn, n, Number(temperature.value));
     const labels = meta.conditional ? labelsFor(picker, n, meta.num_classes) : null;
-    draw(grid, await decode(entry, z, n, labels), n, shape, GRID);
+    let codes = null;
+    if (k + c) {
+      const { categories, continuous } = sampleCodes(meta, drawn, n, category ? Number(category.value) : -1);
+      codes = makeCodes(meta, categories, continuous);
+      baseCode = { category: categories[0], continuous: continuous.slice(0, c) };
+    }
+    draw(grid, await decode(entry, z, n, labels, codes), n, shape, GRID);
     base = Float32Array.from(z.subarray(0, meta.latent_dim));
     sliders.replaceChildren();
     for (let d = 0; d < Math.min(SLIDERS, meta.latent_dim); d++) {
@@ -143,6 +209,18 @@ function modelSection(entry, manifest, reference) {
       });
       sliders.append(el('label', {}, `z[${d}]`), slider, value);
     }
+    for (let d = 0; d < c; d++) {
+      const value = el('span', {}, baseCode.continuous[d].toFixed(2));
+      const slider = el('input', {
+        type: 'range', min: '-1', max: '1', step: '0.05', value: String(baseCode.continuous[d]), 'aria-label': `c${d}`,
+        oninput: (event) => {
+          baseCode.continuous[d] = Number(event.target.value);
+          value.textContent = baseCode.continuous[d].toFixed(2);
+          redrawSlider();
+        },
+      });
+      sliders.append(el('label', {}, `code c[${d}]`), slider, value);
+    }
     await redrawSlider();
   }
 
@@ -150,9 +228,14 @@ function modelSection(entry, manifest, reference) {
   seed.addEventListener('change', () => refresh());
   temperature.addEventListener('change', () => refresh());
   section.append(el('div', { class: 'controls' }, el('label', {}, 'seed ', seed), el('label', {}, 'temperature ', temperature),
-    ...(picker ? [el('label', {}, 'class ', picker)] : []), resample));
+    ...(picker ? [el('label', {}, 'class ', picker)] : []), ...(category ? [el('label', {}, 'code category ', category)] : []),
+    resample));
   section.append(el('div', { class: 'row' }, el('div', {}, el('h3', {}, 'Samples'), grid),
     el('div', {}, el('h3', {}, 'Along latent coordinates (first sample)'), sliders, big)));
+  if (k + c) {
+    section.append(el('div', {}, el('h3', {}, `InfoGAN codes, one at a time (first sample): ${k ? `the ${k} categories, then ` : ''}` +
+      `${c} continuous code${c === 1 ? '' : 's'} from -1 to 1`), sweep));
+  }
 
   if (entry.kind === 'vae_decoder') section.append(interpolation(entry, float32('vae_encoder'), reference, picker));
   return { section, refresh };
