@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 Sampler = Callable[[int], torch.Tensor]
 # observation noise candidates of the Gaussian observation model, in units of the [0, 1] pixel range
-SIGMA_CANDIDATES = (0.01, 0.02, 0.05, 0.1, 0.2)
+SIGMA_CANDIDATES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 GAUSSIAN_COMPARISON = (
     "gaussian_ais: log p(x) by AIS under one observation model, p(x|z) = N(x; mean(z), sigma^2 I) around the GAN "
     "generator's output and around the VAE decoder's mean E[x|z], each under its own prior, sigma chosen for each "

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipeline.config import Config
+from pipeline.evaluation import SIGMA_CANDIDATES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def test_stages_run_in_order_and_write_their_outputs(project: Path) -> None:
     for model in ("gan", "vae"):
         row = likelihood[model]
         assert row["points"] == 4 and math.isfinite(row["log_px"]) and row["log_px"] < 0
-        assert table[model]["gaussian_ais"] == row["log_px"] and row["sigma"] in (0.01, 0.02, 0.05, 0.1, 0.2)
+        assert table[model]["gaussian_ais"] == row["log_px"] and row["sigma"] in SIGMA_CANDIDATES
     own = json.loads((project / "metrics" / "evaluate_vae.json").read_text())
     assert (table["vae"]["ais"], table["vae"]["is"]) == (own["ais"], own["log_px"])
     assert likelihood["vae_own_decoder"]["likelihood"] == "bernoulli"
