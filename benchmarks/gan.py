@@ -197,6 +197,9 @@ def report_recipe(workdir: Path, seconds: dict[str, float]) -> None:
 @click.option("--base-channels", default=64, show_default=True, help="gan.base_channels of the dcgan")
 @click.option("--lr", default=2e-4, show_default=True, help="Adam learning rate of both networks")
 @click.option("--spectral-norm/--no-spectral-norm", default=False, show_default=True)
+@click.option(
+    "--bf16/--no-bf16", default=False, show_default=True, help="gan.bf16 for ours (the classic step is float32)"
+)
 @click.option("--images", default=4096, show_default=True, help="images in the timed epoch")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default)")
@@ -216,6 +219,7 @@ def main(
     base_channels: int,
     lr: float,
     spectral_norm: bool,
+    bf16: bool,
     images: int,
     device: str,
     threads: int,
@@ -240,6 +244,7 @@ def main(
         lr_g=lr,
         lr_d=lr,
         spectral_norm=spectral_norm,
+        bf16=bf16,
     )
     config = Config(device=device, gan=gan)
     click.echo(f"device {torch_device}, {torch.get_num_threads()} threads")
@@ -255,7 +260,8 @@ def main(
         rates["ours"] = max(rates["ours"], epoch_images_per_second(ours(config, images, torch_device)))
         rates["classic"] = max(rates["classic"], classic.images_per_second())
     peak = max(matmul_rate(torch_device, repeats=3, size=2048).values())
-    click.echo(f"dcgan 28×28 (base_channels {base_channels}, batch {batch_size}):")
+    precision = ", ours under bf16 autocast" if bf16 else ""
+    click.echo(f"dcgan 28×28 (base_channels {base_channels}, batch {batch_size}{precision}):")
     for name, label in (("ours", "ours (train_gan's step)"), ("classic", "classic DCGAN example's step")):
         achieved = rates[name] * flops[name]
         click.echo(

@@ -114,7 +114,7 @@ class VaeParams:
     lr_patience: int = _f(
         10, "plateau schedule: epochs without a better validation bound before halving", **_range(1, 100000)
     )
-    bf16: bool = _f(False, "bf16 autocast on CUDA (ignored elsewhere)")
+    bf16: bool = _f(False, "bf16 autocast on CUDA or the CPU (ignored on MPS)")
     resume: bool = _f(False, "continue from the last checkpoint if one exists")
 
 
@@ -160,7 +160,7 @@ class GanParams:
     log_every_steps: int = _f(
         50, "discriminator steps per logged window of losses, D(x) and D(g(z))", **_range(1, 1 << 30)
     )
-    bf16: bool = _f(False, "bf16 autocast on CUDA (ignored elsewhere)")
+    bf16: bool = _f(False, "bf16 autocast on CUDA or the CPU (ignored on MPS)")
     resume: bool = _f(False, "continue from the last checkpoint if one exists")
 
 

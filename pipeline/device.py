@@ -37,5 +37,7 @@ def to_device(model: Module, device: str | torch.device) -> Module:
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked for; a no-op context everywhere else (same code path)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+    """bf16 autocast on CUDA or the CPU when asked for; a no-op context elsewhere (same code path). On a CPU it pays
+    only where the cores multiply bf16 natively (AVX512-BF16, AMX); elsewhere oneDNN emulates it, more slowly."""
+    enabled = bf16 and device.type in ("cuda", "cpu")
+    return torch.autocast(device.type if enabled else "cpu", dtype=torch.bfloat16, enabled=enabled)

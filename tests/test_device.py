@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import Config, ConfigError, GanParams, VaeParams
-from pipeline.device import select_device, to_device
+from pipeline.device import autocast, select_device, to_device
 from pipeline.gan_trainer import build_generator
 from pipeline.vae_trainer import build_vae
 
@@ -53,3 +53,11 @@ def test_to_device_leaves_models_without_conv_weights_exactly_as_they_were() -> 
     moved = to_device(copy.deepcopy(generator), "cpu")
     z = torch.randn(4, 8)
     assert torch.equal(moved(z), generator(z))
+
+
+def test_bf16_autocast_runs_on_the_cpu_only_when_asked() -> None:
+    layer, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    with autocast(torch.device("cpu"), True):
+        assert layer(x).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), False):
+        assert layer(x).dtype == torch.float32

@@ -108,6 +108,15 @@ def test_without_a_classifier_best_is_the_last_epoch(digits: ProcessedData, tmp_
     assert all(torch.equal(best[k], v) for k, v in last.items())
 
 
+def test_dcgan_trains_under_bf16_autocast_and_keeps_float32_weights(digits: ProcessedData, tmp_path: Path) -> None:
+    config = tiny_config(epochs=1, arch="dcgan", base_channels=4, bf16=True)
+    train_gan(config, digits, outputs(tmp_path), progress=False)  # raises NonFiniteLossError on a NaN loss
+    generator = weights(tmp_path / "checkpoints" / "gan" / "last.pt", "generator")
+    assert all(
+        w.dtype == torch.float32 and torch.isfinite(w).all() for w in generator.values() if w.is_floating_point()
+    )
+
+
 @pytest.mark.parametrize(
     "options",
     [
