@@ -89,7 +89,7 @@ class ClassifierTrainer:
             sums += torch.stack([loss.detach().double() * len(idx), loss.new_tensor(len(idx)).double()])
         return {"loss": (sums[0] / sums[1]).item()}
 
-    def validate(self, epoch: int) -> dict[str, float]:
+    def validate(self, epoch: int, progress: float) -> dict[str, float]:
         return self.evaluate("valid")
 
     @torch.no_grad()

@@ -109,7 +109,9 @@ class VaeParams:
     batch_size: int = _f(32, "training batch size per process (effective: × torchrun world size)", **_range(1, 1 << 20))
     lr: float = _f(1e-3, "Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     lr_schedule: Literal["constant", "plateau", "cosine"] = _f(
-        "constant", "plateau: halve the rate after lr_patience epochs without progress; cosine: anneal over epochs"
+        "constant",
+        "plateau: halve the rate after lr_patience epochs without progress; cosine: anneal it to 0 over the run "
+        "(its epochs, or max_minutes when the budget ends it sooner)",
     )
     lr_patience: int = _f(
         10, "plateau schedule: epochs without a better validation bound before halving", **_range(1, 100000)

@@ -280,7 +280,7 @@ class GanTrainer:
         return (epoch + 1) % self.config.gan.sample_every_epochs == 0 or epoch == self.config.gan.epochs - 1
 
     @torch.no_grad()
-    def validate(self, epoch: int) -> dict[str, float]:
+    def validate(self, epoch: int, progress: float) -> dict[str, float]:
         """On sample epochs: the fixed-noise grid (writer only) and, given a classifier, the sample metrics on the
         validation split (never the test split, which would leak into the choice of best.pt)."""
         if not self.is_sample_epoch(epoch):

@@ -170,7 +170,9 @@ class LiveLog:
 class Trainer(Protocol):
     """What one model's training supplies to :func:`fit`.
 
-    ``networks()``: the modules a checkpoint stores (name -> network); ``state()`` / ``restore(state)``: the rest
+    ``validate(epoch, progress)``: the validation metrics after an epoch; ``progress`` (see :func:`run_progress`) is
+    how far the run is through its length, for schedules that follow it. ``networks()``: the modules a checkpoint
+    stores (name -> network); ``state()`` / ``restore(state)``: the rest
     of what a resume needs that all ranks share (optimizers); ``rank_state()`` / ``restore_rank(state)``: what
     differs per rank (random generators), kept for every rank; ``log_records(epoch, metrics)``: the (step, metrics)
     rows to log for an epoch; ``finish(best)``: the summary metrics and the run card, from the best checkpoint.
@@ -186,7 +188,7 @@ class Trainer(Protocol):
 
     def train_epoch(self, epoch: int) -> dict[str, float]: ...
 
-    def validate(self, epoch: int) -> dict[str, float]: ...
+    def validate(self, epoch: int, progress: float) -> dict[str, float]: ...
 
     def networks(self) -> dict[str, nn.Module]: ...
 
@@ -267,6 +269,15 @@ def _improves(monitor: str | None, higher_is_better: bool, value: float | None, 
     return value > best["value"] if higher_is_better else value < best["value"]
 
 
+def run_progress(trainer: Trainer, epochs_done: int, seconds: float) -> float:
+    """How far a run is through its length, in [0, 1]: the share of its epochs done, or of its time budget spent
+    (``seconds`` of training), whichever is larger: the budget ends a run sooner than its epochs would."""
+    share = epochs_done / trainer.epochs
+    if trainer.max_minutes is not None:
+        share = max(share, seconds / (60 * trainer.max_minutes))
+    return min(share, 1.0)
+
+
 def _stop_reason(trainer: Trainer, epochs_done: int, best_epoch: int, seconds: float) -> str | None:
     """Why training ends after this epoch, besides reaching its last: early stopping or the time budget."""
     if trainer.patience is not None and trainer.monitor is not None and epochs_done - best_epoch >= trainer.patience:
@@ -319,7 +330,9 @@ def fit(
         for epoch in bar:
             epoch_began = time.perf_counter()
             metrics = {f"train/{k}": v for k, v in trainer.train_epoch(epoch).items()}
-            metrics |= {f"valid/{k}": v for k, v in trainer.validate(epoch).items()}
+            seconds_so_far = trained_seconds + time.perf_counter() - epoch_began
+            progress = gather_objects(run_progress(trainer, epoch + 1, seconds_so_far), ctx)[0]  # rank 0's clock
+            metrics |= {f"valid/{k}": v for k, v in trainer.validate(epoch, progress).items()}
             value = metrics.get(f"valid/{trainer.monitor}")
             improved = _improves(trainer.monitor, trainer.higher_is_better, value, best)
             if improved:

@@ -127,9 +127,7 @@ class VaeTrainer:
         self.conditional = self.model.num_classes is not None
         self.dequantized = config.vae.likelihood == "gaussian"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.vae.lr, fused=True)
-        self.schedule = learning_rate_schedule(
-            self.optimizer, config.vae.lr_schedule, config.vae.lr_patience, self.epochs
-        )
+        self.schedule = plateau_schedule(self.optimizer, config.vae.lr_patience)
         self.objective = wrap(
             _Objective(self.model, config.vae.iwae_k, config.vae.mc_samples, config.vae.free_bits), ctx
         )
@@ -180,13 +178,16 @@ class VaeTrainer:
             "beta": kl_warmup_beta(steps * (epoch + 1) - 1, steps, vae.kl_warmup_epochs),
         }
 
-    def validate(self, epoch: int) -> dict[str, float]:
+    def validate(self, epoch: int, progress: float) -> dict[str, float]:
+        """The validation metrics (see :meth:`evaluate`) and the rate this epoch trained at; then the rate of the next
+        epoch from ``vae.lr_schedule``: plateau (on the validation bound) or cosine (on the run's ``progress``)."""
         metrics = self.evaluate("valid")
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        if isinstance(self.schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if self.config.vae.lr_schedule == "plateau":
             self.schedule.step(metrics["bound"])
-        elif self.schedule is not None:
-            self.schedule.step()
+        elif self.config.vae.lr_schedule == "cosine":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.vae.lr * cosine_factor(progress)
         return metrics
 
     @torch.no_grad()
@@ -244,12 +245,12 @@ class VaeTrainer:
         return {"model": self.model}
 
     def state(self) -> dict[str, Any]:
-        schedule = None if self.schedule is None else self.schedule.state_dict()
-        return {"optimizer": self.optimizer.state_dict(), "schedule": schedule}
+        # the cosine schedule's rate rides in the optimizer's state; only the plateau schedule has its own
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
     def restore(self, state: dict[str, Any]) -> None:
         load_optimizer_state(self.optimizer, state["optimizer"])
-        if self.schedule is not None:
+        if state["schedule"] is not None:  # None: written before every run kept the plateau schedule's state
             self.schedule.load_state_dict(state["schedule"])
 
     def rank_state(self) -> dict[str, Any]:
@@ -278,28 +279,29 @@ class VaeTrainer:
         return summary, card
 
 
-def learning_rate_schedule(
-    optimizer: torch.optim.Optimizer, kind: str, patience: int, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
-    """``vae.lr_schedule``, stepped once per epoch after validation: constant (None), plateau (halve the rate after
-    ``patience`` epochs without a better validation bound, down to 1/1000 of it) or cosine (to 0 over ``epochs``)."""
-    if kind == "plateau":
-        lr = optimizer.param_groups[0]["lr"]
-        # "better" is strictly higher, as for best.pt: torch's default relative threshold would count a slightly
-        # lower bound as better, the bound being negative
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max",
-            factor=0.5,
-            patience=patience,
-            min_lr=lr / 1000,
-            threshold=0.0,
-            threshold_mode="abs",
-            eps=0.0,
-        )
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return None
+def plateau_schedule(optimizer: torch.optim.Optimizer, patience: int) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """``vae.lr_schedule: plateau``: halve the rate after ``patience`` epochs without a better validation bound, down
+    to 1/1000 of it. Built whatever the schedule (its state is part of every checkpoint); stepped only under plateau."""
+    lr = optimizer.param_groups[0]["lr"]
+    # "better" is strictly higher, as for best.pt: torch's default relative threshold would count a slightly lower
+    # bound as better, the bound being negative
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="max",
+        factor=0.5,
+        patience=patience,
+        min_lr=lr / 1000,
+        threshold=0.0,
+        threshold_mode="abs",
+        eps=0.0,
+    )
+
+
+def cosine_factor(progress: float) -> float:
+    """``vae.lr_schedule: cosine``: the share ½(1 + cos(π p)) of the initial rate at progress p ∈ [0, 1] of the run
+    (Loshchilov & Hutter 2017, one cycle). p follows the time budget when that ends the run before its epochs, so
+    the rate reaches 0 as the budget runs out: a budgeted run ends annealed, not at its full rate."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 @torch.no_grad()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.distributed import DistContext
-from pipeline.training import NonFiniteLossError, TrainingOutputs
+from pipeline.training import NonFiniteLossError, TrainingOutputs, run_progress
 from pipeline.vae_trainer import OUTPUTS, PARAMS, VaeTrainer, train_vae, vae_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,3 +245,28 @@ def test_a_time_budget_ends_training_after_the_epoch_that_spends_it(digits_proce
     train_vae(_config(epochs=1000, max_minutes=1e-6), load_processed(digits_processed_dir), outputs, progress=False)
     assert load_checkpoint(outputs.last_path)["training"]["epoch"] == 1
     assert json.loads(outputs.card_path.read_text())["stopped"].startswith("time budget")
+
+
+def test_the_cosine_schedule_anneals_the_rate_over_the_epochs(digits_processed_dir: Path, tmp_path: Path) -> None:
+    """Epoch e (from 0) trains at lr ½(1 + cos(π e / E)): the logged rates follow the cosine down from vae.lr."""
+    outputs = _outputs(tmp_path)
+    train_vae(_config(epochs=4, lr_schedule="cosine"), load_processed(digits_processed_dir), outputs, progress=False)
+    lrs = [record["valid/lr"] for _, record in load_checkpoint(outputs.last_path)["training"]["history"]]
+    assert lrs == pytest.approx([3e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)], rel=1e-12)
+
+
+def test_run_progress_follows_the_time_budget_when_it_ends_the_run_sooner() -> None:
+    run = types.SimpleNamespace(epochs=100, max_minutes=2.0)
+    assert run_progress(run, 10, seconds=60) == 0.5  # half the budget, a tenth of the epochs
+    assert run_progress(run, 80, seconds=60) == 0.8  # the epochs run out first
+    assert run_progress(run, 10, seconds=600) == 1.0
+    assert run_progress(types.SimpleNamespace(epochs=100, max_minutes=None), 25, seconds=1e9) == 0.25
+
+
+def test_a_budgeted_cosine_run_ends_annealed(digits_processed_dir: Path, tmp_path: Path) -> None:
+    """The budget is spent in the first epoch: the rate after it is 0, though vae.epochs is far away."""
+    outputs = _outputs(tmp_path)
+    config = _config(epochs=1000, max_minutes=1e-6, lr_schedule="cosine")
+    train_vae(config, load_processed(digits_processed_dir), outputs, progress=False)
+    trained = load_checkpoint(outputs.last_path)["training"]
+    assert trained["epoch"] == 1 and trained["state"]["optimizer"]["param_groups"][0]["lr"] == 0.0
