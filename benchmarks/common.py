@@ -1,4 +1,5 @@
-"""What the benchmarks share: timing on a device, the float32 matmul rate, and a trainer's epoch throughput."""
+"""What the benchmarks share: the hardware they ran on, timing on a device, the float32 matmul rate, and a trainer's
+epoch throughput."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 import functools
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -17,6 +19,27 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def hardware(device: torch.device, threads: int | None = None) -> str:
+    """What a figure was measured on, for its report: the GPU's name, or the CPU's model, the threads torch uses
+    (``threads`` when the run sets them) and whether the cores multiply bf16 natively (``*.bf16`` pays only there)."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type != "cpu":
+        return device.type
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    native = [name for name in ("amx_bf16", "avx512_bf16") if name in flags]
+    bf16 = f"native bf16: {', '.join(native)}" if native else "no native bf16"
+    return f"cpu: {model}, {threads or torch.get_num_threads()} threads, {bf16}"
 
 
 def synchronize(device: torch.device) -> None:

@@ -39,7 +39,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import REPO, epoch_images_per_second, matmul_rate, merge, recipe_overlay, run_stages, synchronize
+from benchmarks.common import (
+    REPO,
+    epoch_images_per_second,
+    hardware,
+    matmul_rate,
+    merge,
+    recipe_overlay,
+    run_stages,
+    synchronize,
+)
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Config, GanParams
 from pipeline.data.processed import ProcessedData
@@ -247,7 +256,7 @@ def main(
         bf16=bf16,
     )
     config = Config(device=device, gan=gan)
-    click.echo(f"device {torch_device}, {torch.get_num_threads()} threads")
+    click.echo(hardware(torch_device))
     trainer = ours(config, images, torch_device)
     classic = ClassicDcgan(config.latent_dim, base_channels, batch_size, images, torch_device)
     real = trainer.x["train"][:batch_size]

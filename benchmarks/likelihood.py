@@ -23,7 +23,7 @@ import click
 import torch
 from torch import nn
 
-from benchmarks.common import matmul_rate, synchronize
+from benchmarks.common import hardware, matmul_rate, synchronize
 from pipeline.config import Config, VaeParams
 from pipeline.device import select_device, to_device
 from pipeline.estimators import NOISE_POINTS, importance_sampled_log_likelihood
@@ -94,7 +94,7 @@ def main(
     model = to_device(build_vae(config, (1, side, side), None), device).eval()
     x = torch.bernoulli(torch.rand(points, 1, side, side, device=device) * 0.3)
     flops = decoder_flops(model)
-    click.echo(f"device {device}, torch threads {torch.get_num_threads()}; timings on shared machines are provisional")
+    click.echo(f"{hardware(device)}; timings on shared machines are provisional")
     rates = matmul_rate(device, size=rate_size)
     for name, value in rates.items():
         click.echo(f"{name}: {value / 1e9:.1f} GFLOP/s")

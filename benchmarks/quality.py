@@ -19,7 +19,7 @@ import click
 import torch
 import yaml
 
-from benchmarks.common import REPO, merge, recipe_overlay, run_stages
+from benchmarks.common import REPO, hardware, merge, recipe_overlay, run_stages
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Config, config_from_dict
 from pipeline.estimators import importance_sampled_log_likelihood
@@ -101,7 +101,8 @@ def main(
     evaluation = json.loads((workdir / "cards" / "evaluate_vae.json").read_text())
     test = evaluation["test"]
     click.echo(
-        f"recipe {recipe} on {data_path.name} x_test ({test['points']} images), device {train['device']}:\n"
+        f"recipe {recipe} on {data_path.name} x_test ({test['points']} images), "
+        f"{hardware(torch.device(train['device']), threads)}:\n"
         f"  -log p(x) {-test['log_px']:.2f} ± {test['log_px_stderr']:.2f} nats (K = {evaluation['num_samples']}), "
         f"ELBO {-test['elbo']:.2f}, gap {test['gap']:.2f}, AIS on {evaluation['ais']['points']} points "
         f"{-evaluation['ais']['log_px']:.2f}\n"

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.common import epoch_images_per_second
+from benchmarks.common import epoch_images_per_second, hardware
 from pipeline.config import Config
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.device import select_device
@@ -133,7 +133,7 @@ def main(
     )
     vae = {"arch": arch, "hidden_sizes": [hidden], "batch_size": batch_size, "epochs": 1}
     config = Config(latent_dim=latent, vae=dataclasses.replace(Config().vae, **vae))
-    click.echo(f"device {torch_device}, {torch.get_num_threads()} threads, {images} {source} 28×28 images")
+    click.echo(f"{hardware(torch_device)}; {images} {source} 28×28 images")
     ours = max(ours_images_per_second(data, config, torch_device) for _ in range(repeats))
     layers = f"hidden {hidden}" if arch == "mlp" else f"channels {config.vae.conv_channels}"
     click.echo(f"ours ({arch}, {layers}, latent {latent}, batch {batch_size}): {ours:,.0f} images/s")

@@ -23,9 +23,15 @@ TINY = {
     "onnx": ["--checkpoints", "no-checkpoints", "--large-batch", "16", "--min-time", "0.01"],
 }  # fmt: skip
 EXPECTED = {
-    "likelihood": ["points 32-47:", "of the highest matmul rate", "decoder evaluations/s"],
-    "vae": ["images/s", "speed-up:"],
-    "gan": ["dcgan 28×28 (base_channels 4, batch 32):", "classic DCGAN example's step:", "speed-up:"],
+    "likelihood": ["cpu: ", "1 threads", "points 32-47:", "of the highest matmul rate", "decoder evaluations/s"],
+    "vae": ["cpu: ", "1 threads", "images/s", "speed-up:"],
+    "gan": [
+        "cpu: ",
+        "1 threads",
+        "dcgan 28×28 (base_channels 4, batch 32):",
+        "classic DCGAN example's step:",
+        "speed-up:",
+    ],
     "onnx": ["vae_decoder", "gan_generator", "target ort"],
 }
 
@@ -53,7 +59,7 @@ def test_quality_benchmark_trains_a_recipe_and_prints_its_figures(tmp_path: Path
     args += ["--max-minutes", "0.001", "--num-samples", "4", "--device", "cpu", "--workdir", "run"]
     result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "recipe hvae_vampprior on tiny.npz x_test (16 images)" in result.stdout
+    assert "recipe hvae_vampprior on tiny.npz x_test (16 images), cpu: " in result.stdout
     assert "nats (K = 4)" in result.stdout and "stopped: time budget" in result.stdout
     speed = subprocess.run([*args[:6], "iaf", "--speed"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert speed.returncode == 0 and "recipe iaf:" in speed.stdout and "decoder evaluations/s" in speed.stdout
