@@ -35,8 +35,16 @@ def gaussian_mixture_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torc
 
     The quadratic form is expanded into matrix products, Σ_d z²/σ² - 2 z·(μ/σ²) + Σ_d μ²/σ², so the cost is two
     (rows × D) @ (D × M) products instead of a rows × M × D tensor: with K = 5000 importance samples this keeps the
-    VampPrior's 500 components a few percent of the decoder's cost.
+    VampPrior's 500 components a few percent of the decoder's cost. The expansion cancels terms of size z²/σ², so it
+    runs in (at least) float32 whatever autocast is on: in bf16 its error is nats, and the logsumexp over components
+    turns that noise into an optimistic bias which training learns to exploit.
     """
+    dtype = torch.promote_types(torch.promote_types(z.dtype, mu.dtype), torch.float32)
+    with torch.autocast(z.device.type, enabled=False):
+        return _mixture_log_density(z.to(dtype), mu.to(dtype), logvar.to(dtype))
+
+
+def _mixture_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     precision = torch.exp(-logvar)  # M×D
     flat = z.reshape(-1, z.shape[-1])
     quadratic = (flat**2) @ precision.T - 2 * flat @ (mu * precision).T + (mu**2 * precision).sum(-1)
