@@ -14,14 +14,22 @@ Module = TypeVar("Module", bound=nn.Module)
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """Return the torch device for ``name`` (auto|cpu|cuda|mps); error if the asked-for one is absent."""
+    """Return the torch device for ``name`` (auto|cpu|cuda|mps); error if the asked-for one is absent.
+
+    For the CPU it also turns on flush-to-zero of denormal floats: trained networks make them (saturated gates and
+    sigmoids, far-off prior components), and x86 cores compute on them through a slow path; a training step of the
+    hvae_vampprior_iwae recipe's model at its trained weights took 47 ms with denormals, 37 ms without (33 ms at
+    its initial weights). Numbers below 1.2e-38 become 0, far below what any bound or density here resolves.
+    """
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+        name = "cuda" if cuda else "mps" if mps else "cpu"
     if name == "cuda" and not cuda:
         raise ConfigError("device: 'cuda' was asked for but torch sees no CUDA GPU; set device: auto or cpu")
     if name == "mps" and not mps:
         raise ConfigError("device: 'mps' was asked for but torch sees no Apple MPS; set device: auto or cpu")
+    if name == "cpu":
+        torch.set_flush_denormal(True)
     return torch.device(name)
 
 

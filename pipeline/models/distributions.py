@@ -49,7 +49,20 @@ def _mixture_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     flat = z.reshape(-1, z.shape[-1])
     quadratic = (flat**2) @ precision.T - 2 * flat @ (mu * precision).T + (mu**2 * precision).sum(-1)
     log_components = -0.5 * (quadratic + logvar.sum(-1) + z.shape[-1] * LOG_2PI)
-    return (torch.logsumexp(log_components, dim=-1) - math.log(mu.shape[0])).reshape(z.shape[:-1])
+    return (_logsumexp_floored(log_components) - math.log(mu.shape[0])).reshape(z.shape[:-1])
+
+
+def _logsumexp_floored(values: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dimension with the terms below e^-80 of the largest set to e^-80.
+
+    A trained VampPrior's far components lie hundreds of nats below the near ones, and exp of anything below -87
+    underflows to float32 denormals through a slow path (30x slower: 4 ms of a 40 ms training step of the
+    hvae_vampprior_iwae recipe, forward and backward). Relative to the largest term (1), e^-80 is far below float32
+    resolution even summed over thousands of components, so the floor changes no digit of the result; the floored
+    terms get no gradient, where theirs was as negligible.
+    """
+    top = values.amax(dim=-1, keepdim=True).detach()
+    return top.squeeze(-1) + (values - top).clamp(min=-80.0).exp().sum(-1).log()
 
 
 @dataclass
