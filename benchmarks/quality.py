@@ -49,8 +49,8 @@ def recipe_params(name: str, data: Path, max_minutes: float | None, num_samples:
 
 def importance_sampling_rate(config: Config, points: int = 320, num_samples: int = 500) -> float:
     """Decoder evaluations/s of importance sampling (the family's full proposal and prior) for the recipe's model at
-    its initial weights on random binary 28×28 images, on the CPU. Trained weights can run at another rate: the
-    full K = 5000 estimate of the trained hvae_vampprior_iwae ran at 67-78k/s."""
+    its initial weights on random binary 28×28 images, on the CPU. Trained weights can run at another rate (the
+    README gives the full estimate's rate for the best recipe)."""
     torch.manual_seed(0)
     model = build_vae(config, (1, 28, 28), None).eval()
     x = (torch.rand(points, 1, 28, 28) < 0.15).float()
