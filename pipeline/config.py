@@ -82,6 +82,11 @@ class VaeParams:
         0, "inverse autoregressive flow steps on q(z|x) (Kingma et al. 2016); 0: none", **_range(0, 64)
     )
     flow_hidden: int = _f(256, "hidden width (and encoder context size) of the flow steps", **_range(1, 65536))
+    dropout: float = _f(
+        0.0,
+        "dropout probability after every hidden layer of the mlp architectures, in training only (0: none)",
+        **_range(0.0, 0.95),
+    )
     top_latent_dim: int = _f(40, "hvae: size of the top stochastic layer z2", **_range(1, 4096))
     likelihood: Literal["bernoulli", "gaussian"] = _f("bernoulli", "decoder distribution p(x|z) (11.1-11.4)")
     gaussian_variance: Literal["learned", "fixed"] = _f(
@@ -379,6 +384,8 @@ def _check_vae(vae: VaeParams) -> None:
         )
     if vae.family == "hvae" and vae.flow_steps:
         raise ConfigError("vae.flow_steps: flows refine the one-layer vae; set vae.flow_steps: 0 with family hvae")
+    if vae.dropout > 0 and vae.arch not in ("mlp", "gated_mlp"):
+        raise ConfigError(f"vae.dropout applies to the mlp architectures; set vae.dropout: 0 with arch {vae.arch}")
 
 
 def check_compatible(config: Config, section: str, data: ProcessedData) -> None:

@@ -72,6 +72,7 @@ def vae_config(config: Config, image_shape: tuple[int, int, int], num_classes: i
         pseudo_inputs=vae.pseudo_inputs,
         flow_steps=vae.flow_steps,
         flow_hidden=vae.flow_hidden,
+        dropout=vae.dropout,
     )
     if vae.family == HVAE.family:
         settings["top_latent_dim"] = vae.top_latent_dim

@@ -92,6 +92,8 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"family": "hvae", "free_bits": 0.5}}, r"vae.free_bits needs the closed-form KL"),
         ({"vae": {"arch": "resnet", "conv_channels": []}}, r"vae.conv_channels: \[\] is not allowed with arch resnet"),
         ({"vae": {"max_minutes": 0}}, r"vae.max_minutes: 0.0 is out of range"),
+        ({"vae": {"arch": "conv", "dropout": 0.2}}, r"vae.dropout applies to the mlp architectures; set vae.dropout"),
+        ({"vae": {"dropout": 1.0}}, r"vae.dropout: 1.0 is out of range"),
         ({"evaluate": {"splits": ["train"]}}, r"evaluate.splits\[0\]: 'train' is not allowed"),
     ],
 )

@@ -228,6 +228,29 @@ def test_conditional_config_without_labels_is_rejected() -> None:
     assert build_vae(_config(conditional=False), (1, 8, 8), 10).num_classes is None
 
 
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+@pytest.mark.parametrize("arch", ["mlp", "gated_mlp"])
+def test_dropout_acts_in_training_only_and_adds_no_parameters(family: str, arch: str) -> None:
+    """With vae.dropout the train-mode networks are stochastic; in eval mode they are the dropout-free networks with
+    the same weights, on the per-pixel and the fused log-likelihood paths."""
+    options = {"family": family, "arch": arch, "hidden_sizes": [32, 32], "top_latent_dim": 2}
+    torch.manual_seed(0)
+    model = build_vae(_config(**options, dropout=0.5), (1, 8, 8), None)
+    plain = build_vae(_config(**options), (1, 8, 8), None)
+    assert [name for name, _ in model.named_modules() if isinstance(_, torch.nn.Dropout)]
+    for source, target in zip(model.parameters(), plain.parameters(), strict=True):
+        target.data.copy_(source.data)
+    x, z = torch.bernoulli(torch.full((6, 1, 8, 8), 0.3)), torch.randn(4, 6, model.latent_dim)
+    model.train()
+    assert not torch.equal(model.decode_logits(z[0]), model.decode_logits(z[0]))
+    assert not torch.equal(model.encode(x)[0], model.encode(x)[0])
+    model.eval()
+    torch.testing.assert_close(model.decode_logits(z[0]), plain.decode_logits(z[0]), rtol=0, atol=0)
+    torch.testing.assert_close(model.encode(x), plain.encode(x), rtol=0, atol=0)
+    torch.testing.assert_close(model.log_likelihood(x, z), plain.log_likelihood(x, z), rtol=0, atol=0)
+    torch.testing.assert_close(model.log_prior(z), plain.log_prior(z), rtol=0, atol=0)
+
+
 def test_load_model_restores_a_checkpoint_in_eval_mode(tmp_path) -> None:
     config = _config(arch="conv", likelihood="gaussian", conditional=True)
     model = build_vae(config, (1, 8, 8), 10)

@@ -302,7 +302,14 @@ def test_each_family_bounds_sit_below_its_importance_sampled_likelihood(name: st
 
 FAMILY_PARAMS = {
     "vampprior": {"arch": "gated_mlp", "prior": "vampprior", "pseudo_inputs": 4},
-    "hvae": {"family": "hvae", "top_latent_dim": 2, "prior": "vampprior", "pseudo_inputs": 4, "iwae_k": 2},
+    "hvae": {
+        "family": "hvae",
+        "top_latent_dim": 2,
+        "prior": "vampprior",
+        "pseudo_inputs": 4,
+        "iwae_k": 2,
+        "dropout": 0.1,
+    },
     "iaf_resnet": {"arch": "resnet", "conv_channels": [4], "flow_steps": 2, "flow_hidden": 8},
 }
 

@@ -48,8 +48,10 @@ class HVAE(VAE):
     def __init__(self, config: HVAEConfig) -> None:
         super().__init__(config)
         hidden, d1 = config.hidden_sizes[-1], config.latent_dim
-        self.lower_posterior = dense_stack([self.feature_dim + self.top_dim, hidden, 2 * d1], config.gated)
-        self.lower_prior = dense_stack([self.top_dim, hidden, 2 * d1], config.gated)
+        self.lower_posterior = dense_stack(
+            [self.feature_dim + self.top_dim, hidden, 2 * d1], config.gated, dropout=config.dropout
+        )
+        self.lower_prior = dense_stack([self.top_dim, hidden, 2 * d1], config.gated, dropout=config.dropout)
 
     @staticmethod
     def latent_sizes(config: HVAEConfig) -> tuple[int, int]:

@@ -20,9 +20,10 @@ class GatedDense(nn.Module):
         return value * torch.sigmoid(gate)
 
 
-def dense_stack(sizes: list[int], gated: bool, last_activation: bool = False) -> nn.Sequential:
+def dense_stack(sizes: list[int], gated: bool, last_activation: bool = False, dropout: float = 0.0) -> nn.Sequential:
     """Dense layers ``sizes[0] → … → sizes[-1]``: ReLU-activated linear or gated layers; the last layer is a plain
-    Linear unless ``last_activation`` (then it is a hidden layer like the others)."""
+    Linear unless ``last_activation`` (then it is a hidden layer like the others). ``dropout`` > 0 follows every
+    hidden layer with dropout of that probability (Srivastava et al. 2014; active in train mode only)."""
     layers: list[nn.Module] = []
     pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
     for i, (n_in, n_out) in enumerate(pairs):
@@ -33,6 +34,8 @@ def dense_stack(sizes: list[int], gated: bool, last_activation: bool = False) ->
             layers.append(nn.Linear(n_in, n_out))
             if hidden:
                 layers.append(nn.ReLU())
+        if hidden and dropout > 0:
+            layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 

@@ -60,6 +60,7 @@ class VAEConfig:
     pseudo_inputs: int = 500
     flow_steps: int = 0
     flow_hidden: int = 256
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("image_shape", "hidden_sizes", "conv_channels"):
@@ -78,6 +79,10 @@ class VAEConfig:
             raise ValueError(f"the {self.arch} architecture needs at least one block (vae.conv_channels is empty)")
         if self.prior == "vampprior" and self.num_classes is not None:
             raise ValueError("the vampprior is for unconditional models: set vae.conditional: false")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"vae.dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout and self.arch not in ("mlp", "gated_mlp"):
+            raise ValueError(f"vae.dropout applies to the mlp architectures only: set it to 0 with arch {self.arch}")
         if self.prior == "vampprior" and self.pseudo_inputs < 1:
             raise ValueError("the vampprior needs at least one pseudo-input (vae.pseudo_inputs)")
 
@@ -128,12 +133,17 @@ class VAE(nn.Module):
             pixels = c * h * w
             hidden = list(hidden_sizes)
             if config.gated:
-                self.encoder = dense_stack([pixels + n_labels, *hidden], gated=True, last_activation=True)
-            else:
-                self.encoder = nn.Sequential(dense_stack([pixels + n_labels, *hidden], gated=False), nn.ReLU())
+                self.encoder = dense_stack([pixels + n_labels, *hidden], True, True, config.dropout)
+            else:  # the plain stack nested as in earlier checkpoints, its last ReLU (and dropout) after it
+                last = [nn.ReLU(), nn.Dropout(config.dropout)] if config.dropout else [nn.ReLU()]
+                self.encoder = nn.Sequential(
+                    dense_stack([pixels + n_labels, *hidden], False, dropout=config.dropout), *last
+                )
             self.feature_dim = hidden[-1]
             self.encoder_head = nn.Linear(hidden[-1], head_size)
-            self.decoder = dense_stack([self.latent_dim + n_labels, *reversed(hidden), pixels], config.gated)
+            self.decoder = dense_stack(
+                [self.latent_dim + n_labels, *reversed(hidden), pixels], config.gated, dropout=config.dropout
+            )
         else:
             residual = config.arch == "resnet"
             channels = [c, *conv_channels]
