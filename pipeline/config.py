@@ -121,6 +121,12 @@ class VaeParams:
     lr_patience: int = _f(
         10, "plateau schedule: epochs without a better validation bound before halving", **_range(1, 100000)
     )
+    ema_decay: float = _f(
+        0.0,
+        "Polyak averaging: decay of the weights' moving average, which is validated, checkpointed and evaluated "
+        "(0: none)",
+        **_range(0.0, 1.0),
+    )
     bf16: bool = _f(False, "bf16 autocast on CUDA or the CPU (ignored on MPS)")
     resume: bool = _f(False, "continue from the last checkpoint if one exists")
 

@@ -58,6 +58,7 @@ from pipeline.training import (
     load_optimizer_state,
     to_device_tensors,
     train,
+    update_ema,
 )
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,6 @@ def build_generator(config: Config, image_shape: tuple[int, int, int], num_class
 def build_discriminator(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> Discriminator:
     """A fresh discriminator of :func:`gan_configs`, initialized as ``gan.init`` says."""
     return _initialized(Discriminator(gan_configs(config, image_shape, num_classes)[1]), config)
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
-    """ema <- d·ema + (1 - d)·model with d = min(decay, (1 + t) / (10 + t)); buffers (batch-norm statistics) copied."""
-    d = min(decay, (1.0 + updates) / (10.0 + updates))
-    for average, current in zip(ema.parameters(), model.parameters(), strict=True):
-        average.lerp_(current, 1.0 - d)
-    for average, current in zip(ema.buffers(), model.buffers(), strict=True):
-        average.copy_(current)
 
 
 class GanTrainer:

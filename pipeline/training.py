@@ -100,6 +100,18 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
                     moments[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
+    """Polyak averaging of the weights as an exponential moving average, after ``updates`` earlier updates:
+    ema <- d·ema + (1 - d)·model with d = min(decay, (1 + t) / (10 + t)), so the first updates follow the model
+    closely; buffers (batch-norm statistics) are copied."""
+    d = min(decay, (1.0 + updates) / (10.0 + updates))
+    for average, current in zip(ema.parameters(), model.parameters(), strict=True):
+        average.lerp_(current, 1.0 - d)
+    for average, current in zip(ema.buffers(), model.buffers(), strict=True):
+        average.copy_(current)
+
+
 def to_device_tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """Move whole splits to the device once; batches are then taken by index (no per-sample Python work)."""
     return {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()}

@@ -10,6 +10,7 @@ uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from pathlib import Path
@@ -44,6 +45,7 @@ from pipeline.training import (
     load_optimizer_state,
     to_device_tensors,
     train,
+    update_ema,
 )
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,10 @@ class VaeTrainer:
         self.epochs, self.patience, self.max_minutes = config.vae.epochs, config.vae.patience, config.vae.max_minutes
         self.device = ctx.device
         self.model = to_device(build_vae(config, data.image_shape, data.num_classes), self.device)
+        # vae.ema_decay > 0: Polyak averaging (Kingma et al. 2016 average over about 10^4 steps). The average is the
+        # model that is validated, checkpointed as "model" and evaluated; the weights Adam trains are checkpointed
+        # beside it as "model_unaveraged", for a resume
+        self.average = copy.deepcopy(self.model).requires_grad_(False) if config.vae.ema_decay > 0 else None
         self.conditional = self.model.num_classes is not None
         self.dequantized = config.vae.likelihood == "gaussian"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.vae.lr, fused=True)
@@ -167,6 +173,8 @@ class VaeTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.average is not None:
+                update_ema(self.average, self.model, vae.ema_decay, updates=step - 1)
             with torch.no_grad():
                 sums += torch.stack([bound.sum(), reconstruction.sum(), kl.sum(), bound.new_tensor(len(idx))]).double()
         total = all_reduce_sum(sums, self.ctx).tolist()
@@ -180,9 +188,12 @@ class VaeTrainer:
         }
 
     def validate(self, epoch: int, progress: float) -> dict[str, float]:
-        """The validation metrics (see :meth:`evaluate`) and the rate this epoch trained at; then the rate of the next
-        epoch from ``vae.lr_schedule``: plateau (on the validation bound) or cosine (on the run's ``progress``)."""
+        """The validation metrics (see :meth:`evaluate`; with Polyak averaging, of the average, and the trained
+        weights' bound as ``unaveraged_bound``) and the rate this epoch trained at; then the rate of the next epoch
+        from ``vae.lr_schedule``: plateau (on the validation bound) or cosine (on the run's ``progress``)."""
         metrics = self.evaluate("valid")
+        if self.average is not None:
+            metrics["unaveraged_bound"] = self.evaluate("valid", model=self.model)["bound"]
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.config.vae.lr_schedule == "plateau":
             self.schedule.step(metrics["bound"])
@@ -195,10 +206,11 @@ class VaeTrainer:
     def evaluate(self, split: str, sharded: bool = True, model: VAE | None = None) -> dict[str, float]:
         """The bound (beta = 1), ELBO terms, active units and bits/dim on a split, with a fixed generator.
 
-        ``sharded``: each rank takes its share and the sums are combined; else this rank does it all.
+        ``sharded``: each rank takes its share and the sums are combined; else this rank does it all. ``model``:
+        the model to evaluate (default: the weight average if there is one, else the trained weights).
         """
         vae = self.config.vae
-        model = model or self.model
+        model = model or self.average or self.model
         model.eval()
         generator = torch_generator(self.device, self.config.seed, "vae", "evaluation", split)
         size = len(self.x[split])
@@ -243,7 +255,9 @@ class VaeTrainer:
         }
 
     def networks(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
+        if self.average is None:
+            return {"model": self.model}
+        return {"model": self.average, "model_unaveraged": self.model}
 
     def state(self) -> dict[str, Any]:
         # the cosine schedule's rate rides in the optimizer's state; only the plateau schedule has its own

@@ -94,6 +94,7 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"max_minutes": 0}}, r"vae.max_minutes: 0.0 is out of range"),
         ({"vae": {"arch": "conv", "dropout": 0.2}}, r"vae.dropout applies to the mlp architectures; set vae.dropout"),
         ({"vae": {"dropout": 1.0}}, r"vae.dropout: 1.0 is out of range"),
+        ({"vae": {"ema_decay": -0.1}}, r"vae.ema_decay: -0.1 is out of range"),
         ({"evaluate": {"splits": ["train"]}}, r"evaluate.splits\[0\]: 'train' is not allowed"),
     ],
 )

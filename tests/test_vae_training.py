@@ -20,7 +20,7 @@ from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.distributed import DistContext
-from pipeline.training import NonFiniteLossError, TrainingOutputs, run_progress
+from pipeline.training import NonFiniteLossError, TrainingOutputs, run_progress, update_ema
 from pipeline.vae_trainer import OUTPUTS, PARAMS, VaeTrainer, train_vae, vae_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +72,43 @@ def test_resumed_run_ends_with_bit_identical_weights(digits_processed_dir: Path,
     assert json.loads(straight.card_path.read_text()) == json.loads(interrupted.card_path.read_text())
     steps = json.loads((interrupted.live_dir / "metrics.json").read_text())["step"]
     assert steps == 4  # epochs are logged 1-based
+
+
+def test_update_ema_follows_the_model_at_first_then_averages_at_its_decay() -> None:
+    model, average = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    for updates, d in ((0, 0.1), (10_000, 0.99)):  # d = min(decay, (1 + t) / (10 + t))
+        before, target = average.weight.detach().clone(), model.weight.detach()
+        update_ema(average, model, decay=0.99, updates=updates)
+        assert torch.allclose(average.weight, d * before + (1 - d) * target)
+
+
+def test_polyak_average_is_the_validated_and_checkpointed_model_and_a_resume_is_exact(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    data = load_processed(digits_processed_dir)
+    ema = {"ema_decay": 0.9, "kl_warmup_epochs": 2}
+    straight = _outputs(tmp_path / "straight")
+    train_vae(_config(epochs=3, **ema), data, straight, progress=False)
+    interrupted = _outputs(tmp_path / "interrupted")
+    train_vae(_config(epochs=2, **ema), data, interrupted, progress=False)
+    train_vae(_config(epochs=3, resume=True, **ema), data, interrupted, progress=False)
+    a, b = (load_checkpoint(o.checkpoint_dir / "last.pt") for o in (straight, interrupted))
+    for name in ("model", "model_unaveraged"):
+        weights = a["models"][name]["weights"]
+        assert all(torch.equal(weights[k], b["models"][name]["weights"][k]) for k in weights)
+    average, trained = a["models"]["model"]["weights"], a["models"]["model_unaveraged"]["weights"]
+    assert any(not torch.equal(average[k], trained[k]) for k in average)
+    # the logged valid/bound is the average's, valid/unaveraged_bound the trained weights'
+    trainer = VaeTrainer(_config(**ema), data, CPU)
+    trainer.average.load_state_dict(average)
+    trainer.model.load_state_dict(trained)
+    logged = a["training"]["history"][-1][1]
+    assert trainer.evaluate("valid")["bound"] == pytest.approx(logged["valid/bound"], abs=1e-9)
+    assert trainer.evaluate("valid", model=trainer.model)["bound"] == pytest.approx(
+        logged["valid/unaveraged_bound"], abs=1e-9
+    )
+    assert logged["valid/bound"] != logged["valid/unaveraged_bound"]
+    assert load_model(straight.checkpoint_dir / "best.pt").state_dict().keys() == average.keys()
 
 
 def test_conv_vae_resumes_bit_identically_from_a_checkpoint_in_the_default_layout(
