@@ -309,6 +309,7 @@ FAMILY_PARAMS = {
         "pseudo_inputs": 4,
         "iwae_k": 2,
         "dropout": 0.1,
+        "ema_decay": 0.99,
     },
     "iaf_resnet": {"arch": "resnet", "conv_channels": [4], "flow_steps": 2, "flow_hidden": 8},
 }
