@@ -210,7 +210,8 @@ class VaeTrainer:
         the model to evaluate (default: the weight average if there is one, else the trained weights).
         """
         vae = self.config.vae
-        model = model or self.average or self.model
+        if model is None:
+            model = self.average if self.average is not None else self.model
         model.eval()
         generator = torch_generator(self.device, self.config.seed, "vae", "evaluation", split)
         size = len(self.x[split])
