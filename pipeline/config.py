@@ -113,6 +113,12 @@ class VaeParams:
     )
     batch_size: int = _f(32, "training batch size per process (effective: × torchrun world size)", **_range(1, 1 << 20))
     lr: float = _f(1e-3, "Adam learning rate", **_range(0.0, 1.0, lo_open=True))
+    weight_decay: float = _f(
+        0.0,
+        "decoupled weight decay (AdamW) of the linear and convolutional layers' weights; biases, scales and the "
+        "VampPrior's pseudo-inputs are not decayed (0: plain Adam)",
+        **_range(0.0, 10.0),
+    )
     lr_schedule: Literal["constant", "plateau", "cosine"] = _f(
         "constant",
         "plateau: halve the rate after lr_patience epochs without progress; cosine: anneal it to 0 over the run "

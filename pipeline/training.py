@@ -100,6 +100,22 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
                     moments[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
+def adamw_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups for decoupled weight decay (Loshchilov & Hutter 2019): the weights of the linear and
+    convolutional layers decay by ``weight_decay``; biases, decoder scales and the VampPrior's pseudo-inputs (which
+    decay would pull towards black pixels, not towards a simpler model) do not. One group when nothing decays, so
+    the optimizer is plain Adam."""
+    if weight_decay == 0:
+        return [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, layers)}
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
     """Polyak averaging of the weights as an exponential moving average, after ``updates`` earlier updates:

@@ -41,6 +41,7 @@ from pipeline.seeds import stream_seed, torch_generator
 from pipeline.training import (
     IndexBatches,
     TrainingOutputs,
+    adamw_parameter_groups,
     check_finite,
     load_optimizer_state,
     to_device_tensors,
@@ -133,7 +134,9 @@ class VaeTrainer:
         self.average = copy.deepcopy(self.model).requires_grad_(False) if config.vae.ema_decay > 0 else None
         self.conditional = self.model.num_classes is not None
         self.dequantized = config.vae.likelihood == "gaussian"
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.vae.lr, fused=True)
+        self.optimizer = torch.optim.AdamW(
+            adamw_parameter_groups(self.model, config.vae.weight_decay), lr=config.vae.lr, fused=True
+        )
         self.schedule = plateau_schedule(self.optimizer, config.vae.lr_patience)
         self.objective = wrap(
             _Objective(self.model, config.vae.iwae_k, config.vae.mc_samples, config.vae.free_bits), ctx

@@ -95,6 +95,7 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"arch": "conv", "dropout": 0.2}}, r"vae.dropout applies to the mlp architectures; set vae.dropout"),
         ({"vae": {"dropout": 1.0}}, r"vae.dropout: 1.0 is out of range"),
         ({"vae": {"ema_decay": -0.1}}, r"vae.ema_decay: -0.1 is out of range"),
+        ({"vae": {"weight_decay": -1e-3}}, r"vae.weight_decay: -0.001 is out of range"),
         ({"evaluate": {"splits": ["train"]}}, r"evaluate.splits\[0\]: 'train' is not allowed"),
     ],
 )

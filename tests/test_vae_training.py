@@ -20,7 +20,13 @@ from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.distributed import DistContext
-from pipeline.training import NonFiniteLossError, TrainingOutputs, run_progress, update_ema
+from pipeline.training import (
+    NonFiniteLossError,
+    TrainingOutputs,
+    adamw_parameter_groups,
+    run_progress,
+    update_ema,
+)
 from pipeline.vae_trainer import OUTPUTS, PARAMS, VaeTrainer, train_vae, vae_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +86,28 @@ def test_update_ema_follows_the_model_at_first_then_averages_at_its_decay() -> N
         before, target = average.weight.detach().clone(), model.weight.detach()
         update_ema(average, model, decay=0.99, updates=updates)
         assert torch.allclose(average.weight, d * before + (1 - d) * target)
+
+
+def test_weight_decay_shrinks_the_layers_weights_and_nothing_else(digits_processed_dir: Path) -> None:
+    """With zero gradients Adam's step is zero, so one AdamW step is the decay alone: w <- (1 - lr·λ) w on the
+    linear layers' weights; biases and the VampPrior's pseudo-inputs stay where they are."""
+    data = load_processed(digits_processed_dir)
+    vampprior = {"arch": "gated_mlp", "prior": "vampprior", "pseudo_inputs": 3}
+    plain = VaeTrainer(_config(**vampprior), data, CPU)
+    assert len(plain.optimizer.param_groups) == 1 and plain.optimizer.param_groups[0]["weight_decay"] == 0
+    trainer = VaeTrainer(_config(lr=0.01, weight_decay=0.5, **vampprior), data, CPU)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    for p in trainer.model.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    decayed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    assert decayed and all(name.endswith("weight") for name in decayed)
+    assert "pseudo_inputs_raw" not in decayed and not any(name.endswith("bias") for name in decayed)
+    for name in decayed:
+        assert torch.allclose(dict(trainer.model.named_parameters())[name], (1 - 0.01 * 0.5) * before[name])
+    groups = adamw_parameter_groups(trainer.model, 0.5)
+    assert sum(len(g["params"]) for g in groups) == len(list(trainer.model.parameters()))
+    assert len(decayed) == len(groups[0]["params"])
 
 
 def test_polyak_average_is_the_validated_and_checkpointed_model_and_a_resume_is_exact(
