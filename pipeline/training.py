@@ -105,11 +105,11 @@ def adamw_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[s
     convolutional layers decay by ``weight_decay``; biases, decoder scales and the VampPrior's pseudo-inputs (which
     decay would pull towards black pixels, not towards a simpler model) do not. One group when nothing decays, so
     the optimizer is plain Adam."""
+    params = list(model.parameters())
     if weight_decay == 0:
-        return [{"params": list(model.parameters()), "weight_decay": 0.0}]
+        return [{"params": params, "weight_decay": 0.0}]
     layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     decayed = {id(m.weight) for m in model.modules() if isinstance(m, layers)}
-    params = list(model.parameters())
     return [
         {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
