@@ -10,6 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+
+from benchmarks.common import merge
+from pipeline.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +71,15 @@ def test_quality_benchmark_trains_a_recipe_and_prints_its_figures(tmp_path: Path
     assert (
         unknown.returncode == 2 and "no recipe 'nope'; known:" in unknown.stderr and "Traceback" not in unknown.stderr
     )
+
+
+@pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/**/*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_recipe_is_a_valid_overlay_of_the_params(recipe: Path) -> None:
+    """A recipe's keys and values pass the params schema once merged into the shipped params.yaml, so a typo in a
+    recipe fails here rather than an hour into its benchmark."""
+    overlay = yaml.safe_load(recipe.read_text())
+    config = config_from_dict(merge(yaml.safe_load((REPO / "params.yaml").read_text()), overlay), complete=True)
+    for name, value in overlay.items():
+        section = getattr(config, name)
+        settings = value.items() if isinstance(value, dict) else []
+        assert all(getattr(section, key) == setting for key, setting in settings) and (settings or section == value)
