@@ -80,6 +80,7 @@ def test_every_shipped_recipe_is_a_valid_overlay_of_the_params(recipe: Path) -> 
     overlay = yaml.safe_load(recipe.read_text())
     config = config_from_dict(merge(yaml.safe_load((REPO / "params.yaml").read_text()), overlay), complete=True)
     for name, value in overlay.items():
-        section = getattr(config, name)
-        settings = value.items() if isinstance(value, dict) else []
-        assert all(getattr(section, key) == setting for key, setting in settings) and (settings or section == value)
+        if isinstance(value, dict):
+            assert {key: getattr(getattr(config, name), key) for key in value} == value, name
+        else:
+            assert getattr(config, name) == value, name
