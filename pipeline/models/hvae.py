@@ -2,13 +2,15 @@
 the two-layer model of Burda et al. 2015, App. C).
 
 Generative model: z2 ~ p(z2) (N(0, I) or the VampPrior over q(z2|u_m)), z1 ~ p(z1|z2), x ~ p(x|z1, z2).
-Inference model: z2 ~ q(z2|x), z1 ~ q(z1|x, z2). The latent vector is z = [z1, z2] (``latent_dim`` + ``top_latent_dim``
-numbers), so the decoder, the likelihood, the estimators and the export treat it like any other VAE's; only the
-posterior and the prior know the layers.
+Inference model: z2 ~ q(z2|x), z1 ~ q(z1|x, z2). As in the paper's code, q(z1|x, z2) reads x through a layer of its
+own (not the features of q(z2|x)) and joins it with a layer on z2, and p(z1|z2) has two hidden layers. The latent
+vector is z = [z1, z2] (``latent_dim`` + ``top_latent_dim`` numbers), so the decoder, the likelihood, the estimators
+and the export treat it like any other VAE's; only the posterior and the prior know the layers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +49,12 @@ class HVAE(VAE):
 
     def __init__(self, config: HVAEConfig) -> None:
         super().__init__(config)
-        hidden, d1 = config.hidden_sizes[-1], config.latent_dim
-        self.lower_posterior = dense_stack(
-            [self.feature_dim + self.top_dim, hidden, 2 * d1], config.gated, dropout=config.dropout
-        )
-        self.lower_prior = dense_stack([self.top_dim, hidden, 2 * d1], config.gated, dropout=config.dropout)
+        hidden, d1, gated, dropout = config.hidden_sizes[-1], config.latent_dim, config.gated, config.dropout
+        pixels = math.prod(config.image_shape)
+        self.lower_posterior_x = dense_stack([pixels, hidden], gated, last_activation=True, dropout=dropout)
+        self.lower_posterior_z2 = dense_stack([self.top_dim, hidden], gated, last_activation=True, dropout=dropout)
+        self.lower_posterior = dense_stack([2 * hidden, hidden, 2 * d1], gated, dropout=dropout)
+        self.lower_prior = dense_stack([self.top_dim, hidden, hidden, 2 * d1], gated, dropout=dropout)
 
     @staticmethod
     def latent_sizes(config: HVAEConfig) -> tuple[int, int]:
@@ -66,22 +69,23 @@ class HVAE(VAE):
         mu, logvar = out.chunk(2, dim=-1)
         return mu, F.hardtanh(logvar, *LOGVAR_RANGE)
 
-    def _lower_posterior(self, features: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z1|x, z2) for features B×F and z2 …×B×D2."""
-        return self._gaussian(self.lower_posterior(torch.cat([features.expand(*z2.shape[:-1], -1), z2], dim=-1)))
+    def _lower_posterior(self, x_hidden: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z1|x, z2) for the x layer's output B×H and z2 …×B×D2."""
+        joint = torch.cat([x_hidden.expand(*z2.shape[:-1], -1), self.lower_posterior_z2(z2)], dim=-1)
+        return self._gaussian(self.lower_posterior(joint))
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Posterior:
         """z2 = mu2(x) + sigma2(x) eps2, then z1 = mu1(x, z2) + sigma1(x, z2) eps1; log q(z2|x) + log q(z1|x, z2)."""
-        features = self._features(x, y)
-        mu2, logvar2, _ = self._head(features)
+        mu2, logvar2, _ = self._head(self._features(x, y))
+        x_hidden = self.lower_posterior_x(x.flatten(1))
 
         def sample(eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             eps1, eps2 = self._split(eps)
             z2, log_q2 = gaussian_sample(mu2, logvar2, eps2)
-            z1, log_q1 = gaussian_sample(*self._lower_posterior(features, z2), eps1)
+            z1, log_q1 = gaussian_sample(*self._lower_posterior(x_hidden, z2), eps1)
             return torch.cat([z1, z2], dim=-1), log_q1 + log_q2
 
-        return Posterior(sample, torch.cat([self._lower_posterior(features, mu2)[0], mu2], dim=-1))
+        return Posterior(sample, torch.cat([self._lower_posterior(x_hidden, mu2)[0], mu2], dim=-1))
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z1, z2) = log p(z1|z2) + log p(z2)."""
