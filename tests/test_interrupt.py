@@ -49,7 +49,16 @@ def test_interrupted_training_leaves_only_complete_files_and_resumes(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "stages", "train_vae", "--data-dir", str(digits_processed_dir)]
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # as from a terminal: a launcher run in the background of a shell (`.ci/run &`) ignores SIGINT, and its children
+    # would inherit that
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     last = tmp_path / "checkpoints/vae/last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
