@@ -88,6 +88,11 @@ class VaeParams:
         **_range(0.0, 0.95),
     )
     top_latent_dim: int = _f(40, "hvae: size of the top stochastic layer z2", **_range(1, 4096))
+    init: Literal["torch", "he"] = _f(
+        "torch",
+        "torch: PyTorch's default weights; he: linear and convolution weights ~ N(0, 2/fan_in) (He et al. 2015), "
+        "as in the VampPrior code",
+    )
     likelihood: Literal["bernoulli", "gaussian"] = _f("bernoulli", "decoder distribution p(x|z) (11.1-11.4)")
     gaussian_variance: Literal["learned", "fixed"] = _f(
         "learned", "gaussian decoder: per-pixel learned or fixed variance"

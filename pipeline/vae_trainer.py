@@ -27,6 +27,7 @@ from pipeline.distributed import DistContext, all_reduce_sum, wrap
 from pipeline.images import save_image_grid
 from pipeline.models import FAMILIES
 from pipeline.models.hvae import HVAE
+from pipeline.models.layers import he_init_
 from pipeline.models.vae import VAE, VAEConfig
 from pipeline.objectives.vae import (
     bits_per_dim,
@@ -83,8 +84,10 @@ def vae_config(config: Config, image_shape: tuple[int, int, int], num_classes: i
 
 
 def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
-    """A fresh model of :func:`vae_config` (a :class:`VAE` or one of its subclasses)."""
-    return FAMILIES[config.vae.family](vae_config(config, image_shape, num_classes))
+    """A fresh model of :func:`vae_config` (a :class:`VAE` or one of its subclasses), initialized as ``vae.init``
+    says."""
+    model = FAMILIES[config.vae.family](vae_config(config, image_shape, num_classes))
+    return he_init_(model) if config.vae.init == "he" else model
 
 
 class _Objective(nn.Module):

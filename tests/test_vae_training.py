@@ -27,7 +27,7 @@ from pipeline.training import (
     run_progress,
     update_ema,
 )
-from pipeline.vae_trainer import OUTPUTS, PARAMS, VaeTrainer, train_vae, vae_config
+from pipeline.vae_trainer import OUTPUTS, PARAMS, VaeTrainer, build_vae, train_vae, vae_config
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = DistContext(0, 1, torch.device("cpu"))
@@ -86,6 +86,29 @@ def test_update_ema_follows_the_model_at_first_then_averages_at_its_decay() -> N
         before, target = average.weight.detach().clone(), model.weight.detach()
         update_ema(average, model, decay=0.99, updates=updates)
         assert torch.allclose(average.weight, d * before + (1 - d) * target)
+
+
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+def test_he_init_redraws_the_layers_weights_and_nothing_else(family: str) -> None:
+    """vae.init: he draws every linear weight from N(0, 2/fan_in); biases, the flow's gate bias and the
+    pseudo-inputs are what the default initialization gives from the same seed."""
+    vae = {"family": family, "arch": "gated_mlp", "hidden_sizes": [300], "prior": "vampprior", "pseudo_inputs": 5}
+    vae |= {"flow_steps": 1, "flow_hidden": 300} if family == "vae" else {}
+    models = {}
+    for init in ("torch", "he"):
+        torch.manual_seed(0)
+        models[init] = dict(build_vae(_config(latent_dim=20, init=init, **vae), (1, 28, 28), None).named_parameters())
+    redrawn = set()
+    for name, he in models["he"].items():
+        default = models["torch"][name]
+        if name.endswith("weight") and he.dim() == 2:
+            redrawn.add(name)
+            expected = math.sqrt(2 / he.shape[1])
+            assert abs(he.std().item() / expected - 1) < 0.1 and he.mean().abs() < 0.1 * expected, name
+            assert abs(default.std().item() / (expected / math.sqrt(6)) - 1) < 0.1, name
+        else:
+            assert torch.equal(he, default), name
+    assert len(redrawn) >= 6 and "pseudo_inputs_raw" in models["he"]
 
 
 def test_weight_decay_shrinks_the_layers_weights_and_nothing_else(digits_processed_dir: Path) -> None:

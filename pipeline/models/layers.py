@@ -39,6 +39,17 @@ def dense_stack(sizes: list[int], gated: bool, last_activation: bool = False, dr
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def he_init_(module: nn.Module) -> nn.Module:
+    """He et al. (2015)'s initialization, in place, as the VampPrior code uses it: the weights of every linear and
+    (non-transposed) convolution layer ~ N(0, 2 / fan_in), where PyTorch's default draws them with a sixth of that
+    variance; biases, transposed convolutions and pseudo-inputs keep their own initialization."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    return module
+
+
 class ResidualBlock(nn.Module):
     """x + conv(relu(conv(relu(x)))): two 3×3 convolutions that keep the channels and the size."""
 
