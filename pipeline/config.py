@@ -124,6 +124,11 @@ class VaeParams:
         "VampPrior's pseudo-inputs are not decayed (0: plain Adam)",
         **_range(0.0, 10.0),
     )
+    normalize_gradients: bool = _f(
+        False,
+        "divide each parameter tensor's gradient by its L2 norm before the Adam step (the VampPrior code's "
+        "AdamNormGrad)",
+    )
     lr_schedule: Literal["constant", "plateau", "cosine"] = _f(
         "constant",
         "plateau: halve the rate after lr_patience epochs without progress; cosine: anneal it to 0 over the run "

@@ -117,6 +117,16 @@ def adamw_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[s
 
 
 @torch.no_grad()
+def normalize_gradients_(model: nn.Module) -> None:
+    """Divide each parameter tensor's gradient by its L2 norm (+1e-7), as the VampPrior code's AdamNormGrad does
+    before its Adam step (Tomczak & Welling 2018): every step then moves each tensor by Adam's rate whatever the
+    batch's gradient scale, so the rare large-gradient batches weigh no more than the others."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.div_(torch.linalg.vector_norm(p.grad) + 1e-7)
+
+
+@torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
     """Polyak averaging of the weights as an exponential moving average, after ``updates`` earlier updates:
     ema <- d·ema + (1 - d)·model with d = min(decay, (1 + t) / (10 + t)), so the first updates follow the model

@@ -45,6 +45,7 @@ from pipeline.training import (
     adamw_parameter_groups,
     check_finite,
     load_optimizer_state,
+    normalize_gradients_,
     to_device_tensors,
     train,
     update_ema,
@@ -178,6 +179,8 @@ class VaeTrainer:
             check_finite(loss, step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if vae.normalize_gradients:
+                normalize_gradients_(self.model)
             self.optimizer.step()
             if self.average is not None:
                 update_ema(self.average, self.model, vae.ema_decay, updates=step - 1)

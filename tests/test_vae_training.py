@@ -24,6 +24,7 @@ from pipeline.training import (
     NonFiniteLossError,
     TrainingOutputs,
     adamw_parameter_groups,
+    normalize_gradients_,
     run_progress,
     update_ema,
 )
@@ -109,6 +110,29 @@ def test_he_init_redraws_the_layers_weights_and_nothing_else(family: str) -> Non
         else:
             assert torch.equal(he, default), name
     assert len(redrawn) >= 6 and "pseudo_inputs_raw" in models["he"]
+
+
+def test_normalize_gradients_gives_every_tensor_a_unit_gradient_in_the_same_direction() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    (model(torch.randn(5, 3)) ** 2).sum().mul(1e4).backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    normalize_gradients_(model)
+    for grad, old in zip((p.grad for p in model.parameters()), before, strict=True):
+        assert torch.linalg.vector_norm(grad).item() == pytest.approx(1.0, rel=1e-5)
+        assert torch.allclose(grad * torch.linalg.vector_norm(old), old, rtol=1e-5)
+
+
+def test_vae_normalize_gradients_changes_training_and_stays_finite(digits_processed_dir: Path) -> None:
+    """Adam's first step does not depend on the gradient's scale, its later ones do: the same seeded epoch ends
+    elsewhere with vae.normalize_gradients, and still trains."""
+    data = load_processed(digits_processed_dir)
+    weights, bounds = {}, {}
+    for normalize in (False, True):
+        trainer = VaeTrainer(_config(normalize_gradients=normalize), data, CPU)
+        bounds[normalize] = [trainer.train_epoch(epoch)["bound"] for epoch in range(2)]
+        weights[normalize] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    assert not torch.allclose(weights[False], weights[True])
+    assert all(math.isfinite(b) for b in bounds[True]) and bounds[True][1] > bounds[True][0]
 
 
 def test_weight_decay_shrinks_the_layers_weights_and_nothing_else(digits_processed_dir: Path) -> None:
