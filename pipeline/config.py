@@ -88,6 +88,11 @@ class VaeParams:
         **_range(0.0, 0.95),
     )
     top_latent_dim: int = _f(40, "hvae: size of the top stochastic layer z2", **_range(1, 4096))
+    decoder_input: Literal["joint", "per_layer"] = _f(
+        "joint",
+        "hvae: p(x|z1, z2)'s first layer reads [z1, z2] jointly, or one layer per stochastic layer joined by the "
+        "next (per_layer, the VampPrior code; mlp architectures)",
+    )
     init: Literal["torch", "he"] = _f(
         "torch",
         "torch: PyTorch's default weights; he: linear and convolution weights ~ N(0, 2/fan_in) (He et al. 2015), "
@@ -406,6 +411,10 @@ def _check_vae(vae: VaeParams) -> None:
         )
     if vae.family == "hvae" and vae.flow_steps:
         raise ConfigError("vae.flow_steps: flows refine the one-layer vae; set vae.flow_steps: 0 with family hvae")
+    if vae.decoder_input == "per_layer" and (vae.family != "hvae" or vae.arch not in ("mlp", "gated_mlp")):
+        raise ConfigError(
+            "vae.decoder_input: per_layer is for family hvae with an mlp architecture; set vae.decoder_input: joint"
+        )
     if vae.dropout > 0 and vae.arch not in ("mlp", "gated_mlp"):
         raise ConfigError(f"vae.dropout applies to the mlp architectures; set vae.dropout: 0 with arch {vae.arch}")
 

@@ -80,7 +80,7 @@ def vae_config(config: Config, image_shape: tuple[int, int, int], num_classes: i
         dropout=vae.dropout,
     )
     if vae.family == HVAE.family:
-        settings["top_latent_dim"] = vae.top_latent_dim
+        settings.update(top_latent_dim=vae.top_latent_dim, decoder_input=vae.decoder_input)
     return family.Config(**settings)
 
 

@@ -93,6 +93,7 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"arch": "resnet", "conv_channels": []}}, r"vae.conv_channels: \[\] is not allowed with arch resnet"),
         ({"vae": {"max_minutes": 0}}, r"vae.max_minutes: 0.0 is out of range"),
         ({"vae": {"arch": "conv", "dropout": 0.2}}, r"vae.dropout applies to the mlp architectures; set vae.dropout"),
+        ({"vae": {"decoder_input": "per_layer"}}, r"vae.decoder_input: per_layer is for family hvae with an mlp"),
         ({"vae": {"dropout": 1.0}}, r"vae.dropout: 1.0 is out of range"),
         ({"vae": {"ema_decay": -0.1}}, r"vae.ema_decay: -0.1 is out of range"),
         ({"vae": {"weight_decay": -1e-3}}, r"vae.weight_decay: -0.001 is out of range"),

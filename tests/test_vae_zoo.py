@@ -262,11 +262,33 @@ def test_the_flow_log_determinant_is_the_jacobian_and_the_steps_are_autoregressi
     torch.testing.assert_close(one, torch.tril(one))  # output d depends on z_≤d only (order 0, 1, 2, 3)
 
 
+def test_the_per_layer_decoder_reads_z1_and_z2_apart_then_joins_them() -> None:
+    """decoder_input: per_layer: the first layer's outputs for z1 depend on z1 alone and those for z2 on z2 alone,
+    the next layer mixes both, and the fused log-likelihood path agrees with the per-pixel one."""
+    config = HVAEConfig(
+        (1, 4, 4), 2, arch="gated_mlp", hidden_sizes=(6, 5), top_latent_dim=3, decoder_input="per_layer"
+    )
+    torch.manual_seed(0)
+    model = HVAE(config).double()
+    z = torch.randn(5, dtype=F64)
+    first = torch.autograd.functional.jacobian(model.decoder[0], z)
+    assert first.shape == (10, 5)
+    assert not first[:5, 2:].any() and not first[5:, :2].any()
+    assert first[:5, :2].abs().min() > 0 and first[5:, 2:].abs().min() > 0
+    assert torch.autograd.functional.jacobian(model.decoder[:2], z).abs().min() > 0
+    x, zs = torch.bernoulli(torch.full((3, 1, 4, 4), 0.4, dtype=F64)), torch.randn(4, 3, 5, dtype=F64)
+    per_pixel = model.log_likelihood_from_logits(model.decode_logits(zs.reshape(12, 5)).reshape(4, 3, 16), x.flatten(1))
+    torch.testing.assert_close(model.log_likelihood(x, zs), per_pixel)
+    with pytest.raises(ValueError, match="per_layer needs an mlp architecture"):
+        HVAEConfig((1, 4, 4), 2, arch="conv", top_latent_dim=3, decoder_input="per_layer")
+
+
 FAMILY_CONFIGS = {
     "vampprior": VAEConfig((1, 4, 4), 2, arch="gated_mlp", hidden_sizes=(8,), prior="vampprior", pseudo_inputs=3),
     "iaf": VAEConfig((1, 4, 4), 2, hidden_sizes=(8,), flow_steps=2, flow_hidden=8),
     "hvae": HVAEConfig((1, 4, 4), 1, hidden_sizes=(8,), top_latent_dim=1),
     "hvae_vampprior": HVAEConfig((1, 4, 4), 1, hidden_sizes=(8,), top_latent_dim=1, prior="vampprior"),
+    "hvae_per_layer": HVAEConfig((1, 4, 4), 1, hidden_sizes=(8,), top_latent_dim=1, decoder_input="per_layer"),
 }
 
 
@@ -307,6 +329,7 @@ FAMILY_PARAMS = {
         "top_latent_dim": 2,
         "prior": "vampprior",
         "pseudo_inputs": 4,
+        "decoder_input": "per_layer",
         "iwae_k": 2,
         "dropout": 0.1,
         "ema_decay": 0.99,

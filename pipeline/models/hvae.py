@@ -3,7 +3,9 @@ the two-layer model of Burda et al. 2015, App. C).
 
 Generative model: z2 ~ p(z2) (N(0, I) or the VampPrior over q(z2|u_m)), z1 ~ p(z1|z2), x ~ p(x|z1, z2).
 Inference model: z2 ~ q(z2|x), z1 ~ q(z1|x, z2). As in the paper's code, q(z1|x, z2) reads x through a layer of its
-own (not the features of q(z2|x)) and joins it with a layer on z2, and p(z1|z2) has two hidden layers. The latent
+own (not the features of q(z2|x)) and joins it with a layer on z2, and p(z1|z2) has two hidden layers. The decoder
+reads z = [z1, z2] through one joint first layer, or (``decoder_input: per_layer``, the paper's code) through a layer
+for each of z1 and z2 joined by the next one. The latent
 vector is z = [z1, z2] (``latent_dim`` + ``top_latent_dim`` numbers), so the decoder, the likelihood, the estimators
 and the export treat it like any other VAE's; only the posterior and the prior know the layers.
 """
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pipeline.models.distributions import Posterior, gaussian_log_density, gaussian_sample
-from pipeline.models.layers import dense_stack
+from pipeline.models.layers import SplitDense, dense_stack
 from pipeline.models.vae import VAE, VAEConfig
 
 # log-variances of the conditional layers are kept in [-6, 2], as in the VampPrior code, so a unit cannot collapse
@@ -27,9 +30,11 @@ LOGVAR_RANGE = (-6.0, 2.0)
 
 @dataclass(frozen=True)
 class HVAEConfig(VAEConfig):
-    """A :class:`VAEConfig` plus the size of the top layer z2 (``latent_dim`` is the size of z1)."""
+    """A :class:`VAEConfig` plus the size of the top layer z2 (``latent_dim`` is the size of z1) and how the
+    decoder's first layer reads [z1, z2]: ``joint`` (one layer) or ``per_layer`` (one for each)."""
 
     top_latent_dim: int = 40
+    decoder_input: str = "joint"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +44,10 @@ class HVAEConfig(VAEConfig):
             raise ValueError("the two-layer hvae is unconditional: set vae.conditional: false")
         if self.top_latent_dim < 1:
             raise ValueError(f"vae.top_latent_dim must be at least 1, got {self.top_latent_dim}")
+        if self.decoder_input not in ("joint", "per_layer"):
+            raise ValueError(f"vae.decoder_input {self.decoder_input!r} is not 'joint' or 'per_layer'")
+        if self.decoder_input == "per_layer" and self.arch not in ("mlp", "gated_mlp"):
+            raise ValueError(f"vae.decoder_input: per_layer needs an mlp architecture; use joint with {self.arch}")
 
 
 class HVAE(VAE):
@@ -55,6 +64,12 @@ class HVAE(VAE):
         self.lower_posterior_z2 = dense_stack([self.top_dim, hidden], gated, last_activation=True, dropout=dropout)
         self.lower_posterior = dense_stack([2 * hidden, hidden, 2 * d1], gated, dropout=dropout)
         self.lower_prior = dense_stack([self.top_dim, hidden, hidden, 2 * d1], gated, dropout=dropout)
+        if config.decoder_input == "per_layer":
+            first, *rest = reversed(config.hidden_sizes)
+            self.decoder = nn.Sequential(
+                SplitDense([d1, self.top_dim], first, gated, dropout),
+                *dense_stack([2 * first, *rest, pixels], gated, dropout=dropout),
+            )
 
     @staticmethod
     def latent_sizes(config: HVAEConfig) -> tuple[int, int]:

@@ -20,6 +20,20 @@ class GatedDense(nn.Module):
         return value * torch.sigmoid(gate)
 
 
+class SplitDense(nn.Module):
+    """A hidden layer of its own for each slice of the input's last axis (widths ``sizes_in``), outputs joined: a
+    block-diagonal layer, as the VampPrior code's p(x|z1, z2) reads z1 and z2 apart before one joint layer."""
+
+    def __init__(self, sizes_in: list[int], n_out: int, gated: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.sizes_in = list(sizes_in)
+        self.parts = nn.ModuleList(dense_stack([n, n_out], gated, True, dropout) for n in self.sizes_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slices = x.split(self.sizes_in, dim=-1)
+        return torch.cat([part(piece) for part, piece in zip(self.parts, slices, strict=True)], dim=-1)
+
+
 def dense_stack(sizes: list[int], gated: bool, last_activation: bool = False, dropout: float = 0.0) -> nn.Sequential:
     """Dense layers ``sizes[0] → … → sizes[-1]``: ReLU-activated linear or gated layers; the last layer is a plain
     Linear unless ``last_activation`` (then it is a hidden layer like the others). ``dropout`` > 0 follows every
