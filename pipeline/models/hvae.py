@@ -64,12 +64,17 @@ class HVAE(VAE):
         self.lower_posterior_z2 = dense_stack([self.top_dim, hidden], gated, last_activation=True, dropout=dropout)
         self.lower_posterior = dense_stack([2 * hidden, hidden, 2 * d1], gated, dropout=dropout)
         self.lower_prior = dense_stack([self.top_dim, hidden, hidden, 2 * d1], gated, dropout=dropout)
-        if config.decoder_input == "per_layer":
-            first, *rest = reversed(config.hidden_sizes)
-            self.decoder = nn.Sequential(
-                SplitDense([d1, self.top_dim], first, gated, dropout),
-                *dense_stack([2 * first, *rest, pixels], gated, dropout=dropout),
-            )
+
+    def _dense_decoder(self, config: HVAEConfig, pixels: int, n_labels: int) -> nn.Sequential:
+        """``per_layer``: z1 and z2 each through a dense layer of its own, joined by the rest of the stack."""
+        if config.decoder_input == "joint":
+            return super()._dense_decoder(config, pixels, n_labels)
+        first, *rest = reversed(config.hidden_sizes)
+        d1 = self.latent_dim - self.top_dim
+        return nn.Sequential(
+            SplitDense([d1, self.top_dim], first, config.gated, config.dropout),
+            *dense_stack([2 * first, *rest, pixels], config.gated, dropout=config.dropout),
+        )
 
     @staticmethod
     def latent_sizes(config: HVAEConfig) -> tuple[int, int]:

@@ -141,9 +141,7 @@ class VAE(nn.Module):
                 )
             self.feature_dim = hidden[-1]
             self.encoder_head = nn.Linear(hidden[-1], head_size)
-            self.decoder = dense_stack(
-                [self.latent_dim + n_labels, *reversed(hidden), pixels], config.gated, dropout=config.dropout
-            )
+            self.decoder = self._dense_decoder(config, pixels, n_labels)
         else:
             residual = config.arch == "resnet"
             channels = [c, *conv_channels]
@@ -177,6 +175,11 @@ class VAE(nn.Module):
         if config.prior == "vampprior":
             # pseudo-inputs u_m = hardtanh(raw) in [0, 1], started near 0.05 as in the VampPrior code
             self.pseudo_inputs_raw = nn.Parameter(torch.randn(config.pseudo_inputs, *self.image_shape) * 0.01 + 0.05)
+
+    def _dense_decoder(self, config: VAEConfig, pixels: int, n_labels: int) -> nn.Sequential:
+        """p(x|z) of the mlp architectures: the latent vector (and label) through the hidden sizes reversed."""
+        sizes = [self.latent_dim + n_labels, *reversed(config.hidden_sizes), pixels]
+        return dense_stack(sizes, config.gated, dropout=config.dropout)
 
     @staticmethod
     def latent_sizes(config: VAEConfig) -> tuple[int, int]:
