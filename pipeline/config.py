@@ -110,10 +110,17 @@ class VaeParams:
     iwae_k: int = _f(1, "importance samples of the training bound; 1 is the ELBO", **_range(1, 4096))
     kl_warmup_epochs: int = _f(10, "epochs over which the KL weight rises linearly from 0 to 1", **_range(0, 100000))
     free_bits: float = _f(0.0, "minimum KL per latent dimension, nats (0 disables)", **_range(0.0, 100.0))
+    valid_samples: int = _f(
+        0,
+        "importance samples K of a validation log p(x) estimate logged every epoch as valid/log_px; above 0 it, not "
+        "the validation bound, chooses best.pt, ends the run early and drives the plateau schedule (0: off)",
+        **_range(0, 100000),
+    )
     epochs: int = _f(100, "training epochs (at most)", **_range(1, 100000))
     patience: int | None = _f(
         None,
-        "early stopping: end after this many epochs without a better validation bound (null: never)",
+        "early stopping: end after this many epochs without a better validation bound, or validation log p(x) "
+        "with valid_samples (null: never)",
         **_range(1, 100000),
     )
     max_minutes: float | None = _f(
@@ -140,7 +147,9 @@ class VaeParams:
         "(its epochs, or max_minutes when the budget ends it sooner)",
     )
     lr_patience: int = _f(
-        10, "plateau schedule: epochs without a better validation bound before halving", **_range(1, 100000)
+        10,
+        "plateau schedule: epochs without a better validation bound (log p(x) with valid_samples) before halving",
+        **_range(1, 100000),
     )
     ema_decay: float = _f(
         0.0,

@@ -24,6 +24,7 @@ from pipeline.config import Config
 from pipeline.data.processed import ProcessedData
 from pipeline.device import autocast, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, wrap
+from pipeline.evaluation import sharded_importance_sampled_log_likelihood
 from pipeline.images import save_image_grid
 from pipeline.models import FAMILIES
 from pipeline.models.hvae import HVAE
@@ -118,7 +119,6 @@ class VaeTrainer:
     """One rank's VAE training (a :class:`pipeline.training.Trainer`): model, optimizer, generator, device tensors."""
 
     name = "vae"
-    monitor = "bound"
     higher_is_better = True
     resumable = ("vae.epochs", "vae.patience", "vae.max_minutes", "vae.resume", "device")
 
@@ -129,6 +129,9 @@ class VaeTrainer:
                 "data; set data.binarize: dynamic, or vae.likelihood: gaussian"
             )
         self.config, self.ctx, self.data, self.outputs = config, ctx, data, outputs
+        # the validation metric that chooses best.pt and ends the run early: the bound, or with vae.valid_samples a
+        # likelihood estimate, which can rank checkpoints otherwise than the ELBO does
+        self.monitor = "log_px" if config.vae.valid_samples else "bound"
         self.epochs, self.patience, self.max_minutes = config.vae.epochs, config.vae.patience, config.vae.max_minutes
         self.device = ctx.device
         self.model = to_device(build_vae(config, data.image_shape, data.num_classes), self.device)
@@ -203,9 +206,11 @@ class VaeTrainer:
         metrics = self.evaluate("valid")
         if self.average is not None:
             metrics["unaveraged_bound"] = self.evaluate("valid", model=self.model)["bound"]
+        if self.config.vae.valid_samples:
+            metrics["log_px"] = self.validation_log_px()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.config.vae.lr_schedule == "plateau":
-            self.schedule.step(metrics["bound"])
+            self.schedule.step(metrics[self.monitor])
         elif self.config.vae.lr_schedule == "cosine":
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.vae.lr * cosine_factor(progress)
@@ -264,6 +269,23 @@ class VaeTrainer:
             "bits_per_dim": bits_per_dim(log_p, num_dims),
         }
 
+    def validation_log_px(self) -> float:
+        """``valid/log_px``: the mean importance-sampled log p(x) of the validation split, with ``vae.valid_samples``
+        samples of the evaluated model's full proposal per point and the same noise every epoch (the K-sample IWAE
+        bound, in float32 as the evaluation stage computes it)."""
+        model = self.average if self.average is not None else self.model
+        model.eval()
+        result = sharded_importance_sampled_log_likelihood(
+            model,
+            self.x["valid"],
+            self.y["valid"] if self.y is not None else None,
+            self.ctx,
+            num_samples=self.config.vae.valid_samples,
+            seed=stream_seed(self.config.seed, "vae", "validation importance sampling"),
+        )
+        log_px = result.log_px.mean().item()
+        return discrete_log_likelihood(log_px, math.prod(model.image_shape)) if self.dequantized else log_px
+
     def networks(self) -> dict[str, nn.Module]:
         if self.average is None:
             return {"model": self.model}
@@ -295,8 +317,12 @@ class VaeTrainer:
         save_vae_figures(best_model, self.x["test"], test_y, self.outputs.image_dir, self.config.seed)
         metrics = best["training"]["best"]["metrics"]
         summary = {"train": metrics["train/bound"], "valid": metrics["valid/bound"]}
+        if self.monitor == "log_px":
+            summary["valid_log_px"] = metrics["valid/log_px"]
         card = {
             "bound": "elbo" if self.config.vae.iwae_k == 1 else f"iwae_{self.config.vae.iwae_k}",
+            "best_by": f"valid {self.monitor}"
+            + (f" (K = {self.config.vae.valid_samples})" if self.monitor == "log_px" else ""),
             "test": test,
             "effective_batch_size": self.config.vae.batch_size * self.ctx.world_size,
             "device": self.device.type,

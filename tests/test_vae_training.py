@@ -382,3 +382,27 @@ def test_a_budgeted_cosine_run_ends_annealed(digits_processed_dir: Path, tmp_pat
     train_vae(config, load_processed(digits_processed_dir), outputs, progress=False)
     trained = load_checkpoint(outputs.last_path)["training"]
     assert trained["epoch"] == 1 and trained["state"]["optimizer"]["param_groups"][0]["lr"] == 0.0
+
+
+def test_valid_samples_choose_the_checkpoint_and_stop_early_on_a_validation_likelihood_estimate(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """With vae.valid_samples, valid/log_px (an importance-sampled log p(x) of the validation split, the same noise
+    every epoch) is logged each epoch above the validation ELBO; best.pt is the first epoch where it peaks, early
+    stopping counts from there, and the logged figure is best.pt's own estimate."""
+    data = load_processed(digits_processed_dir)
+    outputs = _outputs(tmp_path)
+    config = _config(epochs=40, patience=2, lr=0.03, kl_warmup_epochs=0, valid_samples=16)  # a rate that overfits
+    train_vae(config, data, outputs, progress=False)
+    card = json.loads(outputs.card_path.read_text())
+    history = [record for _, record in load_checkpoint(outputs.last_path)["training"]["history"]]
+    log_px = [record["valid/log_px"] for record in history]
+    assert all(record["valid/log_px"] > record["valid/bound"] for record in history)
+    assert card["best_by"] == "valid log_px (K = 16)"
+    assert card["best_epoch"] == 1 + log_px.index(max(log_px))
+    assert card["stopped"] == f"early stopping: 2 epochs without a better valid/log_px (best {card['best_epoch']})"
+    assert len(history) == card["best_epoch"] + 2 < 40
+    assert json.loads(outputs.metrics_path.read_text())["valid_log_px"] == max(log_px)
+    trainer = VaeTrainer(config, data, CPU)
+    trainer.model.load_state_dict(load_model(outputs.best_path).state_dict())
+    assert trainer.validation_log_px() == pytest.approx(max(log_px), abs=1e-9)
