@@ -11,8 +11,9 @@ Two estimators, both written against the protocols of ``pipeline/models/base.py`
 
 Both stream over chunks of points and samples sized by a memory budget, accumulate in float64, and draw
 their noise in fixed tiles of (``NOISE_SAMPLES`` samples × ``NOISE_POINTS`` points) from generators seeded by
-(seed, tile), so the numbers depend on the seed only, never on the budget or chunking. With them, the observation
-model that makes a generator a density model and the prior as a proposal. The procedures that apply them to
+(seed, tile), so the numbers depend on the seed only, never on the budget or chunking; importance sampling also
+splits its points across torchrun's ranks. With them, the observation model that makes a generator a density model
+and the prior as a proposal. The procedures that apply them to
 trained models and data are in ``pipeline/evaluation.py``.
 """
 
@@ -21,11 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.distributed import DistContext, gather_objects
 from pipeline.models.base import AmortizedPosterior, LatentVariableModel
 from pipeline.models.distributions import LOG_2PI, Posterior, gaussian_sample, standard_normal_log_density
 from pipeline.seeds import stream_seed
@@ -236,6 +239,39 @@ def importance_sampled_log_likelihood(
         elbo=torch.cat(elbo),
         bounds={k: torch.cat(v) for k, v in bounds.items()},
         num_samples=num_samples,
+    )
+
+
+def sharded_importance_sampled_log_likelihood(
+    model: LatentVariableModel,
+    posterior: AmortizedPosterior,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    ctx: DistContext,
+    **kwargs: Any,
+) -> ImportanceSampledLikelihood:
+    """:func:`importance_sampled_log_likelihood` with the points split across the ranks of ``ctx``.
+
+    Each rank takes a contiguous block aligned to the noise tiles and the per-point results are gathered on every
+    rank, so the numbers are the same as one process computing all points.
+    """
+    if not ctx.distributed:
+        return importance_sampled_log_likelihood(model, posterior, x, y, **kwargs)
+    tiles = math.ceil(x.shape[0] / NOISE_POINTS)
+    per_rank = math.ceil(tiles / ctx.world_size) * NOISE_POINTS
+    block = slice(min(ctx.rank * per_rank, x.shape[0]), min((ctx.rank + 1) * per_rank, x.shape[0]))
+    part = None
+    if block.stop > block.start:
+        part = importance_sampled_log_likelihood(
+            model, posterior, x[block], None if y is None else y[block], first_point=block.start, **kwargs
+        )
+    parts = [p for p in gather_objects(part, ctx) if p is not None]
+    return ImportanceSampledLikelihood(
+        log_px=torch.cat([p.log_px for p in parts]),
+        stderr=torch.cat([p.stderr for p in parts]),
+        elbo=torch.cat([p.elbo for p in parts]),
+        bounds={k: torch.cat([p.bounds[k] for p in parts]) for k in parts[0].bounds},
+        num_samples=parts[0].num_samples,
     )
 
 

@@ -28,14 +28,13 @@ from torch import nn
 
 from pipeline.config import EvaluateParams
 from pipeline.data.processed import ProcessedData
-from pipeline.distributed import DistContext, gather_objects
+from pipeline.distributed import DistContext
 from pipeline.estimators import (
-    NOISE_POINTS,
     GaussianObservationModel,
-    ImportanceSampledLikelihood,
     StandardNormalProposal,
     annealed_importance_sampling,
     importance_sampled_log_likelihood,
+    sharded_importance_sampled_log_likelihood,
 )
 from pipeline.metrics import classifier_outputs, frechet_distance, inception_score, precision_recall
 from pipeline.models.classifier import Classifier
@@ -75,34 +74,6 @@ def likelihood_summary(
     if elbo is not None:
         summary |= {"elbo": elbo.mean().item(), "gap": (log_px - elbo).mean().item()}
     return summary
-
-
-def sharded_importance_sampled_log_likelihood(
-    model: VAE, x: torch.Tensor, y: torch.Tensor | None, ctx: DistContext, **kwargs: Any
-) -> ImportanceSampledLikelihood:
-    """:func:`importance_sampled_log_likelihood` with the points split across the ranks of ``ctx``.
-
-    Each rank takes a contiguous block aligned to the noise tiles and the per-point results are gathered on every
-    rank, so the numbers are the same as one process computing all points.
-    """
-    if not ctx.distributed:
-        return importance_sampled_log_likelihood(model, model, x, y, **kwargs)
-    tiles = math.ceil(x.shape[0] / NOISE_POINTS)
-    per_rank = math.ceil(tiles / ctx.world_size) * NOISE_POINTS
-    block = slice(min(ctx.rank * per_rank, x.shape[0]), min((ctx.rank + 1) * per_rank, x.shape[0]))
-    part = None
-    if block.stop > block.start:
-        part = importance_sampled_log_likelihood(
-            model, model, x[block], None if y is None else y[block], first_point=block.start, **kwargs
-        )
-    parts = [p for p in gather_objects(part, ctx) if p is not None]
-    return ImportanceSampledLikelihood(
-        log_px=torch.cat([p.log_px for p in parts]),
-        stderr=torch.cat([p.stderr for p in parts]),
-        elbo=torch.cat([p.elbo for p in parts]),
-        bounds={k: torch.cat([p.bounds[k] for p in parts]) for k in parts[0].bounds},
-        num_samples=parts[0].num_samples,
-    )
 
 
 @dataclass
@@ -216,6 +187,7 @@ def evaluate_vae(
         heldout[split] = (x, y)
         start = time.perf_counter()
         result = sharded_importance_sampled_log_likelihood(
+            model,
             model,
             x,
             y,

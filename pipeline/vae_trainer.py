@@ -24,7 +24,7 @@ from pipeline.config import Config
 from pipeline.data.processed import ProcessedData
 from pipeline.device import autocast, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, wrap
-from pipeline.evaluation import sharded_importance_sampled_log_likelihood
+from pipeline.estimators import sharded_importance_sampled_log_likelihood
 from pipeline.images import save_image_grid
 from pipeline.models import FAMILIES
 from pipeline.models.hvae import HVAE
@@ -276,6 +276,7 @@ class VaeTrainer:
         model = self.average if self.average is not None else self.model
         model.eval()
         result = sharded_importance_sampled_log_likelihood(
+            model,
             model,
             self.x["valid"],
             self.y["valid"] if self.y is not None else None,
