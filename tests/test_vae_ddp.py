@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from ddp_launch import run_two_ranks
+
+from pipeline.checkpoint import load_checkpoint, load_model
+from pipeline.config import config_from_dict
+from pipeline.data.processed import load_processed
+from pipeline.distributed import DistContext
+from pipeline.vae_trainer import VaeTrainer
 
 # Each rank runs train_vae (joining torchrun's process group itself) with a VaeTrainer that keeps a handle on the
 # trainer, and saves its final weights for comparison.
@@ -28,7 +35,14 @@ class Recorded(vae_trainer.VaeTrainer):
 vae_trainer.VaeTrainer = Recorded
 epochs, resume = (int(sys.argv[2]), sys.argv[3] == "resume") if len(sys.argv) > 2 else (2, False)
 vae = dataclasses.replace(
-    Config().vae, hidden_sizes=[32], batch_size=16, epochs=epochs, mc_samples=2, kl_warmup_epochs=3, resume=resume
+    Config().vae,
+    hidden_sizes=[32],
+    batch_size=16,
+    epochs=epochs,
+    mc_samples=2,
+    kl_warmup_epochs=3,
+    valid_samples=8,  # the validation likelihood estimate is sharded across the ranks too
+    resume=resume,
 )
 config = Config(latent_dim=4, device="cpu", vae=vae)
 summary = vae_trainer.train_vae(config, load_processed(sys.argv[1]), progress=False)
@@ -49,7 +63,13 @@ def test_two_gloo_ranks_end_with_identical_weights_and_write_once(digits_process
     assert all(torch.equal(last["models"]["model"]["weights"][k], rank0[k]) for k in rank0)
     card = json.loads((tmp_path / "cards/train_vae.json").read_text())
     assert card["world_size"] == 2 and card["effective_batch_size"] == 32
-    assert set(json.loads((tmp_path / "metrics/train_vae.json").read_text())) == {"train", "valid"}
+    metrics = json.loads((tmp_path / "metrics/train_vae.json").read_text())
+    assert set(metrics) == {"train", "valid", "valid_log_px"}
+    best = tmp_path / "checkpoints/vae/best.pt"
+    config = config_from_dict(load_checkpoint(best)["params"])
+    alone = VaeTrainer(config, load_processed(digits_processed_dir), DistContext(0, 1, torch.device("cpu")))
+    alone.model.load_state_dict(load_model(best).state_dict())
+    assert alone.validation_log_px() == pytest.approx(metrics["valid_log_px"], abs=1e-4)
     assert json.loads((tmp_path / "dvclive/vae/metrics.json").read_text())["step"] == 2  # epochs logged 1-based
 
 
