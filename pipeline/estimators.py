@@ -13,8 +13,8 @@ Both stream over chunks of points and samples sized by a memory budget, accumula
 their noise in fixed tiles of (``NOISE_SAMPLES`` samples × ``NOISE_POINTS`` points) from generators seeded by
 (seed, tile), so the numbers depend on the seed only, never on the budget or chunking; importance sampling also
 splits its points across torchrun's ranks. With them, the observation model that makes a generator a density model
-and the prior as a proposal. The procedures that apply them to
-trained models and data are in ``pipeline/evaluation.py``.
+and the prior as a proposal. The procedures that apply them to trained models and data are in
+``pipeline/evaluation.py``.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ class VaeTrainer:
         metrics = self.evaluate("valid")
         if self.average is not None:
             metrics["unaveraged_bound"] = self.evaluate("valid", model=self.model)["bound"]
-        if self.config.vae.valid_samples:
+        if self.monitor == "log_px":
             metrics["log_px"] = self.validation_log_px()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.config.vae.lr_schedule == "plateau":
@@ -224,8 +224,7 @@ class VaeTrainer:
         the model to evaluate (default: the weight average if there is one, else the trained weights).
         """
         vae = self.config.vae
-        if model is None:
-            model = self.average if self.average is not None else self.model
+        model = model if model is not None else self.evaluated_model
         model.eval()
         generator = torch_generator(self.device, self.config.seed, "vae", "evaluation", split)
         size = len(self.x[split])
@@ -269,12 +268,16 @@ class VaeTrainer:
             "bits_per_dim": bits_per_dim(log_p, num_dims),
         }
 
+    @property
+    def evaluated_model(self) -> VAE:
+        """The model that is validated, checkpointed as ``model`` and evaluated: the weight average if there is one."""
+        return self.average if self.average is not None else self.model
+
     def validation_log_px(self) -> float:
         """``valid/log_px``: the mean importance-sampled log p(x) of the validation split, with ``vae.valid_samples``
         samples of the evaluated model's full proposal per point and the same noise every epoch (the K-sample IWAE
         bound, in float32 as the evaluation stage computes it)."""
-        model = self.average if self.average is not None else self.model
-        model.eval()
+        model = self.evaluated_model.eval()
         result = sharded_importance_sampled_log_likelihood(
             model,
             model,
