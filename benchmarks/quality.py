@@ -21,7 +21,7 @@ import yaml
 
 from benchmarks.common import REPO, hardware, merge, recipe_overlay, run_stages
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import Config, config_from_dict
+from pipeline.config import Config, ConfigError, config_from_dict
 from pipeline.estimators import importance_sampled_log_likelihood
 from pipeline.vae_trainer import build_vae
 
@@ -34,17 +34,49 @@ def recipe_names() -> list[str]:
     return sorted(path.stem for path in RECIPES.glob("*.yaml"))
 
 
-def recipe_params(name: str, data: Path, max_minutes: float | None, num_samples: int, device: str) -> dict:
-    """The shipped params with recipe ``name`` and the benchmark's data and evaluation settings merged in."""
+def parse_settings(settings: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` pairs (``vae.ema_decay=0``, as `dvc exp run -S` takes them) as a params overlay; each value is
+    read as YAML, so numbers, booleans, null and lists keep their types."""
+    overlay: dict = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key or any(not part for part in key.split(".")):
+            raise click.BadParameter(f"{setting!r} is not KEY=VALUE (e.g. vae.ema_decay=0)", param_hint="--set")
+        *sections, name = key.split(".")
+        section = overlay
+        for part in sections:
+            section = section.setdefault(part, {})
+        try:
+            section[name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise click.BadParameter(f"{key}: {value!r} is not a YAML value", param_hint="--set") from None
+    return overlay
+
+
+def recipe_params(
+    name: str, data: Path, max_minutes: float | None, num_samples: int, device: str, settings: tuple[str, ...] = ()
+) -> dict:
+    """The shipped params with recipe ``name``, then the ``--set`` settings, then the benchmark's own (data, device,
+    budget, evaluation) merged in; a setting the params schema refuses is a --set error before anything runs."""
     overlay = recipe_overlay(RECIPES / f"{name}.yaml", recipe_names())
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overlay)
-    settings = {
+    changes = parse_settings(settings)
+    for key, value in changes.items():
+        if isinstance(params.get(key), dict) and not isinstance(value, dict):
+            raise click.BadParameter(f"{key} is a section; set its keys, e.g. {key}.KEY=VALUE", param_hint="--set")
+    params = merge(params, changes)
+    benchmark = {
         "device": device,
         "data": {"dataset": "npz", "path": str(data), "binarize": "none"},
         "vae": {"max_minutes": max_minutes},
         "evaluate": {"num_samples": num_samples, "splits": ["test"], "curve_ks": [1, 100, 1000]},
     }
-    return merge(params, settings)
+    params = merge(params, benchmark)
+    try:
+        config_from_dict(params, complete=True)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--set") from None
+    return params
 
 
 def importance_sampling_rate(config: Config, points: int = 320, num_samples: int = 500) -> float:
@@ -67,6 +99,8 @@ def importance_sampling_rate(config: Config, points: int = 320, num_samples: int
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="training budget in minutes")  # fmt: skip
 @click.option("--num-samples", type=click.IntRange(min=1), default=5000, show_default=True, help="K of the estimate")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="change one of the recipe's params, e.g. --set vae.ema_decay=0 (repeatable)")  # fmt: skip
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the run's files go (default bench-runs/RECIPE)")  # fmt: skip
@@ -77,6 +111,7 @@ def main(
     data_path: Path,
     max_minutes: float,
     num_samples: int,
+    settings: tuple[str, ...],
     device: str,
     workdir: Path | None,
     threads: int | None,
@@ -89,10 +124,11 @@ def main(
     if speed:
         if threads:
             torch.set_num_threads(threads)
-        params = recipe_params(recipe, data_path, max_minutes, num_samples, device)
+        params = recipe_params(recipe, data_path, max_minutes, num_samples, device, settings)
         click.echo(f"recipe {recipe}: {importance_sampling_rate(config_from_dict(params)):,.0f} decoder evaluations/s")
         return
-    params = recipe_params(recipe, data_path.resolve(), max_minutes, num_samples, device)  # an unknown recipe first
+    # the recipe and settings are checked before the data
+    params = recipe_params(recipe, data_path.resolve(), max_minutes, num_samples, device, settings)
     if not data_path.is_file():
         raise click.BadParameter(f"{data_path}: no such file", param_hint="--data")
     workdir = (workdir or Path("bench-runs") / recipe).resolve()
@@ -101,8 +137,9 @@ def main(
     training_seconds = load_checkpoint(workdir / "checkpoints" / "vae" / "last.pt")["training"]["seconds"]
     evaluation = json.loads((workdir / "cards" / "evaluate_vae.json").read_text())
     test = evaluation["test"]
+    changed = "".join(f" --set {setting}" for setting in settings)
     click.echo(
-        f"recipe {recipe} on {data_path.name} x_test ({test['points']} images), "
+        f"recipe {recipe}{changed} on {data_path.name} x_test ({test['points']} images), "
         f"{hardware(torch.device(train['device']), threads)}:\n"
         f"  -log p(x) {-test['log_px']:.2f} ± {test['log_px_stderr']:.2f} nats (K = {evaluation['num_samples']}), "
         f"ELBO {-test['elbo']:.2f}, gap {test['gap']:.2f}, AIS on {evaluation['ais']['points']} points "
