@@ -61,9 +61,11 @@ def test_quality_benchmark_trains_a_recipe_and_prints_its_figures(tmp_path: Path
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "stages", "bench", "quality", "--recipe", "hvae_vampprior", "--data", "tiny.npz"]
     args += ["--max-minutes", "0.001", "--num-samples", "4", "--device", "cpu", "--workdir", "run"]
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*args, "--set", "vae.top_latent_dim=3"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "recipe hvae_vampprior on tiny.npz x_test (16 images), cpu: " in result.stdout
+    assert "recipe hvae_vampprior --set vae.top_latent_dim=3 on tiny.npz x_test (16 images), cpu: " in result.stdout
+    assert yaml.safe_load((tmp_path / "run" / "params.yaml").read_text())["vae"]["top_latent_dim"] == 3
     assert "nats (K = 4)" in result.stdout and "stopped: time budget" in result.stdout
     speed = subprocess.run([*args[:6], "iaf", "--speed"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert speed.returncode == 0 and "recipe iaf:" in speed.stdout and "decoder evaluations/s" in speed.stdout
@@ -71,6 +73,13 @@ def test_quality_benchmark_trains_a_recipe_and_prints_its_figures(tmp_path: Path
     assert (
         unknown.returncode == 2 and "no recipe 'nope'; known:" in unknown.stderr and "Traceback" not in unknown.stderr
     )
+    for setting, message in (("vae.top_latent_dim=x", "vae.top_latent_dim: 'x' is not an integer"),
+                             ("vae.toplatent=3", "vae.toplatent: unknown key (did you mean 'top_latent_dim'?)"),
+                             ("vae=3", "vae is a section"), ("vae.lr", "'vae.lr' is not KEY=VALUE")):  # fmt: skip
+        refused = subprocess.run([*args, "--workdir", "refused", "--set", setting], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True)  # fmt: skip
+        assert refused.returncode == 2 and "Invalid value for --set: " + message in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
 
 
 @pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/**/*.yaml")), ids=lambda path: path.stem)
