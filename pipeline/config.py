@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from pipeline.data.processed import ProcessedData
 from pipeline.data.registry import REGISTRY
 
 DATASETS = tuple(REGISTRY)
+# A number as YAML 1.2 reads it that PyYAML, a YAML 1.1 reader, leaves as text for want of a decimal point (1e-3):
+# float parameters accept it, so `lr: 1e-3` means what its writer meant.
+YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 class ConfigError(ValueError):
@@ -324,6 +328,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         _check_range(key, value, meta)
         return value
     if tp is float:
+        if isinstance(value, str) and YAML12_FLOAT.fullmatch(value):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: {value!r} is not a number")
         if not math.isfinite(value):
@@ -445,15 +451,27 @@ def check_compatible(config: Config, section: str, data: ProcessedData) -> None:
         )
 
 
+def _yaml_position(err: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' of a PyYAML error, one line (its own text quotes the whole string)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None)
+    return f"{where}: {problem}" if problem else where
+
+
 def load_config(path: str | Path = "params.yaml") -> Config:
     """Read and validate params.yaml."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such parameters file; run from the project root or pass --params") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the parameters file as UTF-8 YAML") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror}); pass a readable parameters file") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_position(err)}; fix it or restore it (git checkout)") from None
     try:
         return config_from_dict(raw, complete=True)
     except ConfigError as err:

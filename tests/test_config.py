@@ -109,6 +109,16 @@ def test_int_accepted_where_float_expected() -> None:
     assert config_from_dict({"vae": {"lr": 1}}).vae.lr == 1.0
 
 
+def test_a_yaml_1_2_number_is_a_number(tmp_path: Path) -> None:
+    """PyYAML reads 1e-3 (no decimal point) as text; a float parameter takes it as the number YAML 1.2 reads."""
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("lr: 0.001", "lr: 1e-3", 1))
+    assert "lr: 1e-3" in path.read_text()
+    assert load_config(path).vae.lr == 0.001
+    with pytest.raises(ConfigError, match="vae.lr: '1e-3x' is not a number"):
+        config_from_dict({"vae": {"lr": "1e-3x"}})
+
+
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such parameters file"):
         load_config(tmp_path / "absent.yaml")
