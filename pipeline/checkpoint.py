@@ -87,12 +87,23 @@ def model_from_state(state: dict[str, Any], name: str, source: str = "checkpoint
     try:
         model = build_model(entry["family"], entry["config"])
         model.load_state_dict(entry["weights"])
+    except KeyError as err:
+        raise CheckpointError(
+            f"{source}: its {name!r} network has no {err} entry; pass a checkpoint this pipeline wrote"
+        ) from None
     except (ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{source}: its {name!r} network cannot be rebuilt: {err}") from None
     return model.eval()
 
 
-def load_model(path: str | Path, name: str = "model", device: str | torch.device = "cpu") -> nn.Module:
+def load_model(
+    path: str | Path, name: str = "model", device: str | torch.device = "cpu", kind: type[nn.Module] = nn.Module
+) -> nn.Module:
     """The network ``name`` of the checkpoint at ``path`` (e.g. "model", or a GAN's "generator_ema"), in eval mode
-    on ``device``."""
-    return to_device(model_from_state(load_checkpoint(path), name, str(path)), device).eval()
+    on ``device``; a CheckpointError unless it is a ``kind`` (e.g. VAE: a vae or an hvae)."""
+    model = model_from_state(load_checkpoint(path), name, str(path))
+    if not isinstance(model, kind):
+        raise CheckpointError(
+            f"{path}: holds a {model.family} network where a {kind.family} is expected; pass a {kind.family} checkpoint"
+        )
+    return to_device(model, device).eval()

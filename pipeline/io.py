@@ -183,9 +183,16 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """The JSON in ``path``; a ValueError naming the file if it is not valid JSON."""
+def read_json(path: str | Path, keys: tuple[str, ...] = ()) -> Any:
+    """The JSON in ``path``; with ``keys``, an object that has each of them. A ValueError naming the file if it is
+    not valid JSON or not such an object."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err}); re-run the stage that writes it") from None
+    if keys and not isinstance(value, dict):
+        raise ValueError(f"{path}: not the JSON object expected; re-run the stage that writes it")
+    missing = [key for key in keys if key not in value]
+    if missing:
+        raise ValueError(f"{path}: lacks {', '.join(missing)}; re-run the stage that writes it")
+    return value

@@ -485,6 +485,20 @@ def make_codes(category: np.ndarray | None, continuous: np.ndarray, categories: 
     the ``continuous`` codes (N×C in [-1, 1])."""
     continuous = np.asarray(continuous, dtype=np.float32).reshape(len(continuous), -1)
     if not categories:
+        if category is not None:
+            raise ValueError("category: this generator has no categorical code; pass category=None")
         return continuous
-    one_hot = np.eye(categories, dtype=np.float32)[np.asarray(category)]
+    if category is None:
+        raise ValueError(
+            f"category: this generator has {categories} categories; pass one integer in [0, {categories}) per code"
+        )
+    category = np.asarray(category).reshape(-1)
+    if not np.issubdtype(category.dtype, np.integer) or len(category) != len(continuous):
+        raise ValueError(
+            f"category: expected {len(continuous)} integers (one per continuous code), got {len(category)} of "
+            f"dtype {category.dtype}"
+        )
+    if category.size and (category.min() < 0 or category.max() >= categories):
+        raise ValueError(f"category: values must lie in [0, {categories}), got {category.min()}..{category.max()}")
+    one_hot = np.eye(categories, dtype=np.float32)[category]
     return np.concatenate([one_hot, continuous], axis=1)

@@ -159,6 +159,14 @@ class IndexBatches:
     world_size: int = 1
     min_batch: int = 1
 
+    def __post_init__(self) -> None:
+        if len(self) == 0:
+            ranks = f" on each of {self.world_size} ranks" if self.world_size > 1 else ""
+            raise ValueError(
+                f"{self.size} training image(s) make no batch of at least {self.min_batch}{ranks}; "
+                "give the dataset more training images"
+            )
+
     def _shard_size(self) -> int:
         """Examples per rank and epoch: a multiple of world_size is used, so every rank runs the same steps."""
         return (self.size - self.size % self.world_size) // self.world_size

@@ -19,6 +19,7 @@ from pipeline.evaluation import (
     sample_quality_report,
 )
 from pipeline.io import check_writable, read_json, write_json
+from pipeline.models import VAE, Classifier, Generator
 from pipeline.seeds import seed_everything, stream_seed
 from pipeline.training import TRAINING_ERRORS
 from stages.common import fail_cleanly, load_params, params_option
@@ -59,10 +60,10 @@ def main(
         raise click.ClickException(
             f"{vae_metrics_path}: no such file; run python -m stages evaluate_vae first (dvc repro runs it)"
         )
-    vae_own = read_json(vae_metrics_path)
-    classifier = load_model(classifier_path, "model", device)
-    generator = load_model(gan_path, "generator_ema", device)
-    vae = load_model(vae_path, "model", device)
+    vae_own = read_json(vae_metrics_path, ("ais", "log_px"))
+    classifier = load_model(classifier_path, "model", device, Classifier)
+    generator = load_model(gan_path, "generator_ema", device, Generator)
+    vae = load_model(vae_path, "model", device, VAE)
     for name, model in (("GAN", generator), ("VAE", vae)):
         if tuple(model.image_shape) != tuple(data.image_shape):
             raise click.ClickException(

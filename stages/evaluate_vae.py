@@ -11,6 +11,7 @@ from pipeline.data.processed import load_processed
 from pipeline.distributed import init_distributed, shutdown
 from pipeline.evaluation import evaluate_vae
 from pipeline.io import check_writable, write_json
+from pipeline.models import VAE
 from pipeline.seeds import seed_everything
 from pipeline.training import TRAINING_ERRORS
 from stages.common import fail_cleanly, load_params, params_option
@@ -37,7 +38,7 @@ def main(params_path: str, checkpoint: str, data_dir: str) -> None:
     if ctx.is_writer:
         check_writable("metrics", "cards", "plots")
     data = load_processed(data_dir)
-    model = load_model(checkpoint, "model", ctx.device)
+    model = load_model(checkpoint, "model", ctx.device, VAE)
     metrics, card, curve = evaluate_vae(model, data, config.evaluate, config.seed, ctx=ctx)
     shutdown(ctx)
     if not ctx.is_writer:

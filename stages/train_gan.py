@@ -10,6 +10,7 @@ import click
 from pipeline.checkpoint import load_model
 from pipeline.data.processed import load_processed
 from pipeline.gan_trainer import train_gan
+from pipeline.models import Classifier
 from pipeline.training import TRAINING_ERRORS
 from stages.common import fail_cleanly, load_params, params_option
 
@@ -32,7 +33,7 @@ def main(params_path: str, data_dir: str, classifier_path: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_params(params_path)
     data = load_processed(data_dir)
-    classifier = load_model(classifier_path) if Path(classifier_path).exists() else None
+    classifier = load_model(classifier_path, kind=Classifier) if Path(classifier_path).exists() else None
     if classifier is None:
         logging.info("train_gan: no classifier at %s; training without sample metrics", classifier_path)
     summary = train_gan(config, data, classifier=classifier)

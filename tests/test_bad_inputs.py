@@ -92,6 +92,14 @@ def swap_in_the_generator(root: Path) -> None:
     shutil.copy(root / "export/gan_generator.onnx", root / "export/vae_decoder.onnx")
 
 
+def npz_with_labels(y: np.ndarray) -> Callable[[Path], None]:
+    def apply(root: Path) -> None:
+        x = np.zeros((len(y), 8, 8), np.uint8)
+        np.savez(root / "user.npz", x_train=x, y_train=y, x_test=x[:5], y_test=y[:5])
+
+    return apply
+
+
 NPZ = {"data": {"dataset": "npz", "path": "user.npz", "binarize": "none"}}
 RUNTIME = "from pipeline.runtime import GenerativeModel as M; import numpy as np; "
 CASES = {
@@ -121,6 +129,12 @@ CASES = {
     ),
     "dataset typo": Case("params", ["download"], "did you mean 'mnist'", {"data": {"dataset": "mnsit"}}),
     "unknown key": Case("params", ["train_vae"], "vae.epocs: unknown key", {"vae": {"epocs": 3}}),
+    "params not UTF-8": Case(
+        "params", ["train_vae"], "params.yaml: not UTF-8", setup=overwrite("params.yaml", b"\xff\xfe")
+    ),
+    "params YAML syntax": Case(
+        "params", ["train_vae"], "params.yaml: not valid YAML at line 2", params_text="seed: [1,\n"
+    ),
     "resume with other params": Case(
         "params", ["train_vae"], "vae.resume: last.pt was trained with different parameters (vae.lr)",
         {"vae": {"resume": True, "lr": 0.002}},
@@ -144,6 +158,22 @@ CASES = {
     ),
     "malformed stats.json": Case(
         "file", ["train_gan"], "stats.json: not valid JSON", setup=overwrite("data/processed/stats.json", b"{")
+    ),
+    "stats.json without a key": Case(
+        "file", ["train_vae"], "stats.json: lacks binarize",
+        setup=overwrite("data/processed/stats.json", b'{"levels": 255, "num_classes": null, "dataset": "digits"}'),
+    ),
+    "manifest.json not an object": Case(
+        "file", ["preprocess"], "manifest.json: not the JSON object expected",
+        setup=overwrite("data/raw/manifest.json", b"[1]"),
+    ),
+    "vae checkpoint as the classifier": Case(
+        "file", ["evaluate_samples", "--classifier", "checkpoints/vae/best.pt"],
+        "holds a vae network where a classifier is expected",
+    ),
+    "incomplete vae metrics": Case(
+        "file", ["evaluate_samples", "--vae-metrics", "m.json"], "m.json: lacks ais, log_px",
+        setup=overwrite("m.json", b"{}"),
     ),
     "malformed models.json": Case(
         "file", ["sample", "--all"], "models.json: not valid JSON", setup=overwrite("export/models.json", b"[")
@@ -194,6 +224,14 @@ CASES = {
         "data", ["preprocess"], "divide by 255 first", NPZ, setup=npz_with(np.full((20, 8, 8), 200.0, np.float32)),
         before=(("download",),),
     ),
+    "labels beyond the images": Case(
+        "data", ["preprocess"], "more classes than the 20 images", NPZ,
+        setup=npz_with_labels(np.full(20, 2**40, np.int64)), before=(("download",),),
+    ),
+    "gan on one training image": Case(
+        "data", ["train_gan"], "1 training image(s) make no batch of at least 2", NPZ,
+        setup=npz_with(np.zeros((2, 8, 8), np.uint8)), before=(("download",), ("preprocess",)),
+    ),
     "npz path missing": Case(
         "data", ["download"], "data.path no-such.npz", {"data": {"dataset": "npz", "path": "no-such.npz"}}
     ),
@@ -210,6 +248,11 @@ CASES = {
     "runtime temperature of the wrong type": Case(
         "runtime", [], "temperature must be a positive number",
         python=RUNTIME + "M('export/gan_generator.onnx').sample(2, temperature='hot')",
+    ),
+    "runtime category out of range": Case(
+        "runtime", [], "category: values must lie in [0, 10)",
+        python="from pipeline.runtime import make_codes; import numpy as np; "
+        "make_codes(np.array([11]), np.zeros((1, 2)), 10)",
     ),
     "runtime NaN latent": Case(
         "runtime", [], "z holds NaN or infinite values",

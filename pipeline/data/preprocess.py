@@ -174,6 +174,12 @@ def _with_labels(data: RawDataset, arrays: dict[str, np.ndarray], labelled: list
         return data
     data.y = {split: check_labels(arrays[f"y_{split}"], len(x[split]), f"{path}: y_{split}") for split in x}
     data.num_classes = int(max(labels.max() for labels in data.y.values())) + 1
+    images = sum(len(labels) for labels in data.y.values())
+    if data.num_classes > images:
+        raise DatasetError(
+            f"{path}: labels run to {data.num_classes - 1}, more classes than the {images} images; labels must be "
+            "class indices 0..C-1"
+        )
     return data
 
 
@@ -226,7 +232,10 @@ def preprocess(
     manifest_path = raw_dir / "manifest.json"
     if not manifest_path.exists():
         raise DatasetError(f"{manifest_path}: missing, so {raw_dir} holds no downloaded dataset; {RUN_DOWNLOAD}")
-    downloaded = read_json(manifest_path).get("dataset")
+    try:
+        downloaded = read_json(manifest_path, ("dataset",))["dataset"]
+    except ValueError as err:
+        raise DatasetError(str(err)) from None
     if downloaded != dataset:
         raise DatasetError(f"{raw_dir} holds dataset {downloaded!r} but data.dataset is {dataset!r}; {RUN_DOWNLOAD}")
     data = load_raw(spec, raw_dir / dataset, image_size=image_size, channels=channels)

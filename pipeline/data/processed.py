@@ -83,7 +83,7 @@ def load_processed(directory: str | Path = "data/processed") -> ProcessedData:
     directory = Path(directory)
     if not (directory / "stats.json").exists() or not (directory / "arrays.npz").exists():
         raise FileNotFoundError(f"{directory}: no processed data; run `dvc repro preprocess` first")
-    meta = read_json(directory / "stats.json")
+    meta = read_json(directory / "stats.json", ("levels", "binarize", "num_classes", "dataset"))
     try:
         with np.load(directory / "arrays.npz") as arrays:
             x = {s: _to_unit(arrays[f"x_{s}"], meta["levels"]) for s in SPLITS}
