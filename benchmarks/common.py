@@ -18,7 +18,23 @@ import click
 import torch
 import yaml
 
+from pipeline.config import ConfigError
+from pipeline.device import select_device
+
 REPO = Path(__file__).resolve().parents[1]
+
+# Option types of the benchmarks: a count of at least one, a thread count (0: torch's default) and a device name.
+COUNT = click.IntRange(min=1)
+THREADS = click.IntRange(min=0)
+DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
+
+
+def bench_device(name: str) -> torch.device:
+    """The device of a benchmark's --device; one that is not here is a --device error, not a traceback."""
+    try:
+        return select_device(name)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
 
 
 def hardware(device: torch.device, threads: int | None = None) -> str:

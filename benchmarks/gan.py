@@ -40,7 +40,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import (
+    COUNT,
+    DEVICES,
     REPO,
+    THREADS,
+    bench_device,
     epoch_images_per_second,
     hardware,
     matmul_rate,
@@ -52,7 +56,6 @@ from benchmarks.common import (
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Config, GanParams
 from pipeline.data.processed import ProcessedData
-from pipeline.device import select_device
 from pipeline.distributed import DistContext
 from pipeline.gan_trainer import GanTrainer
 
@@ -202,17 +205,17 @@ def report_recipe(workdir: Path, seconds: dict[str, float]) -> None:
 
 
 @click.command()
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--base-channels", default=64, show_default=True, help="gan.base_channels of the dcgan")
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--base-channels", type=COUNT, default=64, show_default=True, help="gan.base_channels of the dcgan")
 @click.option("--lr", default=2e-4, show_default=True, help="Adam learning rate of both networks")
 @click.option("--spectral-norm/--no-spectral-norm", default=False, show_default=True)
 @click.option(
     "--bf16/--no-bf16", default=False, show_default=True, help="gan.bf16 for ours (the classic step is float32)"
 )
-@click.option("--images", default=4096, show_default=True, help="images in the timed epoch")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--threads", default=0, help="torch CPU threads (0: torch's default)")
-@click.option("--repeats", default=2, show_default=True, help="timed runs; the best is reported")
+@click.option("--images", type=click.IntRange(min=2), default=4096, show_default=True, help="images in the timed epoch")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--threads", type=THREADS, default=0, help="torch CPU threads (0: torch's default)")
+@click.option("--repeats", type=COUNT, default=2, show_default=True, help="timed runs; the best is reported")
 @click.option(
     "--recipe", default=None, help="also run a GAN recipe of recipes/gan/ through the pipeline (e.g. dcgan_fashion)"
 )
@@ -244,7 +247,7 @@ def main(
     quality after its budget, beside the VAE's."""
     if threads:
         torch.set_num_threads(threads)
-    torch_device = select_device(device)
+    torch_device = bench_device(device)
     gan = dataclasses.replace(
         GanParams(),
         arch="dcgan",

@@ -23,9 +23,9 @@ import click
 import torch
 from torch import nn
 
-from benchmarks.common import hardware, matmul_rate, synchronize
+from benchmarks.common import COUNT, DEVICES, THREADS, bench_device, hardware, matmul_rate, synchronize
 from pipeline.config import Config, VaeParams
-from pipeline.device import select_device, to_device
+from pipeline.device import to_device
 from pipeline.estimators import NOISE_POINTS, importance_sampled_log_likelihood
 from pipeline.models.distributions import gaussian_log_density, gaussian_sample, standard_normal_log_density
 from pipeline.models.vae import VAE
@@ -53,10 +53,10 @@ def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: i
 
 
 @click.command()
-@click.option("--points", default=10000, show_default=True, help="test images (the literature: 10,000)")
-@click.option("--samples", default=5000, show_default=True, help="K, importance samples per image")
-@click.option("--hidden", default=400, show_default=True, help="hidden width of the MLP VAE")
-@click.option("--latent", default=20, show_default=True, help="latent dimensions")
+@click.option("--points", type=COUNT, default=10000, show_default=True, help="test images (the literature: 10,000)")
+@click.option("--samples", type=COUNT, default=5000, show_default=True, help="K, importance samples per image")
+@click.option("--hidden", type=COUNT, default=400, show_default=True, help="hidden width of the MLP VAE")
+@click.option("--latent", type=COUNT, default=20, show_default=True, help="latent dimensions")
 @click.option(
     "--likelihood",
     type=click.Choice(["bernoulli", "gaussian"]),
@@ -64,13 +64,18 @@ def plain_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int, batch: i
     show_default=True,
     help="the decoder's p(x|z)",
 )
-@click.option("--side", default=28, show_default=True, help="image side (28: MNIST)")
-@click.option("--memory-budget-mb", default=512, show_default=True)
-@click.option("--baseline-points", default=20, show_default=True, help="points for the plain implementation (0: skip)")
-@click.option("--segments", default=10, show_default=True, help="parts of the points, each timed between matmul rates")
-@click.option("--rate-size", default=4096, show_default=True, help="side of the square product that measures the rate")
-@click.option("--device", "device_name", default="auto", show_default=True)
-@click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: torch's default, all cores)")
+@click.option("--side", type=COUNT, default=28, show_default=True, help="image side (28: MNIST)")
+@click.option("--memory-budget-mb", type=COUNT, default=512, show_default=True)
+@click.option("--baseline-points", type=click.IntRange(min=0), default=20, show_default=True,
+              help="points for the plain implementation (0: skip)")  # fmt: skip
+@click.option("--segments", type=COUNT, default=10, show_default=True,
+              help="parts of the points, each timed between matmul rates")  # fmt: skip
+@click.option("--rate-size", type=click.IntRange(min=4), default=4096, show_default=True,
+              help="side of the square product that measures the rate")  # fmt: skip
+@click.option("--device", "device_name", type=DEVICES, default="auto", show_default=True)
+@click.option(
+    "--threads", type=THREADS, default=0, show_default=True, help="torch CPU threads (0: torch's default, all cores)"
+)
 def main(
     points: int,
     samples: int,
@@ -88,7 +93,7 @@ def main(
     """Decoder evaluations per second and the fraction of the float32 matmul rate they achieve."""
     if threads:
         torch.set_num_threads(threads)
-    device = select_device(device_name)
+    device = bench_device(device_name)
     torch.manual_seed(0)
     config = Config(latent_dim=latent, vae=VaeParams(hidden_sizes=[hidden], likelihood=likelihood))
     model = to_device(build_vae(config, (1, side, side), None), device).eval()

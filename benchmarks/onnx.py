@@ -21,6 +21,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from benchmarks.common import COUNT
 from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.device import to_device
 from pipeline.export import export_generator, export_vae, write_exported
@@ -112,21 +113,43 @@ def session_call(path: Path, model: GenerativeModel, kind: str, threads: int) ->
     return lambda: session.run(None, feeds)
 
 
+def parse_image_shape(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
+    """--image-shape "C,H,W" -> (C, H, W), three positive integers."""
+    try:
+        shape = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise click.BadParameter(f"{value!r} is not C,H,W, three positive integers (e.g. 1,28,28)")
+    return shape
+
+
 @click.command()
 @params_option
 @click.option("--checkpoints", "checkpoint_dir", default="checkpoints", show_default=True, type=click.Path())
-@click.option("--threads", type=int, default=None, help="intra-op threads of both engines (default: torch's)")
-@click.option("--image-shape", default="1,28,28", show_default=True, help="C,H,W of untrained models")
-@click.option("--large-batch", default=1024, show_default=True, type=int)
-@click.option("--min-time", default=1.0, show_default=True, type=float, help="seconds timed per measurement")
+@click.option("--threads", type=COUNT, default=None, help="intra-op threads of both engines (default: torch's)")
+@click.option("--image-shape", default="1,28,28", show_default=True, callback=parse_image_shape,
+              help="C,H,W of untrained models")  # fmt: skip
+@click.option("--large-batch", default=1024, show_default=True, type=COUNT)
+@click.option(
+    "--min-time",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="seconds timed per measurement",
+)
 def main(
-    params_path: str, checkpoint_dir: str, threads: int | None, image_shape: str, large_batch: int, min_time: float
+    params_path: str,
+    checkpoint_dir: str,
+    threads: int | None,
+    image_shape: tuple[int, int, int],
+    large_batch: int,
+    min_time: float,
 ) -> None:
     """Latency (batch 1) and throughput (large batch) of each exported model: onnxruntime vs torch eager."""
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    shape = tuple(int(v) for v in image_shape.split(","))
-    models, source = load_models(params_path, Path(checkpoint_dir), shape)
+    models, source = load_models(params_path, Path(checkpoint_dir), image_shape)
     config = load_params(params_path)
     with tempfile.TemporaryDirectory() as tmp:
         exported = export_vae(*models["vae"], config.export) + export_generator(*models["gan"], config.export)

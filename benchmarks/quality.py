@@ -44,8 +44,11 @@ def parse_settings(settings: tuple[str, ...]) -> dict:
             raise click.BadParameter(f"{setting!r} is not KEY=VALUE (e.g. vae.ema_decay=0)", param_hint="--set")
         *sections, name = key.split(".")
         section = overlay
-        for part in sections:
+        for depth, part in enumerate(sections, 1):
             section = section.setdefault(part, {})
+            if not isinstance(section, dict):
+                prefix = ".".join(sections[:depth])
+                raise click.BadParameter(f"{prefix} is set to a value, so {key} cannot be set", param_hint="--set")
         try:
             section[name] = yaml.safe_load(value)
         except yaml.YAMLError:

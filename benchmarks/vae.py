@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.common import epoch_images_per_second, hardware
+from benchmarks.common import COUNT, DEVICES, THREADS, bench_device, epoch_images_per_second, hardware
 from pipeline.config import Config
 from pipeline.data.processed import ProcessedData, load_processed
-from pipeline.device import select_device
 from pipeline.distributed import DistContext
 from pipeline.vae_trainer import VaeTrainer
 
@@ -103,13 +102,13 @@ def _images(count: int, seed: int) -> tuple[np.ndarray, str]:
 
 @click.command()
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
-@click.option("--hidden", default=400, show_default=True, help="hidden width (mlp: one layer)")
-@click.option("--latent", default=20, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--images", default=20000, show_default=True, help="images per timed epoch")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--threads", default=0, help="torch CPU threads (0: torch's default)")
-@click.option("--repeats", default=3, show_default=True, help="timed runs of each; the best is reported")
+@click.option("--hidden", type=COUNT, default=400, show_default=True, help="hidden width (mlp: one layer)")
+@click.option("--latent", type=COUNT, default=20, show_default=True)
+@click.option("--batch-size", type=COUNT, default=128, show_default=True)
+@click.option("--images", type=COUNT, default=20000, show_default=True, help="images per timed epoch")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--threads", type=THREADS, default=0, help="torch CPU threads (0: torch's default)")
+@click.option("--repeats", type=COUNT, default=3, show_default=True, help="timed runs of each; the best is reported")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="also time the classic example")
 def main(
     arch: str,
@@ -125,7 +124,7 @@ def main(
     """Training throughput of the VAE on 28×28 images, and its ratio to the classic PyTorch example."""
     if threads:
         torch.set_num_threads(threads)
-    torch_device = select_device(device)
+    torch_device = bench_device(device)
     grey, source = _images(images, 0)
     x = grey.astype(np.float32) / 255
     data = ProcessedData(

@@ -82,6 +82,29 @@ def test_quality_benchmark_trains_a_recipe_and_prints_its_figures(tmp_path: Path
         assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
 
 
+BAD_OPTIONS = {
+    "count of zero": (["vae", "--repeats", "0"], "Invalid value for '--repeats': 0 is not in the range x>=1"),
+    "device name": (["vae", "--device", "gpu"], "Invalid value for '--device': 'gpu' is not one of"),
+    "device not here": (["likelihood", "--device", "mps"], "Invalid value for '--device': device: 'mps' was asked"),
+    "gan batch of one": (["gan", "--batch-size", "1"], "Invalid value for '--batch-size': 1 is not in the range"),
+    "image shape": (["onnx", "--image-shape", "1,x,28"], "'1,x,28' is not C,H,W, three positive integers"),
+    "key below a value": (
+        ["quality", "--recipe", "vae_mlp", "--set", "vae.arch=conv", "--set", "vae.arch.x=1"],
+        "Invalid value for --set: vae.arch is set to a value, so vae.arch.x cannot be set",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_a_bad_benchmark_option_is_one_line_naming_it(case: str, tmp_path: Path) -> None:
+    args, message = BAD_OPTIONS[case]
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "stages", "bench", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/**/*.yaml")), ids=lambda path: path.stem)
 def test_every_shipped_recipe_is_a_valid_overlay_of_the_params(recipe: Path) -> None:
     """A recipe's keys and values pass the params schema once merged into the shipped params.yaml, so a typo in a
