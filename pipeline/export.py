@@ -554,14 +554,32 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
         ) from None
 
 
+def check_export_folder(out_dir: str | Path) -> None:
+    """Refuse a folder that exporting, which replaces the folder as a whole, must not replace: one holding the
+    working directory, or one with files but no models.json (not an earlier export)."""
+    out_dir = Path(out_dir)
+    if Path.cwd().resolve().is_relative_to(out_dir.resolve()):
+        raise ExportError(
+            f"{out_dir}: holds the working directory, and exporting replaces the whole folder; give --out a folder "
+            "of its own (e.g. export)"
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+        raise ExportError(
+            f"{out_dir}: holds files but no {MANIFEST_NAME}, so it is no earlier export, and exporting replaces the "
+            "whole folder; give --out a new or empty folder"
+        )
+
+
 def write_exported(models: Sequence[ExportedModel], out_dir: str | Path, explorer: Explorer | None = None) -> dict:
     """Replace ``out_dir`` as a whole by the model files, the ``models.json`` manifest listing them and, with an
     ``explorer``, the browser explorer in ``web/``; return the manifest.
 
-    Everything is written into a new folder beside ``out_dir``, which then takes its place: an export that fails
+    Everything is written into a new folder beside ``out_dir`` (refused where it is not an earlier export, see
+    :func:`check_export_folder`), which then takes its place: an export that fails
     midway (an unwritable folder, a full disk) leaves the previous set of files and manifest as they were, never a
     mix of two exports.
     """
+    check_export_folder(out_dir)
     out_dir = Path(out_dir)
     manifest = {
         "schema": SCHEMA_PATH.name,

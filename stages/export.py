@@ -7,12 +7,13 @@ written; a failed check exits non-zero and leaves export/ as it was.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 
 from pipeline.checkpoint import CheckpointError
-from pipeline.export import ExportError, export_checkpoints, write_exported
+from pipeline.export import ExportError, check_export_folder, export_checkpoints, write_exported
 from pipeline.io import check_writable
 from pipeline.web import WebBundleError, explorer_for
 from stages.common import fail_cleanly, load_params, params_option
@@ -41,6 +42,7 @@ from stages.common import fail_cleanly, load_params, params_option
 def main(params_path: str, checkpoint_dir: str, out_dir: str, processed_dir: str) -> None:
     """Export the VAE decoder and encoder and the GAN generator (EMA weights) to ONNX, parity-checked."""
     config = load_params(params_path)
+    check_export_folder(out_dir)
     check_writable(Path(out_dir).resolve().parent)  # the new set is written beside out_dir, then takes its place
     models = export_checkpoints(checkpoint_dir, config.export, config.seed)
     explorer = None
@@ -56,4 +58,5 @@ def main(params_path: str, checkpoint_dir: str, out_dir: str, processed_dir: str
         )
     click.echo(f"{out_dir}/models.json lists {len(card['models'])} models ({card['exporter']})")
     if explorer is not None:
-        click.echo(f"{out_dir}/web: the latent explorer; view it with `python -m http.server -d {out_dir}/web`")
+        web = shlex.quote(f"{out_dir}/web")
+        click.echo(f"{out_dir}/web: the latent explorer; view it with `python -m http.server -d {web}`")

@@ -266,7 +266,12 @@ def test_an_export_replaces_the_previous_set_whole(tmp_path: Path, exported) -> 
     out = tmp_path / "export"
     (out / "vae_decoder.onnx").mkdir(parents=True)
     (out / "gan_generator.int8.onnx").write_bytes(b"an old model")
-    card = write_exported(export_vae(vae, DATA, plain.to_dict(), plain.export), out)
+    models = export_vae(vae, DATA, plain.to_dict(), plain.export)
+    with pytest.raises(ExportError, match="holds files but no models.json, so it is no earlier export"):
+        write_exported(models, out)
+    assert {p.name for p in out.iterdir()} == {"vae_decoder.onnx", "gan_generator.int8.onnx"}
+    (out / "models.json").write_text("{}")  # an earlier export's manifest
+    card = write_exported(models, out)
     files = {entry["file"] for entry in card["models"]}
     assert {p.name for p in out.iterdir()} == files | {"models.json"}
     for entry in card["models"]:
