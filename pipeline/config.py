@@ -400,6 +400,9 @@ def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
                 f"{section}.hidden_sizes: [] is not allowed with arch {params.arch}; give at least one width"
             )
     _check_vae(config.vae)
+    quantize = config.export.quantize
+    if len(set(quantize)) != len(quantize):
+        raise ConfigError(f"export.quantize: {quantize} names a variant twice; list each once")
     if config.gan.loss in ("hinge", "wgan_gp") and config.gan.label_smoothing > 0:
         raise ConfigError(
             f"gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for {config.gan.loss}"

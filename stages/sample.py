@@ -82,17 +82,20 @@ def main(
             raise click.ClickException(f"{card_path}: no model card; run `python -m stages export` first")
         try:
             entries = [e for e in read_json(card_path)["models"] if e["kind"] in ("vae_decoder", "gan_generator")]
+            files = [Path(export_dir) / entry["file"] for entry in entries]
         except (KeyError, TypeError):
             raise click.ClickException(f"{card_path}: not an export manifest; re-run the export stage") from None
-        for entry in entries:
-            check_against_manifest(Path(export_dir) / entry["file"])
+        for path in files:
+            if not path.is_file():
+                raise click.ClickException(f"{path}: listed in {card_path} but missing; re-run the export stage")
+            check_against_manifest(path)
         check_writable(out_dir)
-        for entry in entries:
-            model = GenerativeModel(Path(export_dir) / entry["file"])
-            target = Path(out_dir) / (Path(entry["file"]).stem + ".png")
+        for path in files:
+            model = GenerativeModel(path)
+            target = Path(out_dir) / (path.stem + ".png")
             count = min(num, MAX_GRID_IMAGES)
             write_samples(model, target, count, seed, temperature=temperature)
-            click.echo(f"{target}: {count} samples of {entry['file']} ({model.providers[0]})")
+            click.echo(f"{target}: {count} samples of {path.name} ({model.providers[0]})")
         return
     if model_path is None:
         raise click.UsageError("give --model export/<file>.onnx, or --all")

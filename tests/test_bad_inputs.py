@@ -128,6 +128,10 @@ CASES = {
         "params", ["train_gan"], "gan.label_smoothing", {"gan": {"loss": "hinge", "label_smoothing": 0.1}}
     ),
     "dataset typo": Case("params", ["download"], "did you mean 'mnist'", {"data": {"dataset": "mnsit"}}),
+    "a quantized variant twice": Case(
+        "params", ["export"], "export.quantize: ['fp16', 'fp16'] names a variant twice",
+        {"export": {"quantize": ["fp16", "fp16"]}},
+    ),
     "unknown key": Case("params", ["train_vae"], "vae.epocs: unknown key", {"vae": {"epocs": 3}}),
     "params not UTF-8": Case(
         "params", ["train_vae"], "params.yaml: not UTF-8", setup=overwrite("params.yaml", b"\xff\xfe")
@@ -175,6 +179,19 @@ CASES = {
         "file", ["evaluate_samples", "--vae-metrics", "m.json"], "m.json: lacks ais, log_px",
         setup=overwrite("m.json", b"{}"),
     ),
+    "stats.json of the wrong types": Case(
+        "file", ["train_vae"], "stats.json: levels 'x' or num_classes None is not what preprocess writes",
+        setup=overwrite("data/processed/stats.json", b'{"levels": "x", "binarize": "none", "num_classes": null, '
+                        b'"dataset": "digits"}'),
+    ),
+    "models.json entry without its file": Case(
+        "file", ["sample", "--all"], "models.json: not an export manifest",
+        setup=overwrite("export/models.json", b'{"models": [{"kind": "vae_decoder"}]}'),
+    ),
+    "exported model deleted": Case(
+        "file", ["sample", "--all"], "gan_generator.onnx: listed in export/models.json but missing",
+        setup=lambda root: (root / "export/gan_generator.onnx").unlink(),
+    ),
     "malformed models.json": Case(
         "file", ["sample", "--all"], "models.json: not valid JSON", setup=overwrite("export/models.json", b"[")
     ),
@@ -193,6 +210,10 @@ CASES = {
     "checkpoints not writable": Case(
         "output", ["train_vae"], "checkpoints/vae: cannot write", setup=file_in_place_of("checkpoints/vae")
     ),
+    "export over a folder that is no export": Case(
+        "output", ["export", "--out", "checkpoints"], "checkpoints: holds files but no models.json"
+    ),
+    "export over the working directory": Case("output", ["export", "--out", "."], ".: holds the working directory"),
     "export parent not writable": Case(
         "output", ["export", "--out", "blocked/export"], "blocked: cannot write", setup=file_in_place_of("blocked")
     ),
@@ -225,7 +246,7 @@ CASES = {
         before=(("download",),),
     ),
     "labels beyond the images": Case(
-        "data", ["preprocess"], "more classes than the 20 images", NPZ,
+        "data", ["preprocess"], "more classes than the 25 images", NPZ,
         setup=npz_with_labels(np.full(20, 2**40, np.int64)), before=(("download",),),
     ),
     "gan on one training image": Case(

@@ -84,6 +84,12 @@ def load_processed(directory: str | Path = "data/processed") -> ProcessedData:
     if not (directory / "stats.json").exists() or not (directory / "arrays.npz").exists():
         raise FileNotFoundError(f"{directory}: no processed data; run `dvc repro preprocess` first")
     meta = read_json(directory / "stats.json", ("levels", "binarize", "num_classes", "dataset"))
+    levels, num_classes = meta["levels"], meta["num_classes"]
+    if not (isinstance(levels, int) and levels > 0 and (num_classes is None or isinstance(num_classes, int))):
+        raise ValueError(
+            f"{directory / 'stats.json'}: levels {levels!r} or num_classes {num_classes!r} is not what preprocess "
+            "writes; re-create it with dvc repro -f preprocess"
+        )
     try:
         with np.load(directory / "arrays.npz") as arrays:
             x = {s: _to_unit(arrays[f"x_{s}"], meta["levels"]) for s in SPLITS}
