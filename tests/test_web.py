@@ -115,6 +115,12 @@ def test_onnxruntime_node_reproduces_every_model_and_a_wrong_reference_is_caught
     result = node("check.mjs", str(tampered))
     assert result.returncode == 1 and not json.loads(result.stdout)["ok"]
 
+    (tampered / "gan_generator.onnx").unlink()
+    for folder, missing in ((tampered, "gan_generator.onnx"), (tmp_path / "absent", "models.json")):
+        result = node("check.mjs", str(folder))
+        assert result.returncode == 2 and not result.stdout and len(result.stderr.splitlines()) == 1, result.stderr
+        assert f"{folder}: " in result.stderr and missing in result.stderr and "re-run the export" in result.stderr
+
 
 def test_javascript_draws_the_same_seeded_latents_as_python() -> None:
     script = (
