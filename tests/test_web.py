@@ -100,6 +100,17 @@ def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Pa
         shutil.copy(screenshot, Path(os.environ["EXPLORER_SCREENSHOT_DIR"]) / f"explorer-{bundle.parent.name}.png")
 
 
+def test_a_model_missing_from_the_bundle_is_shown_on_the_page(tmp_path: Path) -> None:
+    bundle = export_bundle(tmp_path / "bundle", "standard_normal", False, [])
+    (bundle / "gan_generator.onnx").unlink()
+    with serve(bundle) as url:
+        result = node("browser_check.mjs", url, str(tmp_path / "explorer.png"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] and report["checkLine"].startswith("✗ gan_generator.onnx: HTTP 404"), report
+    assert "re-run the export stage" in report["checkLine"]
+
+
 def test_onnxruntime_node_reproduces_every_model_and_a_wrong_reference_is_caught(bundle: Path, tmp_path: Path) -> None:
     result = node("check.mjs", str(bundle))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]

@@ -43,6 +43,7 @@ try {
       for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 0) lit++;
       const sweep = document.querySelector('canvas[data-role=code-sweep]');
       return { ...window.explorer, grid: grid ? [grid.width, grid.height] : null, litPixels: lit,
+        checkLine: document.getElementById('check').textContent,
         codeSweep: sweep ? [sweep.width, sweep.height] : null,
         sections: [...document.querySelectorAll('section.model')].map((s) => s.id) };
     });

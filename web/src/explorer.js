@@ -361,7 +361,11 @@ async function main() {
   await checkAgainstPython(manifest, reference);
 }
 
+// a failure is shown on the page, not only in the console: the check line says what failed and what to do
 main().catch((err) => {
   state.errors.push(String(err));
   console.error(err);
+  const line = document.getElementById('check');
+  line.textContent = `✗ ${err.message ?? err}: the page could not finish; re-run the export stage and reload`;
+  line.className = 'check bad';
 }).finally(() => { state.done = true; });
