@@ -113,6 +113,7 @@ class Explorer:
     images: np.ndarray | None = None
     labels: np.ndarray | None = None
     root: Path = Path(".")
+    without_images: str | None = None  # why no test images are shipped, for the export's report
 
     def check(self) -> None:
         check_bundle_sources(self.root)
@@ -135,14 +136,17 @@ class Explorer:
 
 
 def explorer_for(processed_dir: str | Path, image_shape: Sequence[int], root: str | Path = ".") -> Explorer:
-    """The explorer with the first test images of the processed data, or none where the data are missing or of
-    another shape than the exported models'."""
+    """The explorer with the first test images of the processed data, or none (saying why) where the data are
+    missing, unreadable or of another shape than the exported models'."""
     try:
         data = load_processed(processed_dir)
-    except (FileNotFoundError, ValueError):
-        return Explorer(root=Path(root))
+    except (FileNotFoundError, ValueError) as err:
+        return Explorer(root=Path(root), without_images=str(err))
     x = data.x["test"][:SHIPPED_IMAGES]
     if tuple(x.shape[1:]) != tuple(image_shape):
-        return Explorer(root=Path(root))
+        shape = tuple(x.shape[1:])
+        return Explorer(
+            root=Path(root), without_images=f"{processed_dir} holds {shape} images, the models {tuple(image_shape)}"
+        )
     labels = None if data.y is None else data.y["test"][:SHIPPED_IMAGES]
     return Explorer(np.round(x * 255).astype(np.uint8), labels, Path(root))

@@ -60,3 +60,5 @@ def main(params_path: str, checkpoint_dir: str, out_dir: str, processed_dir: str
     if explorer is not None:
         web = shlex.quote(f"{out_dir}/web")
         click.echo(f"{out_dir}/web: the latent explorer; view it with `python -m http.server -d {web}`")
+        if explorer.without_images:
+            click.echo(f"{out_dir}/web ships no test images to encode: {explorer.without_images}")

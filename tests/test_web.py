@@ -15,11 +15,12 @@ import torch
 from conftest import node, serve
 
 from pipeline.config import config_from_dict
+from pipeline.data.processed import save_processed
 from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
 from pipeline.runtime import portable_normal, portable_uniform
 from pipeline.vae_trainer import build_vae
-from pipeline.web import Explorer, WebBundleError
+from pipeline.web import Explorer, WebBundleError, explorer_for
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (1, 8, 8)
@@ -131,6 +132,15 @@ def test_onnxruntime_node_reproduces_every_model_and_a_wrong_reference_is_caught
         result = node("check.mjs", str(folder))
         assert result.returncode == 2 and not result.stdout and len(result.stderr.splitlines()) == 1, result.stderr
         assert f"{folder}: " in result.stderr and missing in result.stderr and "re-run the export" in result.stderr
+
+
+def test_the_explorer_says_why_it_ships_no_test_images(tmp_path: Path) -> None:
+    assert "no processed data" in explorer_for(tmp_path / "absent", IMAGE_SHAPE).without_images
+    x = {split: np.zeros((3, 1, 4, 4), np.uint8) for split in ("train", "valid", "test")}
+    save_processed(tmp_path / "processed", x, None, binarize="none", dataset="npz", num_classes=None, stats={})
+    explorer = explorer_for(tmp_path / "processed", IMAGE_SHAPE)
+    assert explorer.images is None and "holds (1, 4, 4) images, the models (1, 8, 8)" in explorer.without_images
+    assert explorer_for(tmp_path / "processed", (1, 4, 4)).without_images is None
 
 
 def test_javascript_draws_the_same_seeded_latents_as_python() -> None:
