@@ -143,6 +143,8 @@ def exclusive_lock(target: str | Path) -> Iterator[None]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".{target.name}.lock"
+    if lock_path.is_dir():
+        raise OutputLockedError(f"{lock_path}: a folder stands where the lock file of {target} goes; remove it")
     with lock_path.open("a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

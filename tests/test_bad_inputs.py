@@ -52,13 +52,14 @@ def overwrite(relative: str, content: bytes) -> Callable[[Path], None]:
     return lambda root: (root / relative).write_bytes(content)
 
 
-def file_in_place_of(relative: str) -> Callable[[Path], None]:
-    """An output folder that cannot be written: a plain file stands where it must go (works as root too)."""
+def file_in_place_of(relative: str, folder: bool = False) -> Callable[[Path], None]:
+    """An output folder that cannot be written: a plain file stands where it must go (works as root too); or, with
+    ``folder``, a folder where a file must go."""
 
     def apply(root: Path) -> None:
         target = root / relative
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        target.write_text("not a folder")
+        target.mkdir() if folder else target.write_text("not a folder")
 
     return apply
 
@@ -214,6 +215,10 @@ CASES = {
         "output", ["export", "--out", "checkpoints"], "checkpoints: holds files but no models.json"
     ),
     "export over the working directory": Case("output", ["export", "--out", "."], ".: holds the working directory"),
+    "a folder as the lock file": Case(
+        "output", ["train_vae"], "checkpoints/.vae.lock: a folder stands where the lock file",
+        setup=file_in_place_of("checkpoints/.vae.lock", folder=True),
+    ),
     "export parent not writable": Case(
         "output", ["export", "--out", "blocked/export"], "blocked: cannot write", setup=file_in_place_of("blocked")
     ),
