@@ -153,7 +153,9 @@ def test_queued_sweep_runs_in_the_queue_workers(project: Path) -> None:
     run(["git", "commit", "-qm", "results before the sweep", "--allow-empty"], project)
     out = run(["dvc", "exp", "run", "--queue", "-S", "evaluate.num_samples=10,30"], project)
     assert out.count("Queued experiment") == 2, out
-    run(["dvc", "queue", "start", "-j", "2"], project)
+    # the workers it starts inherit its standard streams: captured, they would hold the pipes (and this test) open
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=dvc_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = run(["dvc", "queue", "status"], project)
