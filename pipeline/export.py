@@ -575,9 +575,8 @@ def write_exported(models: Sequence[ExportedModel], out_dir: str | Path, explore
     ``explorer``, the browser explorer in ``web/``; return the manifest.
 
     Everything is written into a new folder beside ``out_dir`` (refused where it is not an earlier export, see
-    :func:`check_export_folder`), which then takes its place: an export that fails
-    midway (an unwritable folder, a full disk) leaves the previous set of files and manifest as they were, never a
-    mix of two exports.
+    :func:`check_export_folder`), which then takes its place: an export that fails midway (an unwritable folder, a
+    full disk) leaves the previous set of files and manifest as they were, never a mix of two exports.
     """
     check_export_folder(out_dir)
     out_dir = Path(out_dir)
