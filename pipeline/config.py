@@ -82,6 +82,11 @@ class VaeParams:
         "standard_normal", "p(z): N(0, I), or the VampPrior mixture over learned pseudo-inputs (Tomczak & Welling)"
     )
     pseudo_inputs: int = _f(500, "the VampPrior's number of pseudo-inputs", **_range(1, 100000))
+    pseudo_init: Literal["constant", "data"] = _f(
+        "constant",
+        "where the VampPrior's pseudo-inputs start: near 0.05 (the VampPrior code), or at training images drawn at "
+        "random (the paper's other option)",
+    )
     flow_steps: int = _f(
         0, "inverse autoregressive flow steps on q(z|x) (Kingma et al. 2016); 0: none", **_range(0, 64)
     )

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -92,6 +93,16 @@ def build_vae(config: Config, image_shape: tuple[int, int, int], num_classes: in
     return he_init_(model) if config.vae.init == "he" else model
 
 
+@torch.no_grad()
+def start_pseudo_inputs_at_data(model: VAE, images: np.ndarray, seed: int) -> None:
+    """Start the VampPrior's M pseudo-inputs at M training images drawn at random (without replacement where there
+    are M), pulled into [0.05, 0.95]: hardtanh, which keeps them in [0, 1], passes no gradient at exactly 0 or 1."""
+    rng = np.random.default_rng(stream_seed(seed, "vae", "pseudo_inputs"))
+    count = model.pseudo_inputs_raw.shape[0]
+    chosen = rng.choice(len(images), size=count, replace=count > len(images))
+    model.pseudo_inputs_raw.copy_(torch.from_numpy(0.05 + 0.9 * images[chosen]))
+
+
 class _Objective(nn.Module):
     """The training bound as a module, so DistributedDataParallel can wrap it and synchronize gradients."""
 
@@ -134,7 +145,10 @@ class VaeTrainer:
         self.monitor = "log_px" if config.vae.valid_samples else "bound"
         self.epochs, self.patience, self.max_minutes = config.vae.epochs, config.vae.patience, config.vae.max_minutes
         self.device = ctx.device
-        self.model = to_device(build_vae(config, data.image_shape, data.num_classes), self.device)
+        self.model = build_vae(config, data.image_shape, data.num_classes)
+        if config.vae.prior == "vampprior" and config.vae.pseudo_init == "data":
+            start_pseudo_inputs_at_data(self.model, data.x["train"], config.seed)
+        self.model = to_device(self.model, self.device)
         # vae.ema_decay > 0: Polyak averaging (Kingma et al. 2016 average over about 10^4 steps). The average is the
         # model that is validated, checkpointed as "model" and evaluated; the weights Adam trains are checkpointed
         # beside it as "model_unaveraged", for a resume

@@ -30,6 +30,8 @@ from pipeline.runtime import (
     portable_uniform,
 )
 
+# the page's sources and onnxruntime-web are part of the project, found beside this package wherever the export runs
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WEB_SOURCES = Path("web/src")
 ORT_DIST = Path("web/node_modules/onnxruntime-web/dist")
 # the wasm build alone (no WebGPU/WebGL): one module, its loader and its binary
@@ -92,7 +94,7 @@ def reference_cases(
     return {"seed": seed, "count": REFERENCE_COUNT, "tolerance": 1e-5, "cases": cases}
 
 
-def check_bundle_sources(root: str | Path = ".") -> None:
+def check_bundle_sources(root: str | Path = PROJECT_ROOT) -> None:
     """Raise :class:`WebBundleError` naming what is missing for the explorer, before anything is exported."""
     root = Path(root)
     if not (root / WEB_SOURCES / "index.html").is_file():
@@ -112,7 +114,7 @@ class Explorer:
 
     images: np.ndarray | None = None
     labels: np.ndarray | None = None
-    root: Path = Path(".")
+    root: Path = PROJECT_ROOT
     without_images: str | None = None  # why no test images are shipped, for the export's report
 
     def check(self) -> None:
@@ -135,7 +137,7 @@ class Explorer:
         write_json(out / REFERENCE_NAME, reference)
 
 
-def explorer_for(processed_dir: str | Path, image_shape: Sequence[int], root: str | Path = ".") -> Explorer:
+def explorer_for(processed_dir: str | Path, image_shape: Sequence[int], root: str | Path = PROJECT_ROOT) -> Explorer:
     """The explorer with the first test images of the processed data, or none (saying why) where the data are
     missing, unreadable or of another shape than the exported models'."""
     try:

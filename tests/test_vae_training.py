@@ -112,6 +112,27 @@ def test_he_init_redraws_the_layers_weights_and_nothing_else(family: str) -> Non
     assert len(redrawn) >= 6 and "pseudo_inputs_raw" in models["he"]
 
 
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+def test_pseudo_init_data_starts_the_pseudo_inputs_at_training_images_and_they_train(
+    family: str, digits_processed_dir: Path
+) -> None:
+    data = load_processed(digits_processed_dir)
+    vae = {"family": family, "prior": "vampprior", "pseudo_inputs": 6, "pseudo_init": "data", "ema_decay": 0.99}
+    trainer = VaeTrainer(_config(**vae), data, CPU)
+    start = trainer.model.pseudo_inputs().detach().clone()
+    assert torch.equal(trainer.average.pseudo_inputs(), start)
+    train = torch.from_numpy(data.x["train"])
+    for u in start:  # each is a training image pulled into [0.05, 0.95], where hardtanh passes gradient
+        assert any(torch.allclose(u, 0.05 + 0.9 * x) for x in train)
+    assert len({tuple(u.flatten().tolist()) for u in start}) == 6
+    again = VaeTrainer(_config(**vae), data, CPU).model.pseudo_inputs()
+    assert torch.equal(again, start)
+    trainer.train_epoch(0)
+    assert not torch.equal(trainer.model.pseudo_inputs(), start)
+    constant = VaeTrainer(_config(**vae | {"pseudo_init": "constant"}), data, CPU).model.pseudo_inputs()
+    assert abs(constant.mean().item() - 0.05) < 0.01
+
+
 def test_normalize_gradients_gives_every_tensor_a_unit_gradient_in_the_same_direction() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     (model(torch.randn(5, 3)) ** 2).sum().mul(1e4).backward()

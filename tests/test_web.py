@@ -143,6 +143,15 @@ def test_the_explorer_says_why_it_ships_no_test_images(tmp_path: Path) -> None:
     assert explorer_for(tmp_path / "processed", (1, 4, 4)).without_images is None
 
 
+def test_the_explorer_finds_its_sources_beside_the_code_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    explorer = explorer_for(tmp_path / "absent", IMAGE_SHAPE)
+    assert explorer.root == REPO
+    explorer.check()
+
+
 def test_javascript_draws_the_same_seeded_latents_as_python() -> None:
     script = (
         "import { portableNormal, portableUniform } from './src/portable.js';"
