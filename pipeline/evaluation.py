@@ -143,6 +143,22 @@ def choose_observation_sigma(
     return ObservationSigmaChoice(sigma=best, log_px=scores)
 
 
+def check_fits_data(model: nn.Module, data: ProcessedData, name: str) -> None:
+    """A ValueError saying what to retrain unless ``model`` (called ``name`` in the message) was trained on images of
+    ``data``'s shape and, if it is conditional, ``data`` has labels of as many classes."""
+    if tuple(model.image_shape) != tuple(data.image_shape):
+        raise ValueError(
+            f"the {name} was trained on {tuple(model.image_shape)} images but the data are {data.image_shape}; "
+            "retrain it on these data (dvc repro)"
+        )
+    if model.num_classes is not None and (data.y is None or data.num_classes != model.num_classes):
+        labels = "no labels" if data.y is None else f"{data.num_classes} classes"
+        raise ValueError(
+            f"the {name} is conditional on {model.num_classes} classes but the data have {labels}; "
+            "retrain it on these data (dvc repro)"
+        )
+
+
 def evaluate_vae(
     model: VAE,
     data: ProcessedData,
@@ -162,11 +178,7 @@ def evaluate_vae(
     sampling is split across ranks; rank 0 alone runs AIS and returns the results, the other ranks empty ones.
     """
     ctx = ctx or DistContext(0, 1, next(model.parameters()).device)
-    if tuple(model.image_shape) != tuple(data.image_shape):
-        raise ValueError(
-            f"the VAE was trained on {model.image_shape} images but the data are {data.image_shape}; "
-            "retrain it on these data (dvc repro train_vae)"
-        )
+    check_fits_data(model, data, "VAE")
     device = next(model.parameters()).device
     dims = math.prod(data.image_shape)
     # a Gaussian decoder's density on dequantized grey data bounds the discrete data's log-likelihood
@@ -271,6 +283,7 @@ def evaluate_gaussian_likelihood(
     levels are uniformly dequantized (256 levels; 2 after static binarization) and the density becomes a lower
     bound on the discrete data's log-likelihood. Returns the metrics (test log p(x), bits/dim) and the run card.
     """
+    check_fits_data(generator, data, "generator")
     device = next(generator.parameters()).device
     levels = 2 if data.binarize == "static" else 256
     dims = math.prod(data.image_shape)
@@ -367,14 +380,17 @@ def sample_quality_report(
     return report
 
 
-def conditional_sampler(
+def seeded_sampler(
     decode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
     latent_dim: int,
     device: torch.device,
     labels: torch.Tensor | None,
     seed: int,
+    latent_from_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Sampler:
-    """n -> decode(z, y) with z ~ N(0, I) seeded, and y drawn from ``labels`` (the real class mix) if given."""
+    """n -> decode(z, y), the same n images for the same seed: z = latent_from_noise(eps, u) from standard normal eps
+    (n×latent_dim) and uniform u (n; a VAE's ``prior_from_noise`` draws from its own prior, a VampPrior mixture or top
+    down through its layers), or z = eps ~ N(0, I) without it; y drawn from ``labels`` (the real class mix) if given."""
 
     @torch.no_grad()
     def sample(n: int) -> torch.Tensor:
@@ -383,6 +399,8 @@ def conditional_sampler(
         y = None
         if labels is not None:
             y = labels[torch.randint(len(labels), (n,), generator=generator)].to(device)
+        if latent_from_noise is not None:
+            z = latent_from_noise(z, torch.rand(n, generator=generator).to(device))
         return decode(z, y).float().cpu()
 
     return sample

@@ -14,9 +14,10 @@ from pipeline.device import select_device
 from pipeline.evaluation import (
     GAUSSIAN_COMPARISON,
     DecoderMean,
-    conditional_sampler,
+    check_fits_data,
     evaluate_gaussian_likelihood,
     sample_quality_report,
+    seeded_sampler,
 )
 from pipeline.io import check_writable, read_json, write_json
 from pipeline.models import VAE, Classifier, Generator
@@ -65,19 +66,23 @@ def main(
     generator = load_model(gan_path, "generator_ema", device, Generator)
     vae = load_model(vae_path, "model", device, VAE)
     for name, model in (("GAN", generator), ("VAE", vae)):
-        if tuple(model.image_shape) != tuple(data.image_shape):
-            raise click.ClickException(
-                f"the {name} was trained on {tuple(model.image_shape)} images but the data are {data.image_shape}; "
-                "retrain it (dvc repro)"
-            )
+        check_fits_data(model, data, name)
     real_test, real_train = torch.from_numpy(data.x["test"]), torch.from_numpy(data.x["train"])
     labels = torch.from_numpy(data.y["test"]) if data.y is not None else None
     card = {"classifier_task": classifier.task, "device": device.type}
     metrics: dict = {}
-    for name, model, decode in (("gan", generator, generator), ("vae", vae, vae.decode_mean)):
+    for name, model, decode, latent_from_noise in (
+        ("gan", generator, generator, None),
+        ("vae", vae, vae.decode_mean, vae.prior_from_noise),
+    ):
         model_labels = labels if model.num_classes is not None else None
-        sampler = conditional_sampler(
-            decode, model.latent_dim, device, model_labels, stream_seed(config.seed, "evaluate_samples", name)
+        sampler = seeded_sampler(
+            decode,
+            model.latent_dim,
+            device,
+            model_labels,
+            stream_seed(config.seed, "evaluate_samples", name),
+            latent_from_noise,
         )
         report = sample_quality_report(
             sampler, classifier, real_test, real_train, config.evaluate.num_generated, seed=config.seed

@@ -16,7 +16,7 @@ import yaml
 from ddp_launch import run_two_ranks
 
 from pipeline.config import config_from_dict
-from pipeline.data.processed import load_processed, save_processed
+from pipeline.data.processed import ProcessedData, load_processed, save_processed
 from pipeline.evaluation import evaluate_vae
 from pipeline.io import read_json
 from pipeline.vae_trainer import build_vae
@@ -173,3 +173,21 @@ def test_curve_ks_above_num_samples_are_left_out_with_a_note(trained: Path, digi
     assert result.returncode == 0, result.stderr
     assert "evaluate.curve_ks [100] exceed evaluate.num_samples 10: left out" in result.stderr
     assert [row["k"] for row in read_json(trained / "plots" / "vae_likelihood_curve.json")] == [1, 10]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (None, "conditional on 10 classes but the data have no labels"),
+        (3, "conditional on 10 classes but the data have 3"),
+    ],
+)
+def test_a_conditional_vae_on_data_without_its_labels_is_refused(labels: int | None, message: str) -> None:
+    """evaluate_vae names what to retrain, rather than failing inside the estimator, when the data lack the
+    conditional model's labels or have another number of classes."""
+    model = build_vae(config_from_dict({"vae": {"conditional": True, "hidden_sizes": [8]}}), (1, 4, 4), 10)
+    x = {split: np.zeros((4, 1, 4, 4), dtype=np.float32) for split in ("train", "valid", "test")}
+    y = None if labels is None else {split: np.zeros(4, dtype=np.int64) for split in x}
+    data = ProcessedData(x, y, "dynamic", labels, "npz")
+    with pytest.raises(ValueError, match=f"{message}.*retrain it on these data"):
+        evaluate_vae(model, data, config_from_dict({"evaluate": EVALUATE}).evaluate, seed=0)

@@ -14,11 +14,38 @@ from pipeline.classifier_trainer import ClassifierTrainer
 from pipeline.config import Config
 from pipeline.data.processed import load_processed
 from pipeline.estimators import GaussianObservationModel
-from pipeline.evaluation import DecoderMean, evaluate_gaussian_likelihood, sample_quality_report
+from pipeline.evaluation import DecoderMean, evaluate_gaussian_likelihood, sample_quality_report, seeded_sampler
 from pipeline.gan_trainer import build_generator
 from pipeline.metrics import frechet_distance, frechet_distance_from_moments, inception_score, precision_recall
+from pipeline.models.hvae import HVAE, HVAEConfig
 from pipeline.seeds import seed_everything
 from pipeline.vae_trainer import build_vae
+
+
+@torch.no_grad()
+def test_seeded_sampler_draws_a_vae_from_its_own_prior() -> None:
+    """The samples evaluate_samples scores come from the model: a two-layer VAE's z2 from its VampPrior and z1 from
+    p(z1|z2), here shifted to mean 3, not from N(0, I); the same images again for the same seed."""
+    torch.manual_seed(0)
+    model = HVAE(
+        HVAEConfig(
+            (1, 4, 4), 2, arch="gated_mlp", hidden_sizes=(8,), top_latent_dim=2, prior="vampprior", pseudo_inputs=3
+        )
+    ).eval()
+    model.lower_prior[-1].bias[:2] += 3.0  # p(z1|z2)'s mean moves by 3
+
+    def latents(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return z  # "decodes" to the latent itself, to read the sampler's z
+
+    own = seeded_sampler(latents, model.latent_dim, torch.device("cpu"), None, 7, model.prior_from_noise)
+    z = own(4000)
+    assert torch.equal(z, own(4000))
+    reference = model.sample_prior(4000, torch.Generator().manual_seed(1))
+    assert torch.allclose(z.mean(0), reference.mean(0), atol=0.15)
+    assert torch.allclose(z.std(0), reference.std(0), rtol=0.1)
+    assert z[:, :2].mean() > 2.5  # N(0, I) latents would have mean 0
+    standard = seeded_sampler(latents, model.latent_dim, torch.device("cpu"), None, 7)(4000)
+    assert standard[:, :2].mean().abs() < 0.1
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_a_shift() -> None:
