@@ -1,9 +1,10 @@
 """Training the GAN (§11.2): alternating Adam updates of discriminator and generator, EMA, checkpoints, logs, grids.
 
-Each batch of real images updates the discriminator once; every ``gan.d_steps``-th batch the
-generator is updated too, on the same generated images (Radford et al. 2015's schedule when
-d_steps = 1). Real and generated images go through the discriminator in one call (it has no
-batch norm, so this equals two calls and halves the kernel launches). An exponential moving
+Each batch of real images updates the discriminator once; every ``gan.d_steps``-th step (counted
+over the whole run, across epochs) the generator is updated too, on the same generated images
+(Radford et al. 2015's schedule when d_steps = 1). Real and generated images go through the
+discriminator in one call (it has no batch norm, so this equals two calls and halves the kernel
+launches). An exponential moving
 average of the generator's weights (warmed up as (1 + t) / (10 + t) so early averages do not
 remember the initialization) is what sampling, metrics and export use.
 
@@ -247,7 +248,7 @@ class GanTrainer:
         for i, idx in enumerate(self.batches.epoch(epoch)):
             step = epoch * steps + i + 1
             y = self.y["train"][idx] if self.conditional else None
-            update_generator = (i + 1) % gan.d_steps == 0
+            update_generator = step % gan.d_steps == 0  # global: a d_steps above the epoch length still trains g
             stats = self.train_step(self.x["train"][idx], y, step, update_generator)
             row = torch.cat([stats.nan_to_num(0.0), stats.new_tensor([1.0, float(update_generator)])])
             self.window_sums += row

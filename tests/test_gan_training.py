@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from pipeline.checkpoint import load_checkpoint, load_model
 from pipeline.classifier_trainer import ClassifierTrainer
@@ -106,6 +108,22 @@ def test_without_a_classifier_best_is_the_last_epoch(digits: ProcessedData, tmp_
     best = weights(tmp_path / "checkpoints" / "gan" / "best.pt", "generator_ema")
     last = weights(tmp_path / "checkpoints" / "gan" / "last.pt", "generator_ema")
     assert all(torch.equal(best[k], v) for k, v in last.items())
+
+
+def test_d_steps_count_across_epochs(digits: ProcessedData, tmp_path: Path) -> None:
+    """With 7 batches an epoch, d_steps = 10 updates the generator once, at step 10 (in epoch 2), and d_steps = 100
+    never: the two generators are the same after one epoch and differ after two."""
+    generators = {}
+    for epochs, d_steps in itertools.product((1, 2), (10, 100)):
+        run = tmp_path / f"{epochs}-{d_steps}"
+        train_gan(tiny_config(epochs=epochs, d_steps=d_steps), digits, outputs(run), progress=False)
+        generators[epochs, d_steps] = load_model(run / "checkpoints" / "gan" / "last.pt", "generator")
+    assert math.ceil(len(digits.x["train"]) / 32) == 7  # batches an epoch at tiny_config's batch size
+
+    def same(a: nn.Module, b: nn.Module) -> bool:
+        return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+    assert same(generators[1, 10], generators[1, 100]) and not same(generators[2, 10], generators[2, 100])
 
 
 def test_dcgan_trains_under_bf16_autocast_and_keeps_float32_weights(digits: ProcessedData, tmp_path: Path) -> None:
