@@ -18,7 +18,7 @@ import click
 import torch
 import yaml
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, config_from_dict
 from pipeline.device import select_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,10 +108,32 @@ def merge(base: dict, overlay: dict) -> dict:
 
 
 def recipe_overlay(path: Path, known: list[str]) -> dict:
-    """The params a recipe file changes; a missing recipe is a --recipe error naming the known ones."""
+    """The params a recipe file changes; a missing recipe is a --recipe error naming the known ones, and so is a
+    file that is not a YAML mapping."""
     if not path.is_file():
         raise click.BadParameter(f"no recipe {path.stem!r}; known: {', '.join(known)}", param_hint="--recipe")
-    return yaml.safe_load(path.read_text())
+    try:
+        overlay = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise click.BadParameter(
+            f"{path}: not valid YAML ({error})".replace("\n", " "), param_hint="--recipe"
+        ) from None
+    if not isinstance(overlay, dict):
+        raise click.BadParameter(f"{path}: holds no mapping of params to change; fix the file", param_hint="--recipe")
+    return overlay
+
+
+def shipped_params_with(*overlays: dict, param_hint: str) -> dict:
+    """The shipped params.yaml with ``overlays`` merged in order, checked against the params schema before anything
+    runs: a value it refuses is a ``param_hint`` error (e.g. --recipe, --set)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for overlay in overlays:
+        params = merge(params, overlay)
+    try:
+        config_from_dict(params, complete=True)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint=param_hint) from None
+    return params
 
 
 def run_stages(workdir: Path, params: dict, stages: tuple[str, ...], threads: int | None) -> dict[str, float]:

@@ -34,7 +34,6 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,9 +47,9 @@ from benchmarks.common import (
     epoch_images_per_second,
     hardware,
     matmul_rate,
-    merge,
     recipe_overlay,
     run_stages,
+    shipped_params_with,
     synchronize,
 )
 from pipeline.checkpoint import load_checkpoint
@@ -60,6 +59,7 @@ from pipeline.distributed import DistContext
 from pipeline.gan_trainer import GanTrainer
 
 GAN_RECIPES = REPO / "recipes" / "gan"
+POSITIVE = click.FloatRange(min=0, min_open=True)
 RECIPE_STAGES = (
     "download",
     "preprocess",
@@ -178,12 +178,12 @@ def flops_per_image(step: Callable[[], None], batch: int) -> float:
 
 
 def recipe_params(name: str, dataset: str, mirror: str | None, minutes: float, vae_minutes: float, device: str) -> dict:
-    """The shipped params with GAN recipe ``name`` (recipes/gan/NAME.yaml), the dataset and both training budgets."""
+    """The shipped params with GAN recipe ``name`` (recipes/gan/NAME.yaml), the dataset and both training budgets,
+    checked against the params schema (a refused value is an option error before anything is timed)."""
     overlay = recipe_overlay(GAN_RECIPES / f"{name}.yaml", sorted(p.stem for p in GAN_RECIPES.glob("*.yaml")))
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overlay)
     data = {"dataset": dataset, "binarize": "none"} | ({"mirror": mirror} if mirror else {})
     settings = {"device": device, "data": data, "gan": {"max_minutes": minutes}, "vae": {"max_minutes": vae_minutes}}
-    return merge(params, settings)
+    return shipped_params_with(overlay, settings, param_hint="--recipe/--dataset/--mirror/--minutes/--vae-minutes")
 
 
 def report_recipe(workdir: Path, seconds: dict[str, float]) -> None:
@@ -207,7 +207,7 @@ def report_recipe(workdir: Path, seconds: dict[str, float]) -> None:
 @click.command()
 @click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--base-channels", type=COUNT, default=64, show_default=True, help="gan.base_channels of the dcgan")
-@click.option("--lr", default=2e-4, show_default=True, help="Adam learning rate of both networks")
+@click.option("--lr", type=POSITIVE, default=2e-4, show_default=True, help="Adam learning rate of both networks")
 @click.option("--spectral-norm/--no-spectral-norm", default=False, show_default=True)
 @click.option(
     "--bf16/--no-bf16", default=False, show_default=True, help="gan.bf16 for ours (the classic step is float32)"
@@ -222,8 +222,11 @@ def report_recipe(workdir: Path, seconds: dict[str, float]) -> None:
 @click.option("--dataset", default="fashion_mnist", show_default=True, help="data.dataset of the recipe run")
 @click.option("--mirror", default="/usr/share/datasets/fashion-mnist", show_default=True,
               help="data.mirror of the recipe run ('' for none)")  # fmt: skip
-@click.option("--minutes", default=30.0, show_default=True, help="the GAN's training budget (gan.max_minutes)")
-@click.option("--vae-minutes", default=10.0, show_default=True, help="the VAE's training budget (vae.max_minutes)")
+@click.option(
+    "--minutes", type=POSITIVE, default=30.0, show_default=True, help="the GAN's training budget (gan.max_minutes)"
+)
+@click.option("--vae-minutes", type=POSITIVE, default=10.0, show_default=True,
+              help="the VAE's training budget (vae.max_minutes)")  # fmt: skip
 @click.option("--workdir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="where the recipe run's files go (default bench-runs/RECIPE-DATASET)")  # fmt: skip
 def main(
@@ -248,6 +251,7 @@ def main(
     if threads:
         torch.set_num_threads(threads)
     torch_device = bench_device(device)
+    params = None if recipe is None else recipe_params(recipe, dataset, mirror or None, minutes, vae_minutes, device)
     gan = dataclasses.replace(
         GanParams(),
         arch="dcgan",
@@ -281,9 +285,8 @@ def main(
             f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.0%} of float32 matmul ({peak / 1e9:.1f} GFLOP/s)"
         )
     click.echo(f"  speed-up: {rates['ours'] / rates['classic']:.2f}x")
-    if recipe is None:
+    if params is None:
         return
-    params = recipe_params(recipe, dataset, mirror or None, minutes, vae_minutes, device)
     workdir = (workdir or Path("bench-runs") / f"{recipe}-{dataset}").resolve()
     seconds = run_stages(workdir, params, RECIPE_STAGES, threads or None)
     click.echo(f"recipe {recipe} on {dataset} (GAN budget {minutes:g} min, VAE {vae_minutes:g} min):")

@@ -28,7 +28,7 @@ from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
 from pipeline.runtime import INPUT_NAMES, LABEL_NAME, GenerativeModel, open_session
 from pipeline.vae_trainer import build_vae
-from stages.common import load_params, params_option
+from stages.common import fail_cleanly, load_params, params_option
 
 
 def paired_medians(calls: list[Callable[[], object]], min_time: float, min_calls: int) -> list[float]:
@@ -51,7 +51,8 @@ def paired_medians(calls: list[Callable[[], object]], min_time: float, min_calls
 
 
 def load_models(params_path: str, checkpoint_dir: Path, image_shape: tuple[int, int, int]) -> tuple[dict, str]:
-    """(vae, generator, data, config dicts), and where they came from."""
+    """{"vae": (model, data, params), "gan": (generator, data, params)}, and where they came from: the checkpoints
+    in ``checkpoint_dir`` if both exist, else untrained models of ``params_path`` for ``image_shape`` images."""
     config = load_params(params_path)
     vae_path, gan_path = checkpoint_dir / "vae" / "best.pt", checkpoint_dir / "gan" / "best.pt"
     if vae_path.exists() and gan_path.exists():
@@ -138,6 +139,7 @@ def parse_image_shape(ctx: click.Context, param: click.Parameter, value: str) ->
     type=click.FloatRange(min=0, min_open=True),
     help="seconds timed per measurement",
 )
+@fail_cleanly(ValueError, OSError)
 def main(
     params_path: str,
     checkpoint_dir: str,
@@ -155,7 +157,8 @@ def main(
         exported = export_vae(*models["vae"], config.export) + export_generator(*models["gan"], config.export)
         write_exported(exported, tmp)
         files = {kind: Path(tmp) / f"{kind}.onnx" for kind in ("vae_decoder", "vae_encoder", "gan_generator")}
-        vae = GenerativeModel(files["vae_decoder"], files["vae_encoder"], threads=threads)
+        files = {kind: path for kind, path in files.items() if path.exists()}  # no encoder for hvae or a flow
+        vae = GenerativeModel(files["vae_decoder"], files.get("vae_encoder"), threads=threads)
         runtime = {"vae_decoder": vae, "vae_encoder": vae}
         runtime["gan_generator"] = GenerativeModel(files["gan_generator"], threads=threads)
         bare = {kind: session_call(files[kind], runtime[kind], kind, threads) for kind in files}
@@ -173,7 +176,7 @@ def main(
     click.echo(header)
     click.echo("-" * len(header))
     verdicts = []
-    for kind in ("vae_decoder", "vae_encoder", "gan_generator"):
+    for kind in files:
         module, model = eager[kind].eval(), runtime[kind]
         t_torch, t_ort, t_bare = paired_medians(
             [torch_call(module, kind, 1), onnx_call(model, kind, 1), bare[kind]], min_time, 50

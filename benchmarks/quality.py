@@ -19,9 +19,9 @@ import click
 import torch
 import yaml
 
-from benchmarks.common import REPO, hardware, merge, recipe_overlay, run_stages
+from benchmarks.common import REPO, hardware, merge, recipe_overlay, run_stages, shipped_params_with
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import Config, ConfigError, config_from_dict
+from pipeline.config import Config, config_from_dict
 from pipeline.estimators import importance_sampled_log_likelihood
 from pipeline.vae_trainer import build_vae
 
@@ -31,6 +31,7 @@ STAGES = ("download", "preprocess", "train_vae", "evaluate_vae")
 
 
 def recipe_names() -> list[str]:
+    """The recipes of recipes/ (the GAN's in recipes/gan/ are bench gan's)."""
     return sorted(path.stem for path in RECIPES.glob("*.yaml"))
 
 
@@ -67,19 +68,13 @@ def recipe_params(
     for key, value in changes.items():
         if isinstance(params.get(key), dict) and not isinstance(value, dict):
             raise click.BadParameter(f"{key} is a section; set its keys, e.g. {key}.KEY=VALUE", param_hint="--set")
-    params = merge(params, changes)
     benchmark = {
         "device": device,
         "data": {"dataset": "npz", "path": str(data), "binarize": "none"},
         "vae": {"max_minutes": max_minutes},
         "evaluate": {"num_samples": num_samples, "splits": ["test"], "curve_ks": [1, 100, 1000]},
     }
-    params = merge(params, benchmark)
-    try:
-        config_from_dict(params, complete=True)
-    except ConfigError as error:
-        raise click.BadParameter(str(error), param_hint="--set") from None
-    return params
+    return shipped_params_with(overlay, changes, benchmark, param_hint="--set")
 
 
 def importance_sampling_rate(config: Config, points: int = 320, num_samples: int = 500) -> float:

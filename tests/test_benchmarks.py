@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from benchmarks.common import merge
+from benchmarks.common import merge, recipe_overlay
 from pipeline.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,12 @@ BAD_OPTIONS = {
     "device not here": (["likelihood", "--device", "mps"], "Invalid value for --device: device: 'mps' was asked"),
     "gan batch of one": (["gan", "--batch-size", "1"], "Invalid value for '--batch-size': 1 is not in the range"),
     "image shape": (["onnx", "--image-shape", "1,x,28"], "'1,x,28' is not C,H,W, three positive integers"),
+    "gan learning rate": (["gan", "--lr", "-1"], "Invalid value for '--lr': -1.0 is not in the range x>0"),
+    "gan recipe": (["gan", "--recipe", "dcgna"], "Invalid value for --recipe: no recipe 'dcgna'; known: "),
+    "gan dataset": (
+        ["gan", "--recipe", "dcgan_fashion", "--dataset", "fashoin"],
+        "Invalid value for --recipe/--dataset/--mirror/--minutes/--vae-minutes: data.dataset: 'fashoin' is not allowed",
+    ),
     "key below a value": (
         ["quality", "--recipe", "vae_mlp", "--set", "vae.arch=conv", "--set", "vae.arch.x=1"],
         "Invalid value for --set: vae.arch is set to a value, so vae.arch.x cannot be set",
@@ -106,6 +113,28 @@ def test_a_bad_benchmark_option_is_one_line_naming_it(case: str, tmp_path: Path)
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_onnx_benchmark_times_what_a_family_exports(tmp_path: Path) -> None:
+    """A two-layer VAE exports no encoder (q(z1|x, z2) is not one Gaussian): the benchmark times its decoder and
+    the generator, and says nothing of an encoder."""
+    params = merge(
+        yaml.safe_load((REPO / "params.yaml").read_text()), {"vae": {"family": "hvae", "hidden_sizes": [16]}}
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "stages", "bench", "onnx", *TINY["onnx"], "--threads", "1"]
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "vae_decoder" in result.stdout and "gan_generator" in result.stdout and "vae_encoder" not in result.stdout
+
+
+@pytest.mark.parametrize("contents", ["", "vae: [1,\n"], ids=["empty", "bad yaml"])
+def test_a_recipe_file_that_is_not_a_mapping_is_one_line(contents: str, tmp_path: Path) -> None:
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text(contents)
+    with pytest.raises(click.BadParameter, match=f"{recipe}: (holds no mapping|not valid YAML)"):
+        recipe_overlay(recipe, [])
 
 
 @pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/**/*.yaml")), ids=lambda path: path.stem)
