@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.data.processed import ProcessedData
 from pipeline.data.registry import REGISTRY
+from pipeline.vae_settings import vae_settings_error
 
 DATASETS = tuple(REGISTRY)
 # A number as YAML 1.2 reads it that PyYAML, a YAML 1.1 reader, leaves as text for want of a decimal point (1e-3):
@@ -74,7 +75,11 @@ class VaeParams:
         "vae", "vae: one stochastic layer; hvae: two (z1 latent_dim, z2 top_latent_dim)"
     )
     arch: Literal["mlp", "gated_mlp", "conv", "resnet"] = _f("mlp", "encoder/decoder architecture")
-    hidden_sizes: list[int] = _f([512, 256], "hidden layer widths of the mlp architectures", **_range(1, 65536))
+    hidden_sizes: list[int] = _f(
+        [512, 256],
+        "hidden layer widths of the mlp architectures; hvae: the last also sizes its z1 layers",
+        **_range(1, 65536),
+    )
     conv_channels: list[int] = _f(
         [32, 64], "channels of the conv/resnet architectures' stride-2 blocks", **_range(1, 4096)
     )
@@ -257,6 +262,7 @@ class Config:
     export: ExportParams = field(default_factory=ExportParams)
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters as plain nested dicts, as params.yaml holds them."""
         return dataclasses.asdict(self)
 
     def select(self, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -398,12 +404,8 @@ def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
     data = config.data
     if data.dataset in ("npz", "image_folder") and not data.path:
         raise ConfigError(f"data.path: null is not allowed with data.dataset {data.dataset!r}; give the file or folder")
-    for section in ("vae", "gan"):
-        params = getattr(config, section)
-        if params.arch in ("mlp", "gated_mlp") and not params.hidden_sizes:
-            raise ConfigError(
-                f"{section}.hidden_sizes: [] is not allowed with arch {params.arch}; give at least one width"
-            )
+    if config.gan.arch == "mlp" and not config.gan.hidden_sizes:
+        raise ConfigError("gan.hidden_sizes: [] is not allowed with arch mlp; give at least one width")
     _check_vae(config.vae)
     quantize = config.export.quantize
     if len(set(quantize)) != len(quantize):
@@ -416,11 +418,11 @@ def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
 
 
 def _check_vae(vae: VaeParams) -> None:
-    """The combinations of VAE parameters that no family accepts."""
-    if vae.arch in ("conv", "resnet") and not vae.conv_channels:
-        raise ConfigError(
-            f"vae.conv_channels: [] is not allowed with arch {vae.arch}; give at least one block's channels"
-        )
+    """The combinations of VAE parameters that no family accepts (``pipeline/vae_settings.py``), and those that
+    training does not."""
+    error = vae_settings_error(vae)
+    if error:
+        raise ConfigError(error)
     if vae.free_bits > 0 and vae.iwae_k > 1:
         raise ConfigError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
     if vae.free_bits > 0 and (vae.family != "vae" or vae.prior != "standard_normal" or vae.flow_steps):
@@ -428,18 +430,6 @@ def _check_vae(vae: VaeParams) -> None:
             "vae.free_bits needs the closed-form KL of the one-layer vae with prior standard_normal and no flow; "
             "set vae.free_bits: 0"
         )
-    if vae.conditional and (vae.prior != "standard_normal" or vae.family != "vae"):
-        raise ConfigError(
-            "vae.conditional: true is for the one-layer vae with prior standard_normal; set vae.conditional: false"
-        )
-    if vae.family == "hvae" and vae.flow_steps:
-        raise ConfigError("vae.flow_steps: flows refine the one-layer vae; set vae.flow_steps: 0 with family hvae")
-    if vae.decoder_input == "per_layer" and (vae.family != "hvae" or vae.arch not in ("mlp", "gated_mlp")):
-        raise ConfigError(
-            "vae.decoder_input: per_layer is for family hvae with an mlp architecture; set vae.decoder_input: joint"
-        )
-    if vae.dropout > 0 and vae.arch not in ("mlp", "gated_mlp"):
-        raise ConfigError(f"vae.dropout applies to the mlp architectures; set vae.dropout: 0 with arch {vae.arch}")
 
 
 def check_compatible(config: Config, section: str, data: ProcessedData) -> None:
@@ -487,7 +477,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
 
 
 def schema_help(cls: type = Config, prefix: str = "") -> list[str]:
-    """One line per parameter: dotted key, default and description (for --help and the README)."""
+    """One line per parameter: dotted key, default and description (`python -m stages params`)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):

@@ -190,7 +190,9 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def open_session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+def open_session(
+    path: str | Path, providers: list[str] | None = None, threads: int | None = None
+) -> ort.InferenceSession:
     """An onnxruntime session with full graph optimization; ``threads`` caps intra-op threads (None: all cores)."""
     path = Path(path)
     if not path.is_file():

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from pipeline.io import unwind_on_sigterm
+from stages.common import LazyGroup
 
 # stage name -> module defining a click command called `main` (imported only when run)
 STAGES = {
@@ -19,25 +18,14 @@ STAGES = {
     "evaluate_samples": "stages.evaluate_samples",
     "export": "stages.export",
     "sample": "stages.sample",
+    "params": "stages.params",
     "bench": "stages.bench",
 }
 
 
-class LazyStages(click.Group):
-    """A group whose commands are imported on use, so `--help` and light stages never load torch."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name, module in STAGES.items() if importlib.util.find_spec(module) is not None]
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in STAGES or importlib.util.find_spec(STAGES[name]) is None:
-            return None
-        return importlib.import_module(STAGES[name]).main
-
-
-@click.group(cls=LazyStages, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, modules=STAGES, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Deep generative models pipeline: the stages dvc.yaml runs, plus `sample` and `bench`."""
+    """Deep generative models pipeline: the stages dvc.yaml runs, plus `sample`, `params` and `bench`."""
     unwind_on_sigterm()
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
+
+from stages.common import LazyGroup
 
 BENCHMARKS = {
     "vae": "benchmarks.vae",
@@ -15,16 +15,6 @@ BENCHMARKS = {
 }
 
 
-class LazyBenchmarks(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name, module in BENCHMARKS.items() if importlib.util.find_spec(module) is not None]
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in self.list_commands(ctx):
-            return None
-        return importlib.import_module(BENCHMARKS[name]).main
-
-
-@click.group(cls=LazyBenchmarks)
+@click.group(cls=LazyGroup, modules=BENCHMARKS)
 def main() -> None:
     """Benchmarks; each prints its figures and the device it ran on."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +22,36 @@ params_option = click.option(
 )
 
 
+class LazyGroup(click.Group):
+    """A click group whose commands (``modules``: name -> a module defining a click command ``main``) are imported
+    on use, so ``--help`` and light commands never load torch."""
+
+    def __init__(self, *args: Any, modules: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.modules = modules
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, module in self.modules.items() if importlib.util.find_spec(module) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.list_commands(ctx):
+            return None
+        return importlib.import_module(self.modules[name]).main
+
+
+class InvalidParams(click.ClickException):
+    """Bad params: the one line ``Error: invalid parameters: ...`` and exit status 2 (click's status for bad usage),
+    without the usage text click adds to a UsageError: the options were fine, the file was not."""
+
+    exit_code = 2
+
+
 def load_params(params_path: str) -> Config:
     """Load and validate params; a bad value becomes a one-line error and exit status 2."""
     try:
         return load_config(params_path)
     except ConfigError as err:
-        raise click.UsageError(f"invalid parameters: {err}") from None
+        raise InvalidParams(f"invalid parameters: {err}") from None
 
 
 def fail_cleanly(*errors: type[BaseException]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -34,7 +34,14 @@ def parse_labels(text: str | None) -> np.ndarray | int | None:
 MAX_GRID_IMAGES = 4096  # a PNG grid of more is unreadable; .npy takes any number
 
 
-def write_samples(model: GenerativeModel, out: Path, n: int, seed: int, labels=None, temperature: float = 1.0) -> None:
+def write_samples(
+    model: GenerativeModel,
+    out: Path,
+    n: int,
+    seed: int,
+    labels: np.ndarray | int | None = None,
+    temperature: float = 1.0,
+) -> None:
     """A PNG grid (each image enlarged to at least 56 pixels high) or the raw float32 N×C×H×W array as .npy,
     written atomically; the .npy is filled batch by batch, so memory does not grow with ``n``."""
     if out.suffix.lower() == ".npy":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import subprocess
 import sys
 import typing
@@ -91,6 +93,10 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"prior": "vampprior", "conditional": True}}, r"vae.conditional: true is for the one-layer vae"),
         ({"vae": {"family": "hvae", "free_bits": 0.5}}, r"vae.free_bits needs the closed-form KL"),
         ({"vae": {"arch": "resnet", "conv_channels": []}}, r"vae.conv_channels: \[\] is not allowed with arch resnet"),
+        (
+            {"vae": {"family": "hvae", "arch": "conv", "hidden_sizes": []}},
+            r"vae.hidden_sizes: \[\] is not allowed with family hvae \(its z1 layers",
+        ),
         ({"vae": {"max_minutes": 0}}, r"vae.max_minutes: 0.0 is out of range"),
         ({"vae": {"arch": "conv", "dropout": 0.2}}, r"vae.dropout applies to the mlp architectures; set vae.dropout"),
         ({"vae": {"decoder_input": "per_layer"}}, r"vae.decoder_input: per_layer is for family hvae with an mlp"),
@@ -133,6 +139,20 @@ def test_schema_help_lists_every_leaf_key() -> None:
     assert {"seed", "latent_dim", "data.dataset", "vae.iwae_k", "export.opset"} <= keys
 
 
+def test_the_params_command_lists_the_schema(tmp_path: Path) -> None:
+    """`python -m stages params [PREFIX]`: every key with its default and meaning; an unknown prefix is one line."""
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    run = functools.partial(subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True)
+    everything = run([sys.executable, "-m", "stages", "params"])
+    assert everything.returncode == 0 and everything.stdout.splitlines() == schema_help()
+    vae = run([sys.executable, "-m", "stages", "params", "vae."]).stdout.splitlines()
+    assert vae and all(line.startswith("vae.") for line in vae)
+    assert "vae.hidden_sizes = [512, 256]: hidden layer widths of the mlp architectures" in "\n".join(vae)
+    unknown = run([sys.executable, "-m", "stages", "params", "vea"])
+    assert unknown.returncode == 2 and "no parameter starts with 'vea'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr and not list(tmp_path.iterdir())
+
+
 def test_stage_rejects_bad_params_with_exit_code_and_writes_nothing(tmp_path: Path) -> None:
     raw = yaml.safe_load((REPO / "params.yaml").read_text()) | {"latent_dim": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -144,5 +164,7 @@ def test_stage_rejects_bad_params_with_exit_code_and_writes_nothing(tmp_path: Pa
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2
-    assert "latent_dim: 0 is out of range" in result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: invalid parameters: params.yaml: latent_dim: 0 is out of range; allowed: [1, 4096]"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

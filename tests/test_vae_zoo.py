@@ -279,7 +279,7 @@ def test_the_per_layer_decoder_reads_z1_and_z2_apart_then_joins_them() -> None:
     x, zs = torch.bernoulli(torch.full((3, 1, 4, 4), 0.4, dtype=F64)), torch.randn(4, 3, 5, dtype=F64)
     per_pixel = model.log_likelihood_from_logits(model.decode_logits(zs.reshape(12, 5)).reshape(4, 3, 16), x.flatten(1))
     torch.testing.assert_close(model.log_likelihood(x, zs), per_pixel)
-    with pytest.raises(ValueError, match="per_layer needs an mlp architecture"):
+    with pytest.raises(ValueError, match="per_layer is for family hvae with an mlp architecture"):
         HVAEConfig((1, 4, 4), 2, arch="conv", top_latent_dim=3, decoder_input="per_layer")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,18 +37,12 @@ class HVAEConfig(VAEConfig):
     top_latent_dim: int = 40
     decoder_input: str = "joint"
 
+    family: ClassVar[str] = "hvae"
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.flow_steps:
-            raise ValueError("flows refine the one-layer vae only: set vae.flow_steps: 0 with vae.family: hvae")
-        if self.num_classes is not None:
-            raise ValueError("the two-layer hvae is unconditional: set vae.conditional: false")
         if self.top_latent_dim < 1:
             raise ValueError(f"vae.top_latent_dim must be at least 1, got {self.top_latent_dim}")
-        if self.decoder_input not in ("joint", "per_layer"):
-            raise ValueError(f"vae.decoder_input {self.decoder_input!r} is not 'joint' or 'per_layer'")
-        if self.decoder_input == "per_layer" and self.arch not in ("mlp", "gated_mlp"):
-            raise ValueError(f"vae.decoder_input: per_layer needs an mlp architecture; use joint with {self.arch}")
 
 
 class HVAE(VAE):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from torch import nn
 
 from pipeline.models.base import check_labels, one_hot
 from pipeline.models.distributions import (
+    LOG_2PI,
     Posterior,
     gaussian_mixture_log_density,
     gaussian_sample,
@@ -33,14 +35,10 @@ from pipeline.models.distributions import (
     standard_normal_log_density,
 )
 from pipeline.models.layers import InverseAutoregressiveFlow, ResidualBlock, dense_stack
+from pipeline.vae_settings import DENSE_ARCHS, vae_settings_error
 
-LOG_2PI = math.log(2 * math.pi)
 # Decoded rows the fused MLP log-likelihood holds at once (importance sampling, AIS, IWAE).
 LOGIT_ROWS_PER_BLOCK = 2048
-
-
-ARCHS = ("mlp", "gated_mlp", "conv", "resnet")
-PRIORS = ("standard_normal", "vampprior")
 
 
 @dataclass(frozen=True)
@@ -62,33 +60,33 @@ class VAEConfig:
     flow_hidden: int = 256
     dropout: float = 0.0
 
+    family: ClassVar[str] = "vae"
+
     def __post_init__(self) -> None:
         for name in ("image_shape", "hidden_sizes", "conv_channels"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(ARCHS)}")
+        error = vae_settings_error(self)
+        if error:
+            raise ValueError(error)
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood {self.likelihood!r} is not 'bernoulli' or 'gaussian'")
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior {self.prior!r} is not one of {', '.join(PRIORS)}")
-        if self.arch in ("mlp", "gated_mlp") and not self.hidden_sizes:
-            raise ValueError(
-                f"the {self.arch} architecture needs at least one hidden layer (vae.hidden_sizes is empty)"
-            )
-        if self.arch in ("conv", "resnet") and not self.conv_channels:
-            raise ValueError(f"the {self.arch} architecture needs at least one block (vae.conv_channels is empty)")
-        if self.prior == "vampprior" and self.num_classes is not None:
-            raise ValueError("the vampprior is for unconditional models: set vae.conditional: false")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"vae.dropout must be in [0, 1), got {self.dropout}")
-        if self.dropout and self.arch not in ("mlp", "gated_mlp"):
-            raise ValueError(f"vae.dropout applies to the mlp architectures only: set it to 0 with arch {self.arch}")
         if self.prior == "vampprior" and self.pseudo_inputs < 1:
             raise ValueError("the vampprior needs at least one pseudo-input (vae.pseudo_inputs)")
 
     @property
     def gated(self) -> bool:
         return self.arch == "gated_mlp"
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None
+
+    @property
+    def dense(self) -> bool:
+        """An mlp architecture (flattened pixels through ``hidden_sizes``), not a convolutional one."""
+        return self.arch in DENSE_ARCHS
 
 
 def _conv_shapes(height: int, width: int, depth: int) -> list[tuple[int, int]]:
@@ -129,7 +127,7 @@ class VAE(nn.Module):
         n_labels = config.num_classes or 0
         self.context_dim = config.flow_hidden if config.flow_steps else 0
         head_size = 2 * self.top_dim + self.context_dim
-        if config.arch in ("mlp", "gated_mlp"):
+        if config.dense:
             pixels = c * h * w
             hidden = list(hidden_sizes)
             if config.gated:
@@ -192,7 +190,7 @@ class VAE(nn.Module):
 
     def _features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         labels = self._labels(y, x.shape[0], x.dtype)
-        if self.arch in ("mlp", "gated_mlp"):
+        if self.config.dense:
             inputs = x.flatten(1)
             if labels is not None:
                 inputs = torch.cat([inputs, labels], dim=1)
@@ -278,7 +276,7 @@ class VAE(nn.Module):
         """log p(x|z) summed over pixels, K×B, for x B×C×H×W and z K×B×D (11.3 or 11.4)."""
         k, b, d = z.shape
         y_rep = None if y is None else y.repeat(k)
-        if self.arch in ("mlp", "gated_mlp") and k > 1 and not torch.is_autocast_enabled(z.device.type):
+        if self.config.dense and k > 1 and not torch.is_autocast_enabled(z.device.type):
             return self._mlp_log_likelihood(x.reshape(b, -1).to(z.dtype).contiguous(), z, y_rep)
         logits = self.decode_logits(z.reshape(k * b, d), y_rep).reshape(k, b, -1)
         return self.log_likelihood_from_logits(logits, x.reshape(b, -1).to(logits.dtype))
