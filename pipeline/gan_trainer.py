@@ -273,9 +273,10 @@ class GanTrainer:
 
     @torch.no_grad()
     def validate(self, epoch: int, progress: float) -> dict[str, float]:
-        """On sample epochs: the fixed-noise grid (writer only) and, given a classifier, the sample metrics on the
-        validation split (never the test split, which would leak into the choice of best.pt)."""
-        if not self.is_sample_epoch(epoch):
+        """On sample epochs, and on the epoch that spends the time budget (``progress`` 1): the fixed-noise grid
+        (writer only) and, given a classifier, the sample metrics on the validation split (never the test split,
+        which would leak into the choice of best.pt)."""
+        if not (self.is_sample_epoch(epoch) or progress >= 1.0):
             return {}
         if self.ctx.is_writer:
             save_fixed_noise_grid(self, self.outputs.image_dir / f"samples_epoch{epoch + 1:04d}.png")
@@ -332,9 +333,10 @@ class GanTrainer:
         save_fixed_noise_grid(self, self.outputs.image_dir / "samples.png")
         save_code_grids(self, self.outputs.image_dir)
         metrics = best["training"]["best"]["metrics"]
-        summary = {"valid_fd": metrics["valid/frechet_distance"]} if self.monitor else {}
+        scored = "valid/frechet_distance" in metrics  # not when the run ended before any sample epoch
+        summary = {"valid_fd": metrics["valid/frechet_distance"]} if scored else {}
         card = {
-            "best_by": "valid frechet_distance" if self.monitor else "last epoch",
+            "best_by": "valid frechet_distance" if scored else "last epoch",
             "best_epoch_metrics": metrics,
             "effective_batch_size": self.config.gan.batch_size * self.ctx.world_size,
             "device": self.device.type,

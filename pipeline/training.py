@@ -310,7 +310,7 @@ def _improves(monitor: str | None, higher_is_better: bool, value: float | None, 
         return True
     if value is None:
         return False
-    if best["epoch"] < 1:
+    if best["epoch"] < 1 or best["value"] is None:  # None: scored by no metric so far (e.g. a classifier came later)
         return True
     return value > best["value"] if higher_is_better else value < best["value"]
 
@@ -388,8 +388,9 @@ def fit(
             for step, record in trainer.log_records(epoch, metrics):
                 live.log(step, record)
             trained_seconds += time.perf_counter() - epoch_began
-            # rank 0's decision for all: the clocks of the ranks differ
-            stopped = gather_objects(_stop_reason(trainer, epoch + 1, best["epoch"], trained_seconds), ctx)[0]
+            # rank 0's decision for all: the clocks of the ranks differ. The budget is judged on the clock validate
+            # saw (its progress reached 1), so the epoch that spends it was validated as the last one
+            stopped = gather_objects(_stop_reason(trainer, epoch + 1, best["epoch"], seconds_so_far), ctx)[0]
             ranks = gather_objects(trainer.rank_state(), ctx)  # every rank's generators, for an exact resume
             if ctx.is_writer:
                 training = {"state": trainer.state(), "ranks": ranks, "epoch": epoch + 1, "best": best}

@@ -110,6 +110,31 @@ def test_without_a_classifier_best_is_the_last_epoch(digits: ProcessedData, tmp_
     assert all(torch.equal(best[k], v) for k, v in last.items())
 
 
+def test_a_budget_that_ends_before_a_sample_epoch_still_scores_and_saves_best(
+    digits: ProcessedData, classifier: Classifier, tmp_path: Path
+) -> None:
+    """The epoch that spends gan.max_minutes is scored like a sample epoch, so best.pt is this run's, not missing
+    (or left over from an earlier run)."""
+    config = tiny_config(epochs=4, sample_every_epochs=3, max_minutes=1e-6)
+    summary = train_gan(config, digits, outputs(tmp_path), classifier=classifier, progress=False)
+    card = read_json(tmp_path / "cards" / "train_gan.json")
+    assert (
+        card["best_epoch"] == 1 and card["best_by"] == "valid frechet_distance" and card["stopped"].startswith("time")
+    )
+    assert summary == {"valid_fd": card["best_epoch_metrics"]["valid/frechet_distance"]}
+    assert load_checkpoint(tmp_path / "checkpoints" / "gan" / "best.pt")["training"]["epoch"] == 1
+
+
+def test_resuming_with_a_classifier_that_came_later(
+    digits: ProcessedData, classifier: Classifier, tmp_path: Path
+) -> None:
+    """Epochs trained without a classifier were scored by nothing; once one is there, the first scored epoch is best."""
+    train_gan(tiny_config(epochs=2), digits, outputs(tmp_path), progress=False)
+    train_gan(tiny_config(resume=True), digits, outputs(tmp_path), classifier=classifier, progress=False)
+    card = read_json(tmp_path / "cards" / "train_gan.json")
+    assert card["best_epoch"] == 4 and card["best_by"] == "valid frechet_distance"
+
+
 def test_d_steps_count_across_epochs(digits: ProcessedData, tmp_path: Path) -> None:
     """With 7 batches an epoch, d_steps = 10 updates the generator once, at step 10 (in epoch 2), and d_steps = 100
     never: the two generators are the same after one epoch and differ after two."""
