@@ -143,15 +143,18 @@ def choose_observation_sigma(
     return ObservationSigmaChoice(sigma=best, log_px=scores)
 
 
-def check_fits_data(model: nn.Module, data: ProcessedData, name: str) -> None:
+def check_fits_data(model: nn.Module, data: ProcessedData, name: str, *, shape_only: bool = False) -> None:
     """A ValueError saying what to retrain unless ``model`` (called ``name`` in the message) was trained on images of
-    ``data``'s shape and, if it is conditional, ``data`` has labels of as many classes."""
+    ``data``'s shape and, if it is conditional (and not ``shape_only``: the feature classifier, whose classes may be
+    a pretext task's), ``data`` has labels of as many classes."""
     if tuple(model.image_shape) != tuple(data.image_shape):
         raise ValueError(
             f"the {name} was trained on {tuple(model.image_shape)} images but the data are {data.image_shape}; "
             "retrain it on these data (dvc repro)"
         )
-    if model.num_classes is not None and (data.y is None or data.num_classes != model.num_classes):
+    if shape_only or model.num_classes is None:
+        return
+    if data.y is None or data.num_classes != model.num_classes:
         labels = "no labels" if data.y is None else f"{data.num_classes} classes"
         raise ValueError(
             f"the {name} is conditional on {model.num_classes} classes but the data have {labels}; "

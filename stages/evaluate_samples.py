@@ -67,6 +67,7 @@ def main(
     vae = load_model(vae_path, "model", device, VAE)
     for name, model in (("GAN", generator), ("VAE", vae)):
         check_fits_data(model, data, name)
+    check_fits_data(classifier, data, "feature classifier", shape_only=True)
     real_test, real_train = torch.from_numpy(data.x["test"]), torch.from_numpy(data.x["train"])
     labels = torch.from_numpy(data.y["test"]) if data.y is not None else None
     card = {"classifier_task": classifier.task, "device": device.type}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from pipeline.images import save_image_grid
 from pipeline.io import atomic_path, check_writable, read_json
@@ -84,6 +85,12 @@ def main(
 ) -> None:
     """Sample images from an exported model (conditional models cycle through the classes unless --labels)."""
     if all_models:
+        given = click.get_current_context().get_parameter_source
+        for name, hint in (("labels", "--labels"), ("out", "--out")):
+            if given(name) is ParameterSource.COMMANDLINE:
+                raise click.BadParameter(
+                    "is for one --model; --all writes one grid per model to --out-dir", param_hint=hint
+                )
         card_path = Path(export_dir) / MANIFEST_NAME
         if not card_path.is_file():
             raise click.ClickException(f"{card_path}: no model card; run `python -m stages export` first")

@@ -9,6 +9,7 @@ import click
 
 from pipeline.checkpoint import load_model
 from pipeline.data.processed import load_processed
+from pipeline.evaluation import check_fits_data
 from pipeline.gan_trainer import train_gan
 from pipeline.models import Classifier
 from pipeline.training import TRAINING_ERRORS
@@ -36,6 +37,8 @@ def main(params_path: str, data_dir: str, classifier_path: str) -> None:
     classifier = load_model(classifier_path, kind=Classifier) if Path(classifier_path).exists() else None
     if classifier is None:
         logging.info("train_gan: no classifier at %s; training without sample metrics", classifier_path)
+    else:
+        check_fits_data(classifier, data, "feature classifier", shape_only=True)
     summary = train_gan(config, data, classifier=classifier)
     if summary:
         fd = summary.get("valid_fd")
