@@ -34,8 +34,8 @@ class ConfigError(ValueError):
     """A parameter in params.yaml is not acceptable."""
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
-    return {"min": lo, "max": hi, "min_open": lo_open}
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> dict:
+    return {"min": lo, "max": hi, "min_open": lo_open, "max_open": hi_open}
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -210,8 +210,8 @@ class GanParams:
     batch_size: int = _f(32, "training batch size (batch norm needs 2 or more)", **_range(2, 1 << 20))
     lr_g: float = _f(1e-3, "generator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     lr_d: float = _f(1e-3, "discriminator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
-    beta1: float = _f(0.5, "Adam beta1", **_range(0.0, 1.0))
-    beta2: float = _f(0.999, "Adam beta2", **_range(0.0, 1.0))
+    beta1: float = _f(0.5, "Adam beta1", **_range(0.0, 1.0, hi_open=True))
+    beta2: float = _f(0.999, "Adam beta2", **_range(0.0, 1.0, hi_open=True))
     d_steps: int = _f(1, "discriminator updates per generator update", **_range(1, 100))
     sample_every_epochs: int = _f(25, "epochs between logged sample grids and metrics", **_range(1, 100000))
     log_every_steps: int = _f(
@@ -293,11 +293,13 @@ def _describe(tp: Any) -> str:
 
 
 def _check_range(key: str, value: float, meta: dict) -> None:
-    lo, hi, lo_open = meta.get("min"), meta.get("max"), meta.get("min_open", False)
+    lo, hi = meta.get("min"), meta.get("max")
+    lo_open, hi_open = meta.get("min_open", False), meta.get("max_open", False)
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    if too_low or (hi is not None and value > hi):
-        left = "(" if lo_open else "["
-        raise ConfigError(f"{key}: {value!r} is out of range; allowed: {left}{lo}, {hi}]")
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
+    if too_low or too_high:
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ConfigError(f"{key}: {value!r} is out of range; allowed: {left}{lo}, {hi}{right}")
 
 
 def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
