@@ -402,7 +402,10 @@ def _exported(
 
 
 def class_names(data: dict[str, Any]) -> tuple[str, ...]:
-    """The class names of the dataset a model was trained on (the registry's), else the class indices as text."""
+    """The class names of the data a model was trained on (as its checkpoint records them, or the registry's for
+    older checkpoints), else the class indices as text."""
+    if data.get("class_names"):
+        return tuple(str(name) for name in data["class_names"])
     spec = REGISTRY.get(str(data.get("dataset")))
     if spec is not None and spec.class_names:
         return tuple(spec.class_names)

@@ -141,6 +141,29 @@ def test_image_folder_labels_from_subfolders_and_layout_errors(tmp_path: Path) -
         list_image_folder(tmp_path / "empty")
 
 
+def test_images_are_read_as_a_viewer_shows_them(tmp_path: Path) -> None:
+    """16-bit grey scaled to 8 bits (not clipped at 255), transparency over white, the EXIF orientation applied; a
+    32-bit image refused in one line naming the file."""
+    ramp = np.linspace(0, 65535, 16).round().astype(np.uint16).reshape(4, 4)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png", 4, 1)[..., 0], (ramp / 257).round())
+    strokes = np.zeros((4, 4, 4), dtype=np.uint8)  # black everywhere, opaque only on the diagonal
+    strokes[np.arange(4), np.arange(4), 3] = 255
+    Image.fromarray(strokes, "RGBA").save(tmp_path / "strokes.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "strokes.png", 4, 1)[..., 0], 255 * (1 - np.eye(4)))
+    tall = np.zeros((6, 4), dtype=np.uint8)
+    tall[:, 0] = 255  # a bright left column; EXIF orientation 6 turns it 90° clockwise, onto the top row
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(tall).save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    upright = read_image(tmp_path / "turned.jpg", 4, 1)[..., 0]
+    assert upright[0].min() > 200 and upright[1:].max() < 60
+    Image.fromarray(np.ones((4, 4), dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DatasetError, match=r"float.tif: a F image \(32-bit\); save it as an 8- or 16-bit PNG"):
+        read_image(tmp_path / "float.tif", 4, 1)
+
+
 # --- preprocessing ---------------------------------------------------------------------------------------------
 
 
@@ -277,6 +300,13 @@ def test_image_folder_is_resized_labelled_and_split(tmp_path: Path) -> None:
     assert stats["image_shape"] == [3, 12, 12] and stats["class_names"] == ["cat", "dog"]
     assert stats["counts"] == {"train": 14, "valid": 2, "test": 4} and stats["num_classes"] == 2
     assert stats["splits"]["test"] == "0.2 of the images, fixed seed 0"
+    assert load_processed(tmp_path / "out").describe()["class_names"] == ["cat", "dog"]  # into the checkpoints
+
+
+def test_numbered_class_folders_are_numbered_by_value(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "images", classes=("10", "2", "1"), per_class=1)
+    files, labels, class_names = list_image_folder(root)
+    assert class_names == ["1", "2", "10"] and [class_names[k] for k in labels] == [p.parent.name for p in files]
 
 
 def test_raw_directory_must_hold_the_configured_dataset(tmp_path: Path) -> None:

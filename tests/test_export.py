@@ -21,6 +21,7 @@ from pipeline.config import ExportParams, config_from_dict
 from pipeline.export import (
     ExportError,
     InputSpec,
+    class_names,
     export_generator,
     export_module,
     export_vae,
@@ -141,6 +142,13 @@ def test_card_lists_every_file_with_hash_shapes_and_parity(exported) -> None:
     }
     assert generator["metadata"]["class_names"] == [str(k) for k in range(10)]
     assert decoder["opset"] == 18
+
+
+def test_class_names_come_from_the_checkpoint_then_the_registry() -> None:
+    """An image folder's subfolder names, recorded with the training data, are what the metadata names."""
+    assert class_names({"dataset": "image_folder", "num_classes": 2, "class_names": ["cat", "dog"]}) == ("cat", "dog")
+    assert class_names({"dataset": "fashion_mnist", "num_classes": 10})[1] == "Trouser"  # an older checkpoint
+    assert class_names({"dataset": "npz", "num_classes": 3}) == ("0", "1", "2")
 
 
 def test_the_manifest_follows_its_schema_and_the_onnx_metadata_carries_the_same_typed_facts(exported) -> None:

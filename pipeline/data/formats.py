@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.data.registry import DatasetError
 
@@ -120,7 +120,8 @@ def read_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     """The PNG/JPEG files under ``root`` (sorted) with labels from class subfolders, if that is the layout.
 
-    Either all images lie directly in ``root`` (unlabelled) or all lie one level down, one folder per class.
+    Either all images lie directly in ``root`` (unlabelled) or all lie one level down, one folder per class. Classes
+    are numbered in the folders' order: by value when every folder name is a number (2 before 10), else by name.
     """
     root = Path(root)
     if not root.is_dir():
@@ -138,7 +139,8 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int] | None, list[st
     if depths == {1}:
         return files, None, []
     if depths == {2}:
-        class_names = sorted({p.parent.name for p in files})
+        names = {p.parent.name for p in files}
+        class_names = sorted(names, key=int if all(name.isdigit() for name in names) else None)
         index = {name: i for i, name in enumerate(class_names)}
         return files, [index[p.parent.name] for p in files], class_names
     raise DatasetError(
@@ -157,11 +159,28 @@ def image_error(path: Path) -> str | None:
     return None
 
 
+def _eight_bit(picture: Image.Image, path: Path, channels: int) -> Image.Image:
+    """``picture`` as a viewer shows it, in 8-bit grey or RGB: turned upright by its EXIF orientation, transparent
+    parts over white, 16-bit grey scaled to 8 bits (a plain conversion would clip it at 255)."""
+    picture = ImageOps.exif_transpose(picture)
+    if picture.mode.startswith("I;16"):
+        picture = Image.fromarray((np.asarray(picture, dtype=np.float64) / 257.0).round().astype(np.uint8))
+    elif picture.mode in ("I", "F"):
+        raise DatasetError(f"{path}: a {picture.mode} image (32-bit); save it as an 8- or 16-bit PNG")
+    if "A" in picture.getbands() or "transparency" in picture.info:
+        rgba = picture.convert("RGBA")
+        picture = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return picture.convert("L" if channels == 1 else "RGB")
+
+
 def read_image(path: Path, image_size: int, channels: int) -> np.ndarray:
-    """One image as uint8 H×W×C: converted to grey or RGB, centre-cropped to a square, resized."""
+    """One image as uint8 H×W×C: converted to grey or RGB as a viewer shows it (upright, transparency over white,
+    16-bit scaled to 8), centre-cropped to a square, resized."""
     try:
         with Image.open(path) as picture:
-            picture = picture.convert("L" if channels == 1 else "RGB")
+            picture = _eight_bit(picture, path, channels)
+    except DatasetError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: not a readable PNG/JPEG image ({err})") from None
     side = min(picture.size)

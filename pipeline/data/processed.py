@@ -30,6 +30,7 @@ class ProcessedData:
     binarize: str
     num_classes: int | None
     dataset: str
+    class_names: tuple[str, ...] = ()  # one per class where the data name them (e.g. an image folder's subfolders)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -49,7 +50,7 @@ class ProcessedData:
             "num_classes": self.num_classes,
             "dataset": self.dataset,
             "binarize": self.binarize,
-        }
+        } | ({"class_names": list(self.class_names)} if self.class_names else {})
 
 
 def _to_unit(x: np.ndarray, levels: int) -> np.ndarray:
@@ -98,4 +99,5 @@ def load_processed(directory: str | Path = "data/processed") -> ProcessedData:
         raise ValueError(
             f"{directory / 'arrays.npz'}: unreadable processed data ({err}); re-create it with dvc repro -f preprocess"
         ) from None
-    return ProcessedData(x=x, y=y, binarize=meta["binarize"], num_classes=meta["num_classes"], dataset=meta["dataset"])
+    names = tuple(str(name) for name in meta.get("class_names") or ())
+    return ProcessedData(x, y, meta["binarize"], meta["num_classes"], meta["dataset"], names)
