@@ -346,8 +346,9 @@ class GenerativeModel:
         batch_size: int = SAMPLE_BATCH,
         codes: np.ndarray | None = None,
     ) -> Iterator[np.ndarray]:
-        """:meth:`sample` in consecutive batches of at most ``batch_size`` images (the same images, in order), so
-        memory does not grow with ``n``."""
+        """:meth:`sample` in consecutive batches of at most ``batch_size`` images (the same images, in order, for any
+        ``batch_size``), so memory does not grow with ``n``. The noise, the prior's component choices, the code
+        categories and the continuous codes are four streams of ``seed``, so the batches cut none of them."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
             raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -366,17 +367,17 @@ class GenerativeModel:
             codes = np.broadcast_to(codes, (n, len(codes)))
         if codes is not None:
             self._code_feed(codes, n)
-        rng = np.random.default_rng(seed)
+        noise, choices, categories, continuous = np.random.default_rng(seed), *np.random.default_rng(seed).spawn(3)
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
-            z = rng.standard_normal((count, self.latent_dim), dtype=np.float32) * np.float32(temperature)
+            z = noise.standard_normal((count, self.latent_dim), dtype=np.float32) * np.float32(temperature)
             if self._prior is not None:  # the noise (and a uniform choosing a mixture component) mapped to p(z)
-                (z,) = self._prior.run(None, {"noise": z, "u": rng.random(count, dtype=np.float32)})
+                (z,) = self._prior.run(None, {"noise": z, "u": choices.random(count, dtype=np.float32)})
             batch_codes = None if codes is None else codes[start : start + count]
             if batch_codes is None and self.code_dim:
                 k, c = self.metadata.code_categories, self.metadata.code_continuous
-                category = rng.integers(k, size=count) if k else None
-                batch_codes = make_codes(category, rng.uniform(-1, 1, (count, c)).astype(np.float32), k)
+                category = categories.integers(k, size=count) if k else None
+                batch_codes = make_codes(category, continuous.uniform(-1, 1, (count, c)).astype(np.float32), k)
             labels_now = None if labels is None else np.asarray(labels)[start : start + count]
             yield self.decode(z, labels_now, batch_codes)
 

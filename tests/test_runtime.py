@@ -135,6 +135,26 @@ def test_sampling_in_batches_gives_the_same_images(gan: GenerativeModel) -> None
     np.testing.assert_array_equal(gan.sample(300, seed=5), whole)
 
 
+def test_batches_cut_no_stream_of_a_vampprior_vae_or_an_infogan(tmp_path: Path) -> None:
+    """With a prior sampler (its component choices) or InfoGAN codes drawn too, the batch size still does not change
+    the images: each kind of draw is a stream of its own."""
+    torch.manual_seed(0)
+    vae_config = config_from_dict(
+        {"latent_dim": 4, "vae": {"hidden_sizes": [32], "prior": "vampprior", "pseudo_inputs": 3}}
+    )
+    gan_config = config_from_dict(
+        {"latent_dim": 4, "gan": {"hidden_sizes": [32], "info_categories": 3, "info_continuous": 1}}
+    )
+    data = DATA | {"num_classes": None}
+    models = export_vae(build_vae(vae_config, IMAGE_SHAPE, None), data, vae_config.to_dict(), vae_config.export)
+    generator = build_generator(gan_config, IMAGE_SHAPE, None)
+    write_exported(models + export_generator(generator, data, gan_config.to_dict(), gan_config.export), tmp_path)
+    for name in ("vae_decoder.onnx", "gan_generator.onnx"):
+        model = GenerativeModel(tmp_path / name)
+        whole = next(model.sample_batches(100, seed=5, batch_size=100))
+        np.testing.assert_array_equal(np.concatenate(list(model.sample_batches(100, seed=5, batch_size=16))), whole)
+
+
 def test_a_model_is_checked_against_the_manifest_beside_it(tmp_path: Path, export_dir: Path) -> None:
     """A file left over from another export, or renamed into a folder with a manifest that does not list it, is
     refused: one set of files is used together."""
