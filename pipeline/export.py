@@ -141,6 +141,17 @@ def params_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of a network's weights (each tensor's name, dtype, shape and bytes): the files exported from one
+    trained model share it, so the runtime can tell them from another training's with the same params."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().flatten()
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def git_revision() -> str:
     """``git rev-parse HEAD`` of the working directory, or "unknown" outside a git checkout."""
     try:
@@ -435,6 +446,7 @@ def _metadata(
         dataset=str(data.get("dataset", "unknown")),
         params_hash=params_hash(config),
         git_revision=git_revision(),
+        weights_sha256=weights_sha256(model),
         code_categories=int(getattr(model, "categories", 0)),
         code_continuous=int(getattr(model, "continuous_codes", 0)),
     )

@@ -83,6 +83,8 @@ class ModelMetadata:
     dataset: str
     params_hash: str
     git_revision: str
+    # sha256 of the trained network's weights, shared by the files of one export ("": exported before it was recorded)
+    weights_sha256: str = ""
     code_categories: int = 0  # InfoGAN: categories of the categorical code (Chen et al. 2016)
     code_continuous: int = 0  # InfoGAN: continuous codes, each in [-1, 1]
 
@@ -96,6 +98,7 @@ class ModelMetadata:
         codes = {key: getattr(self, key) for key in CODE_KEYS} if self.code_dim else {}
         return {
             **{key: getattr(self, key) for key in METADATA_KEYS},
+            "weights_sha256": self.weights_sha256,
             "image_shape": list(self.image_shape),
             "class_names": list(self.class_names),
             **codes,
@@ -133,6 +136,7 @@ class ModelMetadata:
                 dataset=str(values["dataset"]),
                 params_hash=str(values["params_hash"]),
                 git_revision=str(values["git_revision"]),
+                weights_sha256=str(values.get("weights_sha256", "")),
                 **{key: int(values.get(key, 0)) for key in CODE_KEYS},
             )
         except (ValueError, TypeError, AttributeError) as err:
@@ -280,7 +284,10 @@ class GenerativeModel:
                 )
             self._prior = open_session(prior_path, providers, threads)
             prior_meta = read_metadata(self._prior, str(prior_path))
-            if prior_meta.kind != "vae_prior" or prior_meta.params_hash != self.metadata.params_hash:
+            mine = self.metadata
+            if prior_meta.kind != "vae_prior" or any(
+                getattr(prior_meta, key) != getattr(mine, key) for key in ("params_hash", "weights_sha256")
+            ):
                 raise ModelFileError(f"{prior_path} and {path} come from different models; use the files of one export")
         self._encoder = None
         if encoder_path is not None:
@@ -292,7 +299,7 @@ class GenerativeModel:
                     f"{encoder_path}: an encoder pairs a vae_encoder with a vae_decoder, got {encoder_meta.kind} "
                     f"with {mine.kind}"
                 )
-            same = ("latent_dim", "image_shape", "conditional", "num_classes", "params_hash")
+            same = ("latent_dim", "image_shape", "conditional", "num_classes", "params_hash", "weights_sha256")
             if any(getattr(encoder_meta, key) != getattr(mine, key) for key in same):
                 raise ModelFileError(
                     f"{encoder_path} and {path} come from different models (compare their {', '.join(same)}); "

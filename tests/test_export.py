@@ -175,7 +175,7 @@ def test_quantized_files_declare_only_the_domains_their_operators_use(exported) 
 def test_metadata_round_trip(exported) -> None:
     out, _, _, _, plain, conditional = exported
     props = {p.key: p.value for p in onnx.load(out / "gan_generator.int8.onnx").metadata_props}
-    assert set(METADATA_KEYS) == set(json.loads(props["model"]))
+    assert {*METADATA_KEYS, "weights_sha256"} == set(json.loads(props["model"]))
     meta = GenerativeModel(out / "gan_generator.int8.onnx").metadata
     assert meta == ModelMetadata.from_props(props)
     assert meta.kind == "gan_generator" and meta.variant == "int8" and meta.likelihood == "implicit"

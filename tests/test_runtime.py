@@ -155,6 +155,29 @@ def test_batches_cut_no_stream_of_a_vampprior_vae_or_an_infogan(tmp_path: Path) 
         np.testing.assert_array_equal(np.concatenate(list(model.sample_batches(100, seed=5, batch_size=16))), whole)
 
 
+def test_files_of_two_trainings_with_the_same_params_are_not_paired(tmp_path: Path) -> None:
+    """A decoder next to another training's prior sampler or encoder (same params, other weights) is refused,
+    while each export's own files pair: the metadata's weights_sha256 tells them apart."""
+    config = config_from_dict(
+        {"latent_dim": 4, "vae": {"hidden_sizes": [32], "prior": "vampprior", "pseudo_inputs": 3}}
+    )
+    data = DATA | {"num_classes": None}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        vae = build_vae(config, IMAGE_SHAPE, None)
+        write_exported(export_vae(vae, data, config.to_dict(), config.export), tmp_path / name)
+    own = GenerativeModel(tmp_path / "a" / "vae_decoder.onnx", encoder_path=tmp_path / "a" / "vae_encoder.onnx")
+    assert own.metadata.weights_sha256 != GenerativeModel(tmp_path / "b" / "vae_decoder.onnx").metadata.weights_sha256
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(tmp_path / "a" / "vae_decoder.onnx", mixed)
+    shutil.copy(tmp_path / "b" / "vae_prior.onnx", mixed)
+    with pytest.raises(ModelFileError, match="vae_prior.onnx and .* come from different models"):
+        GenerativeModel(mixed / "vae_decoder.onnx")
+    with pytest.raises(ModelFileError, match="come from different models"):
+        GenerativeModel(tmp_path / "a" / "vae_decoder.onnx", encoder_path=tmp_path / "b" / "vae_encoder.onnx")
+
+
 def test_a_model_is_checked_against_the_manifest_beside_it(tmp_path: Path, export_dir: Path) -> None:
     """A file left over from another export, or renamed into a folder with a manifest that does not list it, is
     refused: one set of files is used together."""
