@@ -412,6 +412,8 @@ def config_from_dict(raw: dict[str, Any], complete: bool = False) -> Config:
     quantize = config.export.quantize
     if len(set(quantize)) != len(quantize):
         raise ConfigError(f"export.quantize: {quantize} names a variant twice; list each once")
+    if config.gan.info_categories == 1:
+        raise ConfigError("gan.info_categories: 1 category carries no information; set 0 (no categorical code) or 2+")
     if config.gan.loss in ("hinge", "wgan_gp") and config.gan.label_smoothing > 0:
         raise ConfigError(
             f"gan.label_smoothing applies to the minimax and non_saturating losses; set it to 0 for {config.gan.loss}"

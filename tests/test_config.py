@@ -103,6 +103,7 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"dropout": 1.0}}, r"vae.dropout: 1.0 is out of range"),
         ({"vae": {"ema_decay": -0.1}}, r"vae.ema_decay: -0.1 is out of range"),
         ({"gan": {"beta2": 1.0}}, r"gan.beta2: 1.0 is out of range; allowed: \[0.0, 1.0\)"),
+        ({"gan": {"info_categories": 1}}, r"gan.info_categories: 1 category carries no information"),
         ({"vae": {"weight_decay": -1e-3}}, r"vae.weight_decay: -0.001 is out of range"),
         ({"evaluate": {"splits": ["train"]}}, r"evaluate.splits\[0\]: 'train' is not allowed"),
     ],
