@@ -303,6 +303,16 @@ def test_image_folder_is_resized_labelled_and_split(tmp_path: Path) -> None:
     assert load_processed(tmp_path / "out").describe()["class_names"] == ["cat", "dog"]  # into the checkpoints
 
 
+def test_held_out_splits_come_in_random_order_from_a_sorted_folder(tmp_path: Path) -> None:
+    """An image folder is read class by class; the test and validation splits are not, so their first points (what
+    AIS and evaluate.max_points take) are a sample of every class."""
+    make_image_folder(fake_raw(tmp_path / "raw", "image_folder") / "images", per_class=25)
+    preprocess(tmp_path / "raw", tmp_path / "out", dataset="image_folder", image_size=8, channels=1)
+    y = load_processed(tmp_path / "out").y
+    for split in ("test", "valid"):
+        assert y[split].tolist() != sorted(y[split].tolist()) and set(y[split][:5]) == {0, 1}, split
+
+
 def test_numbered_class_folders_are_numbered_by_value(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "images", classes=("10", "2", "1"), per_class=1)
     files, labels, class_names = list_image_folder(root)

@@ -184,16 +184,18 @@ def _with_labels(data: RawDataset, arrays: dict[str, np.ndarray], labelled: list
 
 
 def _split_off(data: RawDataset, source: str, target: str, fraction: float, rng: np.random.Generator) -> None:
-    """Move a random ``fraction`` of ``source``'s images (at least one, never all) into a new split ``target``."""
+    """Move a random ``fraction`` of ``source``'s images (at least one, never all) into a new split ``target``, in
+    random order: evaluations that take a split's first points (AIS, ``evaluate.max_points``) then see a random
+    sample of it, even where the source is sorted (an image folder's classes)."""
     count = len(data.x[source])
     held = min(max(1, round(fraction * count)), count - 1)
     if held < 1:
         raise DatasetError(f"{data.x[source].shape[0]} {source} image(s) are too few to hold out a {target} split")
-    chosen = np.zeros(count, dtype=bool)
-    chosen[rng.permutation(count)[:held]] = True
-    data.x[target], data.x[source] = data.x[source][chosen], data.x[source][~chosen]
+    chosen = rng.permutation(count)[:held]
+    rest = np.setdiff1d(np.arange(count), chosen)
+    data.x[target], data.x[source] = data.x[source][chosen], data.x[source][rest]
     if data.y is not None:
-        data.y[target], data.y[source] = data.y[source][chosen], data.y[source][~chosen]
+        data.y[target], data.y[source] = data.y[source][chosen], data.y[source][rest]
 
 
 def binarize_statically(x: np.ndarray, rng: np.random.Generator, chunk: int = 8192) -> np.ndarray:
