@@ -287,7 +287,7 @@ def evaluate_gaussian_likelihood(
     bound on the discrete data's log-likelihood. Returns the metrics (test log p(x), bits/dim) and the run card.
     """
     device = next(generator.parameters()).device
-    levels = 2 if data.binarize == "static" else 256
+    levels = 2 if data.binary and data.binarize != "dynamic" else 256  # stored 0/1 images: two levels
     dims = math.prod(data.image_shape)
     heldout = {}
     for split in ("valid", "test"):

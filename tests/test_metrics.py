@@ -12,7 +12,7 @@ from scipy import linalg
 
 from pipeline.classifier_trainer import ClassifierTrainer
 from pipeline.config import Config
-from pipeline.data.processed import load_processed
+from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.estimators import GaussianObservationModel
 from pipeline.evaluation import DecoderMean, evaluate_gaussian_likelihood, sample_quality_report, seeded_sampler
 from pipeline.gan_trainer import build_generator
@@ -145,6 +145,24 @@ def test_gan_log_likelihood_depends_on_the_seed_only(digits_processed_dir) -> No
     metrics, card = json.loads(first)
     assert set(metrics) == {"log_px", "bits_per_dim"} and metrics["log_px"] == card["log_px"]
     assert card["points"] == 4 and "seconds" not in card
+
+
+def test_stored_binary_images_are_dequantized_over_two_levels_whatever_the_binarize_setting(
+    digits_processed_dir,
+) -> None:
+    """0/1 images read as they are (binarize: none, e.g. a binarized MNIST .npz) are the same two-level data as
+    after static binarization: the same Gaussian AIS figure, not one ~D·ln 128 nats lower."""
+    digits = load_processed(digits_processed_dir)
+    x = {split: (images > 0.5).astype(np.float32) for split, images in digits.x.items()}
+    config = Config(latent_dim=4, gan=dataclasses.replace(Config().gan, hidden_sizes=[16]))
+    settings = dataclasses.replace(config.evaluate, ais_points=4, ais_steps=8, ais_chains=2, ais_leapfrog_steps=2)
+    torch.manual_seed(0)
+    generator = build_generator(config, digits.image_shape, None).eval()
+    static, stored = (
+        evaluate_gaussian_likelihood(generator, ProcessedData(x, None, binarize, None, "npz"), settings, seed=0)[0]
+        for binarize in ("static", "none")
+    )
+    assert static == stored
 
 
 def test_gan_and_vae_see_the_same_points_and_the_vae_keeps_its_own_prior(digits_processed_dir) -> None:
