@@ -90,6 +90,8 @@ def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Pa
     side = 8 * (8 + 1) - 1  # eight 8-pixel tiles a row, one pixel between them
     assert report["grid"] == [side, side] and report["litPixels"] > 0.5 * side * side  # the sample grid drew
     assert report["interpolation"] == side  # two shipped images encoded, eight decoded along the line
+    before, after = report["resampledSeeds"]
+    assert int(after) == int(before) + 1  # Resample draws the next seed's samples
     gan = next(entry for entry in manifest["models"] if entry["file"] == "gan_generator.onnx")
     if gan["metadata"].get("code_categories"):  # a row over the 3 categories, a row per continuous code; 8 columns
         assert [value["name"] for value in gan["inputs"]] == ["z", "code"]

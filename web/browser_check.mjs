@@ -54,6 +54,13 @@ try {
       await page.waitForFunction(() => document.querySelector('canvas[data-role=interpolation]').width > 0, null, { timeout: 30000 });
       result.interpolation = await page.evaluate(() => document.querySelector('canvas[data-role=interpolation]').width);
     }
+    result.resampledSeeds = await page.evaluate(() => {
+      const controls = document.querySelector('section.model .controls');
+      const seed = controls.querySelector('input');
+      const before = seed.value;
+      [...controls.querySelectorAll('button')].find((b) => b.textContent === 'Resample').click();
+      return [before, seed.value];
+    });
   }
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({ ...result, consoleErrors: errors, outsideRequests: offline }));

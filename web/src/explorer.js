@@ -224,7 +224,8 @@ function modelSection(entry, manifest, reference) {
     await redrawSlider();
   }
 
-  const resample = el('button', { onclick: () => refresh() }, 'Resample');
+  const nextSeed = () => { seed.value = String(((Number(seed.value) >>> 0) + 1) >>> 0); return refresh(); };
+  const resample = el('button', { onclick: nextSeed }, 'Resample');  // the next seed: new samples
   seed.addEventListener('change', () => refresh());
   temperature.addEventListener('change', () => refresh());
   section.append(el('div', { class: 'controls' }, el('label', {}, 'seed ', seed), el('label', {}, 'temperature ', temperature),
