@@ -333,7 +333,7 @@ class GanTrainer:
         save_fixed_noise_grid(self, self.outputs.image_dir / "samples.png")
         save_code_grids(self, self.outputs.image_dir)
         metrics = best["training"]["best"]["metrics"]
-        scored = "valid/frechet_distance" in metrics  # not when the run ended before any sample epoch
+        scored = "valid/frechet_distance" in metrics  # not when no epoch was scored (all trained without a classifier)
         summary = {"valid_fd": metrics["valid/frechet_distance"]} if scored else {}
         card = {
             "best_by": "valid frechet_distance" if scored else "last epoch",
