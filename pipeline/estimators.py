@@ -314,8 +314,11 @@ def annealed_importance_sampling(
     Intermediate targets f_t(z) = p(z) p(x|z)^β_t on a sigmoid schedule of ``num_steps`` steps; each chain's
     log weight gains (β_t - β_{t-1}) log p(x|z_{t-1}), then one HMC transition (``leapfrog_steps`` leapfrog
     steps, Metropolis correction) leaves f_t invariant. Each chain adapts its own step size towards
-    ``target_acceptance``. The mean weight over chains is unbiased for p(x), so its log is a stochastic lower
-    bound; the spread across chains shows how far the chains are from the posterior.
+    ``target_acceptance`` (as Wu et al. 2017 do). With fixed step sizes the mean weight over chains would be exactly
+    unbiased for p(x); a kernel tuned on its own chain's past makes that hold only approximately, and on pPCA the
+    mean weight of 1024 chains matches the exact p(x) within its standard error of ~2% (tests/test_estimators.py),
+    so its log is a stochastic lower bound to that precision. The spread across chains shows how far the chains
+    are from the posterior.
     """
     _check_inputs(x, y, num_chains, "num_chains")
     if num_steps < 1 or leapfrog_steps < 1:
