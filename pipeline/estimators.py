@@ -373,19 +373,79 @@ def annealed_importance_sampling(
         accept_rates.append((accepted_total / max(num_steps - 1, 1)).mean().item() * points)
         step_sizes.append(step.mean().item() * points)
     bar.close()
-    log_weights = torch.cat(results)  # B×C
+    return _ais_summary(torch.cat(results), sum(accept_rates) / num_points, sum(step_sizes) / num_points)
+
+
+def _ais_summary(log_weights: torch.Tensor, acceptance: float, step_size: float) -> AnnealedImportanceSampling:
+    """The per-point estimate, its standard error and the chains' spread from B×C log weights."""
+    num_chains = log_weights.shape[1]
     log_px = torch.logsumexp(log_weights, dim=1) - math.log(num_chains)
     normalized = torch.exp(log_weights - log_px[:, None])  # w / mean(w)
     stderr = normalized.std(dim=1, correction=1) / math.sqrt(num_chains) if num_chains > 1 else torch.zeros_like(log_px)
     spread = log_weights.std(dim=1, correction=1) if num_chains > 1 else torch.zeros_like(log_px)
-    return AnnealedImportanceSampling(
+    return AnnealedImportanceSampling(log_px, stderr, log_weights, spread, acceptance, step_size)
+
+
+def _at_labels(per_class: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Each point's row of its own label from per-class tensors (each B×...)."""
+    stacked = torch.stack(list(per_class))
+    index = y.cpu().reshape(1, -1, *[1] * (stacked.dim() - 2)).expand(1, *stacked.shape[1:])
+    return stacked.gather(0, index).squeeze(0)
+
+
+def _joint(per_class: Sequence[torch.Tensor], class_log_prior: torch.Tensor) -> torch.Tensor:
+    """log p(c) + log p(x|c), C×B×..., from per-class B×... tensors."""
+    stacked = torch.stack(list(per_class))
+    return class_log_prior.to(stacked).reshape(-1, *[1] * (stacked.dim() - 1)) + stacked
+
+
+def label_marginal_importance_sampling(
+    per_class: Sequence[ImportanceSampledLikelihood], y: torch.Tensor, class_log_prior: torch.Tensor
+) -> tuple[ImportanceSampledLikelihood, ImportanceSampledLikelihood]:
+    """log p(x) = log Σ_c p(c) p(x|c) of a class-conditional model, from importance sampling of log p(x|c) with
+    every class c (``per_class[c]``); and log p(x|y) with each point's own label ``y``. Returns (marginal, given y).
+
+    Each class's mean weight is unbiased for p(x|c), so their p(c)-weighted sum is unbiased for p(x) and its log
+    is again a stochastic lower bound; its standard error is the delta method over the classes' independent
+    estimates, and each k of the curve is marginalised alike. The marginal's ``elbo`` is log p(y) + ELBO(x|y), a
+    lower bound on log p(x, y) ≤ log p(x); its gap adds -log p(y|x) to KL(q(z|x, y) || p(z|x, y)).
+    """
+    given = ImportanceSampledLikelihood(
+        log_px=_at_labels([r.log_px for r in per_class], y),
+        stderr=_at_labels([r.stderr for r in per_class], y),
+        elbo=_at_labels([r.elbo for r in per_class], y),
+        bounds={k: _at_labels([r.bounds[k] for r in per_class], y) for k in per_class[0].bounds},
+        num_samples=per_class[0].num_samples,
+    )
+    joint = _joint([r.log_px for r in per_class], class_log_prior)
+    log_px = torch.logsumexp(joint, 0)
+    share = torch.exp(joint - log_px)  # p(c|x) as the estimates see it
+    stderr = (share**2 * torch.stack([r.stderr for r in per_class]) ** 2).sum(0).sqrt()
+    marginal = ImportanceSampledLikelihood(
         log_px=log_px,
         stderr=stderr,
-        log_weights=log_weights,
-        chain_spread=spread,
-        acceptance=sum(accept_rates) / num_points,
-        step_size=sum(step_sizes) / num_points,
+        elbo=given.elbo + class_log_prior.to(given.elbo)[y.cpu()],
+        bounds={k: torch.logsumexp(_joint([r.bounds[k] for r in per_class], class_log_prior), 0) for k in given.bounds},
+        num_samples=given.num_samples,
     )
+    return marginal, given
+
+
+def label_marginal_ais(
+    per_class: Sequence[AnnealedImportanceSampling], y: torch.Tensor, class_log_prior: torch.Tensor
+) -> tuple[AnnealedImportanceSampling, AnnealedImportanceSampling]:
+    """AIS's log p(x) = log Σ_c p(c) p(x|c) of a class-conditional model from chains run with every class c
+    (``per_class[c]``), and log p(x|y) with each point's own label ``y``. Returns (marginal, given y).
+
+    Chain j's weights for the classes combine into Σ_c p(c) w_cj, unbiased for p(x) as each w_cj is for p(x|c),
+    so the marginal keeps one weight per chain and its standard error and spread are taken over those.
+    """
+    acceptance = sum(r.acceptance for r in per_class) / len(per_class)
+    step_size = sum(r.step_size for r in per_class) / len(per_class)
+    log_weights = [r.log_weights for r in per_class]
+    marginal = _ais_summary(torch.logsumexp(_joint(log_weights, class_log_prior), 0), acceptance, step_size)
+    given = _ais_summary(_at_labels(log_weights, y), acceptance, step_size)
+    return marginal, given
 
 
 class GaussianObservationModel(nn.Module):

@@ -21,8 +21,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,10 +31,14 @@ from pipeline.config import EvaluateParams
 from pipeline.data.processed import ProcessedData
 from pipeline.distributed import DistContext
 from pipeline.estimators import (
+    AnnealedImportanceSampling,
     GaussianObservationModel,
+    ImportanceSampledLikelihood,
     StandardNormalProposal,
     annealed_importance_sampling,
     importance_sampled_log_likelihood,
+    label_marginal_ais,
+    label_marginal_importance_sampling,
     sharded_importance_sampled_log_likelihood,
 )
 from pipeline.metrics import classifier_outputs, frechet_distance, inception_score, precision_recall
@@ -45,6 +50,7 @@ from pipeline.seeds import stream_seed, torch_generator
 log = logging.getLogger(__name__)
 
 Sampler = Callable[[int], torch.Tensor]
+Estimate = TypeVar("Estimate")
 # observation noise candidates of the Gaussian observation model, in units of the [0, 1] pixel range
 SIGMA_CANDIDATES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 GAUSSIAN_COMPARISON = (
@@ -162,6 +168,30 @@ def check_fits_data(model: nn.Module, data: ProcessedData, name: str, *, shape_o
         )
 
 
+def class_log_prior(data: ProcessedData, num_classes: int) -> torch.Tensor:
+    """log p(y) of a class-conditional model: the training split's class frequencies (their maximum-likelihood
+    estimate; the model itself learns only p(x|y))."""
+    counts = np.bincount(data.y["train"], minlength=num_classes)
+    return torch.log(torch.from_numpy(counts / counts.sum()))
+
+
+def over_labels(
+    estimate: Callable[[torch.Tensor | None, tuple], Estimate],
+    y: torch.Tensor | None,
+    num_classes: int | None,
+    combine: Callable[[list[Estimate], torch.Tensor, torch.Tensor], tuple[Estimate, Estimate]],
+    class_prior: torch.Tensor | None,
+) -> tuple[Estimate, Estimate | None]:
+    """log p(x) from ``estimate(labels, seed_tag)``: once for an unconditional model (labels None); for a
+    class-conditional one with every class in turn (each with its own noise), combined into log Σ_c p(c) p(x|c)
+    by ``combine``. Returns (log p(x), log p(x|y) with the true labels ``y``, or None when unconditional): so a
+    conditional model's log p(x) compares with an unconditional one's, at ``num_classes`` times the cost."""
+    if num_classes is None:
+        return estimate(None, ()), None
+    per_class = [estimate(torch.full_like(y, c), ("class", c)) for c in range(num_classes)]
+    return combine(per_class, y, class_prior)
+
+
 def evaluate_vae(
     model: VAE,
     data: ProcessedData,
@@ -172,7 +202,9 @@ def evaluate_vae(
     ctx: DistContext | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, float]]]:
     """Importance-sampled log p(x) on the test set (and the validation set if ``settings.splits`` names it), and AIS
-    on ``settings.ais_points`` test points. Any VAE family: the proposal is its full q(z|x), the prior its own.
+    on ``settings.ais_points`` test points. Any VAE family: the proposal is its full q(z|x), the prior its own. A
+    class-conditional model's log p(x) sums p(y) p(x|y) over the classes (:func:`over_labels`); its log p(x|y)
+    with the true labels is reported beside it (``given_y``).
 
     Returns the metrics (test log p(x), ELBO, gap = KL(q || p(z|x)) (11.21-11.25), bits/dim and AIS), the run card
     (every summary in full, validation, importance sampling on the AIS points, K, the curve's ks, units)
@@ -184,6 +216,7 @@ def evaluate_vae(
     check_fits_data(model, data, "VAE")
     device = next(model.parameters()).device
     dims = math.prod(data.image_shape)
+    class_prior = None if model.num_classes is None else class_log_prior(data, model.num_classes)
     # a Gaussian decoder's density on dequantized grey data bounds the discrete data's log-likelihood
     offset = discrete_log_likelihood(0.0, dims) if model.likelihood == "gaussian" and not data.binary else 0.0
     ks = sorted({k for k in settings.curve_ks if k <= settings.num_samples} | {settings.num_samples})
@@ -192,8 +225,15 @@ def evaluate_vae(
         log.warning("evaluate.curve_ks %s exceed evaluate.num_samples %d: left out", dropped, settings.num_samples)
     card: dict[str, Any] = {"num_samples": settings.num_samples, "curve_ks": ks, "likelihood": model.likelihood}
     card |= {"units": "nats per image" + (" (lower bound on the discrete data)" if offset else "")}
+    if model.num_classes is not None:
+        card["labels"] = (
+            f"conditional on {model.num_classes} classes: log_px = log sum_y p(y) p(x|y) with p(y) the training "
+            "split's class frequencies (one estimate per class); given_y: log p(x|y) with the true labels; elbo = "
+            "log p(y) + ELBO(x|y), a lower bound on log p(x)"
+        )
+        card["class_prior"] = class_prior.exp().tolist()
     curve: list[dict[str, float]] = []
-    heldout, results = {}, {}
+    heldout, results, given = {}, {}, {}
     for split in dict.fromkeys(["test", *settings.splits]):  # the test split always; the metrics are its figures
         count = min(len(data.x[split]), settings.max_points or len(data.x[split]))
         x = torch.from_numpy(data.x[split][:count]).to(device)
@@ -201,17 +241,25 @@ def evaluate_vae(
         y = torch.from_numpy(data.y[split][:count]).to(device) if model.num_classes is not None else None
         heldout[split] = (x, y)
         start = time.perf_counter()
-        result = sharded_importance_sampled_log_likelihood(
-            model,
-            model,
-            x,
-            y,
-            ctx,
-            num_samples=settings.num_samples,
-            curve_ks=ks,
-            seed=stream_seed(seed, "evaluate_vae", "importance sampling", split),
-            memory_budget_mb=settings.memory_budget_mb,
-            progress=progress and ctx.is_writer,
+
+        def importance_sample(
+            labels: torch.Tensor | None, tag: tuple, x: torch.Tensor = x, split: str = split
+        ) -> ImportanceSampledLikelihood:
+            return sharded_importance_sampled_log_likelihood(
+                model,
+                model,
+                x,
+                labels,
+                ctx,
+                num_samples=settings.num_samples,
+                curve_ks=ks,
+                seed=stream_seed(seed, "evaluate_vae", "importance sampling", split, *tag),
+                memory_budget_mb=settings.memory_budget_mb,
+                progress=progress and ctx.is_writer,
+            )
+
+        result, given[split] = over_labels(
+            importance_sample, y, model.num_classes, label_marginal_importance_sampling, class_prior
         )
         seconds = time.perf_counter() - start
         log.info(
@@ -219,10 +267,13 @@ def evaluate_vae(
             count,
             split,
             seconds,
-            count * settings.num_samples / seconds,
+            count * settings.num_samples * (model.num_classes or 1) / seconds,
         )
         results[split] = result
         card[split] = likelihood_summary(result.log_px + offset, result.stderr, dims, result.elbo + offset)
+        if given[split] is not None:
+            g = given[split]
+            card[split]["given_y"] = likelihood_summary(g.log_px + offset, g.stderr, dims, g.elbo + offset)
     for k in ks:
         curve.append({"k": k, "bound": results["test"].bounds[k].mean().item() + offset})
     if not ctx.is_writer:
@@ -231,17 +282,21 @@ def evaluate_vae(
     points = min(settings.ais_points, len(x))
     x, y = x[:points], None if y is None else y[:points]
     start = time.perf_counter()
-    ais = annealed_importance_sampling(
-        model,
-        x,
-        y,
-        settings.ais_steps,
-        settings.ais_chains,
-        settings.ais_leapfrog_steps,
-        seed=stream_seed(seed, "evaluate_vae", "ais"),
-        memory_budget_mb=settings.memory_budget_mb,
-        progress=progress,
-    )
+
+    def run_ais(labels: torch.Tensor | None, tag: tuple) -> AnnealedImportanceSampling:
+        return annealed_importance_sampling(
+            model,
+            x,
+            labels,
+            settings.ais_steps,
+            settings.ais_chains,
+            settings.ais_leapfrog_steps,
+            seed=stream_seed(seed, "evaluate_vae", "ais", *tag),
+            memory_budget_mb=settings.memory_budget_mb,
+            progress=progress,
+        )
+
+    ais, ais_given = over_labels(run_ais, y, model.num_classes, label_marginal_ais, class_prior)
     log.info("AIS on %d test points: %.1f s", points, time.perf_counter() - start)
     is_on_ais_points = results["test"].log_px[:points] + offset
     card["ais"] = likelihood_summary(ais.log_px + offset, ais.stderr, dims) | {
@@ -257,6 +312,10 @@ def evaluate_vae(
     # whole split's log_px differs from it by the subset's luck, several nats on 100 images)
     metrics |= {"bpd": test["bits_per_dim"], "ais": card["ais"]["log_px"]}
     metrics["ais_is"] = card["ais"]["importance_sampled_log_px"]
+    if ais_given is not None:
+        card["ais"]["given_y"] = likelihood_summary(ais_given.log_px + offset, ais_given.stderr, dims)
+        metrics["given_y"] = {key: test["given_y"][key] for key in ("log_px", "elbo", "gap")}
+        metrics["given_y"]["ais"] = card["ais"]["given_y"]["log_px"]
     return metrics, card, curve
 
 
@@ -283,7 +342,8 @@ def evaluate_gaussian_likelihood(
     """AIS estimate of log p(x) under p(x|z) = N(g(z), sigma² I) (Wu et al. 2017) on test images: ``generator`` is
     a GAN's generator (prior N(0, I)) or a VAE's :class:`DecoderMean` with the VAE as ``prior``.
 
-    sigma is chosen among :data:`SIGMA_CANDIDATES` by AIS (a quarter of the steps) on validation images. The test
+    sigma is chosen among :data:`SIGMA_CANDIDATES` by AIS (a quarter of the steps) on validation images. A
+    class-conditional generator's log p(x) sums p(y) p(x|y) over the classes (:func:`over_labels`). The test
     and validation images, their dequantization and every chain's noise depend on the seed alone, not on the
     model, so two models evaluated with one seed see the same points. The images are taken as stored, so grey
     levels are uniformly dequantized (256 levels; 2 after static binarization) and the density becomes a lower
@@ -319,15 +379,29 @@ def evaluate_gaussian_likelihood(
         seed=stream_seed(seed, "gaussian likelihood", "sigma"),
         memory_budget_mb=ais["memory_budget_mb"],
     )
-    result = annealed_importance_sampling(
-        GaussianObservationModel(generator, choice.sigma, prior),
-        *heldout["test"],
-        settings.ais_steps,
-        seed=stream_seed(seed, "gaussian likelihood", "ais"),
-        **ais,
-    )
+    x_test, y_test = heldout["test"]
+    observation_model = GaussianObservationModel(generator, choice.sigma, prior)
+
+    def run_ais(labels: torch.Tensor | None, tag: tuple) -> AnnealedImportanceSampling:
+        return annealed_importance_sampling(
+            observation_model,
+            x_test,
+            labels,
+            settings.ais_steps,
+            seed=stream_seed(seed, "gaussian likelihood", "ais", *tag),
+            **ais,
+        )
+
+    class_prior = None if generator.num_classes is None else class_log_prior(data, generator.num_classes)
+    result, given = over_labels(run_ais, y_test, generator.num_classes, label_marginal_ais, class_prior)
     log.info("gaussian likelihood: sigma choice and AIS: %.1f s", time.perf_counter() - start)
     summary = likelihood_summary(discrete_log_likelihood(result.log_px, dims, levels), result.stderr, dims)
+    if given is not None:
+        summary["given_y"] = likelihood_summary(discrete_log_likelihood(given.log_px, dims, levels), given.stderr, dims)
+        summary["labels"] = (
+            f"conditional on {generator.num_classes} classes: log_px sums p(y) p(x|y) over them, p(y) the training "
+            "split's class frequencies; sigma chosen by log p(x|y) on validation images with their labels"
+        )
     card = summary | {
         "chain_spread": result.chain_spread.mean().item(),
         "acceptance": result.acceptance,

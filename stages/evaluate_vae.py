@@ -54,3 +54,8 @@ def main(params_path: str, checkpoint: str, data_dir: str) -> None:
         f"on {ais['points']} test points: AIS {ais['log_px']:.3f}, importance sampling "
         f"{ais['importance_sampled_log_px']:.3f}"
     )
+    if "given_y" in test:
+        click.echo(
+            f"conditional: log p(x) sums p(y) p(x|y) over the classes; with the true labels log p(x|y) "
+            f"{test['given_y']['log_px']:.3f}, ELBO {test['given_y']['elbo']:.3f}"
+        )

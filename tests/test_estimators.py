@@ -19,6 +19,8 @@ from pipeline.estimators import (
     _LogMeanExp,
     annealed_importance_sampling,
     importance_sampled_log_likelihood,
+    label_marginal_ais,
+    label_marginal_importance_sampling,
 )
 from pipeline.evaluation import choose_observation_sigma
 from pipeline.models.distributions import Posterior, gaussian_sample, standard_normal_log_density
@@ -162,6 +164,52 @@ def test_chunking_and_memory_budget_do_not_change_the_numbers():
     # a different seed gives different numbers
     other = importance_sampled_log_likelihood(model, q, x, y, k, seed=1)
     assert (other.log_px - big.log_px).abs().min() > 1e-9
+
+
+def test_a_conditional_models_log_px_sums_over_the_classes():
+    """p(x) = Σ_c p(c) N(x; b_c, W W^T + sigma² I), a mixture known in closed form: with the exact posterior of
+    every class the combined estimate is exact, AIS reaches it within its error, and log p(x|y) is kept beside."""
+    model = PPCA(num_classes=3, seed=4)
+    class_log_prior = torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+    y = torch.arange(2 * NOISE_POINTS) % 3
+    x = model.sample(len(y), seed=2, y=y)
+    per_class_exact = torch.stack([model.exact_log_marginal(x, torch.full_like(y, c)) for c in range(3)])
+    exact = torch.logsumexp(class_log_prior[:, None] + per_class_exact, 0)
+    assert (exact - model.exact_log_marginal(x, y)).abs().min() > 1e-3  # the sum differs from p(x|y) p(y)
+
+    def importance(posterior: ExactPosterior, num_samples: int, c: int):
+        return importance_sampled_log_likelihood(
+            model, posterior, x, torch.full_like(y, c), num_samples, curve_ks=[1, 10], seed=c
+        )
+
+    marginal, given = label_marginal_importance_sampling(
+        [importance(ExactPosterior(model), 20, c) for c in range(3)], y, class_log_prior
+    )
+    torch.testing.assert_close(marginal.log_px, exact, rtol=0, atol=1e-9)
+    torch.testing.assert_close(marginal.bounds[1], exact, rtol=0, atol=1e-9)
+    torch.testing.assert_close(given.log_px, model.exact_log_marginal(x, y), rtol=0, atol=1e-9)
+    # the marginal's ELBO is that of log p(x, y) = log p(y) + log p(x|y): here exact, below log p(x)
+    torch.testing.assert_close(marginal.elbo, class_log_prior[y] + given.log_px, rtol=0, atol=1e-9)
+    assert (marginal.elbo < marginal.log_px).all() and marginal.stderr.max() < 1e-6
+
+    wrong, _ = label_marginal_importance_sampling(
+        [importance(WrongPosterior(model), 2000, c) for c in range(3)], y, class_log_prior
+    )
+    error = (wrong.log_px - exact).mean().item()
+    stated = wrong.stderr.pow(2).mean().sqrt().item() / math.sqrt(len(x))
+    assert stated > 0 and abs(error) < 4 * stated + wrong.stderr.pow(2).mean().item(), (error, stated)
+
+    runs = [
+        annealed_importance_sampling(model, x, torch.full_like(y, c), num_steps=100, num_chains=8, seed=c)
+        for c in range(3)
+    ]
+    ais, ais_given = label_marginal_ais(runs, y, class_log_prior)
+    error = (ais.log_px - exact).mean().item()
+    assert abs(error) < 4 * ais.stderr.pow(2).mean().sqrt().item() / math.sqrt(len(x)) + 0.02, error
+    assert ais.log_weights.shape == (len(x), 8)
+    torch.testing.assert_close(
+        ais_given.log_weights[:, 0], torch.stack([r.log_weights[:, 0] for r in runs])[y, range(len(y))]
+    )
 
 
 class Shifted(nn.Module):

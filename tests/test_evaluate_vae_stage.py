@@ -152,18 +152,25 @@ def test_conditional_gaussian_vae_on_dequantized_grey_data(digits_processed_dir:
     config = config_from_dict(params)
     torch.manual_seed(0)
     model = build_vae(config, data.image_shape, data.num_classes).eval()
-    _, card, curve = evaluate_vae(model, data, config.evaluate, config.seed, progress=False)
+    metrics, card, curve = evaluate_vae(model, data, config.evaluate, config.seed, progress=False)
     test = card["test"]
     assert test["points"] == 20 and card["ais"]["points"] == 10
     # a bound on the discrete data: density on [0, 1]^64 minus 64 log 256, so bits/dim is that of 8-bit pixels
     assert test["bits_per_dim"] == pytest.approx(-test["log_px"] / (64 * math.log(2)))
     assert test["log_px"] < -64 * math.log(256) + 64 * 3 and test["bits_per_dim"] > 0
     assert test["elbo"] < test["log_px"] and [row["k"] for row in curve] == [1, 8, 64]
-    # the labels matter: other labels give other numbers
+    # log p(x) sums p(y) p(x|y) over the classes, so it is above log p(y) + log p(x|y) with the true labels
+    prior = np.bincount(data.y["train"], minlength=10) / len(data.y["train"])
+    log_prior_of_labels = np.log(prior[data.y["test"][:20]]).mean()
+    assert test["log_px"] > test["given_y"]["log_px"] + log_prior_of_labels
+    assert metrics["given_y"]["log_px"] == test["given_y"]["log_px"] and card["class_prior"] == pytest.approx(prior)
+    assert metrics["ais"] > card["ais"]["given_y"]["log_px"] + np.log(prior[data.y["test"][:10]]).mean()
+    # other labels change log p(x|y), not log p(x): it does not depend on them
     shuffled = load_processed(tmp_path)
     shuffled.y["test"][:] = (shuffled.y["test"] + 1) % 10
     other, _, _ = evaluate_vae(model, shuffled, config.evaluate, config.seed, progress=False)
-    assert other["log_px"] != test["log_px"]
+    assert other["log_px"] == metrics["log_px"] and other["ais"] == metrics["ais"]
+    assert other["given_y"]["log_px"] != metrics["given_y"]["log_px"]
 
 
 def test_curve_ks_above_num_samples_are_left_out_with_a_note(trained: Path, digits_processed_dir: Path) -> None:

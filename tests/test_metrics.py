@@ -147,6 +147,24 @@ def test_gan_log_likelihood_depends_on_the_seed_only(digits_processed_dir) -> No
     assert card["points"] == 4 and "seconds" not in card
 
 
+def test_a_conditional_generators_log_px_sums_over_the_classes(digits_processed_dir) -> None:
+    """A class-conditional GAN's Gaussian log p(x) is log Σ_y p(y) p(x|y), comparable with an unconditional one's:
+    it does not depend on the test labels, is above log p(y) + log p(x|y), and log p(x|y) is in the card."""
+    data = load_processed(digits_processed_dir)
+    config = Config(latent_dim=4, gan=dataclasses.replace(Config().gan, hidden_sizes=[16], conditional=True))
+    settings = dataclasses.replace(config.evaluate, ais_points=4, ais_steps=8, ais_chains=2, ais_leapfrog_steps=2)
+    torch.manual_seed(0)
+    generator = build_generator(config, data.image_shape, data.num_classes).eval()
+    metrics, card = evaluate_gaussian_likelihood(generator, data, settings, seed=0)
+    prior = np.bincount(data.y["train"], minlength=10) / len(data.y["train"])
+    assert metrics["log_px"] > card["given_y"]["log_px"] + np.log(prior[data.y["test"][:4]]).mean()
+    assert "conditional on 10 classes" in card["labels"]
+    relabelled = load_processed(digits_processed_dir)
+    relabelled.y["test"][:] = (relabelled.y["test"] + 3) % 10
+    other_metrics, other = evaluate_gaussian_likelihood(generator, relabelled, settings, seed=0)
+    assert other_metrics == metrics and other["given_y"] != card["given_y"]
+
+
 def test_stored_binary_images_are_dequantized_over_two_levels_whatever_the_binarize_setting(
     digits_processed_dir,
 ) -> None:
