@@ -172,6 +172,16 @@ def portable_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return pairs[:count].astype(np.float32).reshape(shape)
 
 
+# the explorer's random streams under one seed: Mulberry32 seeded with 8 seed + index, so the streams of one seed
+# and those of its neighbours (the page's Resample draws seed + 1) never share numbers; web/src/portable.js twins it
+PORTABLE_STREAMS = {"noise": 0, "u": 1, "category": 2, "continuous": 3, "image": 4}
+
+
+def portable_stream(seed: int, stream: str) -> int:
+    """The Mulberry32 seed of stream ``stream`` (a key of :data:`PORTABLE_STREAMS`) under ``seed``."""
+    return (8 * seed + PORTABLE_STREAMS[stream]) & 0xFFFFFFFF
+
+
 def portable_uniform(seed: int, count: int) -> np.ndarray:
     """``count`` float64 uniforms in (0, 1) from Mulberry32 seeded with ``seed`` (as :func:`portable_normal`)."""
     mask, state, out = 0xFFFFFFFF, seed & 0xFFFFFFFF, np.empty(count)

@@ -27,6 +27,7 @@ from pipeline.runtime import (
     MANIFEST_NAME,
     make_codes,
     portable_normal,
+    portable_stream,
     portable_uniform,
 )
 
@@ -51,9 +52,9 @@ def _tensor(array: np.ndarray) -> dict[str, Any]:
 
 
 def reference_inputs(entry: dict[str, Any], images: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
-    """The inputs the reference file gives one manifest entry: portable normals for z and noise, portable uniforms
-    for u (seed + 1), the shipped test images for an encoder, labels cycling through the classes, and InfoGAN codes
-    (categories cycling, continuous codes 2u - 1 from seed + 2)."""
+    """The inputs the reference file gives one manifest entry, each from its own portable stream of ``seed``:
+    normals for z and noise, uniforms for u, the shipped test images for an encoder (uniform images without them),
+    labels cycling through the classes, and InfoGAN codes (categories cycling, continuous codes 2u - 1)."""
     meta, count = entry["metadata"], REFERENCE_COUNT
     feeds: dict[str, np.ndarray] = {}
     for name in INPUT_NAMES[entry["kind"]]:
@@ -61,19 +62,19 @@ def reference_inputs(entry: dict[str, Any], images: np.ndarray | None, seed: int
             feeds[name] = (
                 images[:count]
                 if images is not None
-                else portable_uniform(seed, count * int(np.prod(meta["image_shape"])))
+                else portable_uniform(portable_stream(seed, "image"), count * int(np.prod(meta["image_shape"])))
                 .astype(np.float32)
                 .reshape(count, *meta["image_shape"])
             )
         elif name == "u":
-            feeds[name] = portable_uniform(seed + 1, count).astype(np.float32)
+            feeds[name] = portable_uniform(portable_stream(seed, "u"), count).astype(np.float32)
         else:
-            feeds[name] = portable_normal(seed, (count, meta["latent_dim"]))
+            feeds[name] = portable_normal(portable_stream(seed, "noise"), (count, meta["latent_dim"]))
     if meta["conditional"] and entry["kind"] != "vae_prior":
         feeds[LABEL_NAME] = np.arange(count, dtype=np.int64) % meta["num_classes"]
     k, c = meta.get("code_categories", 0), meta.get("code_continuous", 0)
     if k + c:
-        continuous = portable_uniform(seed + 2, count * c).reshape(count, c) * 2 - 1
+        continuous = portable_uniform(portable_stream(seed, "continuous"), count * c).reshape(count, c) * 2 - 1
         feeds[CODE_NAME] = make_codes(np.arange(count) % k if k else None, continuous, k)
     return feeds
 

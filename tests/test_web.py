@@ -18,7 +18,7 @@ from pipeline.config import config_from_dict
 from pipeline.data.processed import save_processed
 from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
-from pipeline.runtime import portable_normal, portable_uniform
+from pipeline.runtime import PORTABLE_STREAMS, portable_normal, portable_stream, portable_uniform
 from pipeline.vae_trainer import build_vae
 from pipeline.web import Explorer, WebBundleError, explorer_for
 
@@ -156,17 +156,24 @@ def test_the_explorer_finds_its_sources_beside_the_code_from_any_working_directo
 
 def test_javascript_draws_the_same_seeded_latents_as_python() -> None:
     script = (
-        "import { portableNormal, portableUniform } from './src/portable.js';"
+        "import { STREAMS, portableNormal, portableStream, portableUniform } from './src/portable.js';"
         "const out = {};"
         "for (const seed of [0, 1, 12345, 4294967295]) out[seed] = [Array.from(portableNormal(seed, 37)),"
-        " Array.from(portableUniform(seed, 5))];"
+        " Array.from(portableUniform(seed, 5)),"
+        " Object.keys(STREAMS).map((name) => [name, portableStream(seed, name)])];"
         "console.log(JSON.stringify(out));"
     )
     result = node("--input-type=module", "-e", script)
     assert result.returncode == 0, result.stderr
-    for seed, (normals, uniforms) in json.loads(result.stdout).items():
+    for seed, (normals, uniforms, streams) in json.loads(result.stdout).items():
         assert np.array_equal(np.float32(normals), portable_normal(int(seed), (37,)))
         assert np.array_equal(uniforms, portable_uniform(int(seed), 5))
+        assert streams == [[name, portable_stream(int(seed), name)] for name in PORTABLE_STREAMS]
+    # Resample draws the next seed: its streams share no Mulberry32 seed with the last one's
+    for seed in (0, 41, 2**29 - 1):
+        mine = {portable_stream(seed, name) for name in PORTABLE_STREAMS}
+        assert not mine & {portable_stream(seed + 1, name) for name in PORTABLE_STREAMS}
+        assert len(mine) == len(PORTABLE_STREAMS)
     draws = portable_normal(7, (20000,))
     assert abs(draws.mean()) < 0.03 and abs(draws.std() - 1) < 0.03
 

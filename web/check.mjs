@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { portableNormal } from './src/portable.js';
+import { portableNormal, portableStream } from './src/portable.js';
 
 const dir = process.argv[2] ?? 'export/web';
 const load = async (name) => JSON.parse(await readFile(path.join(dir, name), 'utf8'));
@@ -24,7 +24,7 @@ try {
     const got = await session.run(feeds);
     files[entry.file] = Math.max(...Object.entries(cases.outputs).map(([name, t]) => maxAbs(got[name].data, t.data)));
     const drawn = cases.inputs.z ?? cases.inputs.noise;
-    if (drawn) files[`${entry.file} latents`] = maxAbs(portableNormal(reference.seed, drawn.data.length), drawn.data);
+    if (drawn) files[`${entry.file} latents`] = maxAbs(portableNormal(portableStream(reference.seed, 'noise'), drawn.data.length), drawn.data);
   }
 } catch (err) {
   console.error(`${dir}: ${err.message}; pass the explorer folder an export wrote (export/web), or re-run the export stage`);

@@ -1,7 +1,7 @@
 // The latent explorer: runs the exported models (models.json and the .onnx files beside it) with onnxruntime-web.
 // Everything it loads lies in this folder; window.explorer reports the check against Python's outputs.
 import * as ort from './ort.wasm.min.mjs';
-import { portableNormal, portableUniform } from './portable.js';
+import { portableNormal, portableStream, portableUniform } from './portable.js';
 
 ort.env.wasm.numThreads = 1; // threads need cross-origin isolation, which a plain static server does not give
 ort.env.wasm.wasmPaths = new URL('./', import.meta.url).href;
@@ -86,13 +86,12 @@ function makeCodes(meta, categories, continuous) {
   return codes;
 }
 
-// n codes from their prior under `seed`: categories from uniforms of seed + 2 (or the chosen one), continuous
-// codes 2u - 1 from seed + 3
+// n codes from their prior under `seed`: categories from uniforms (or the chosen one), continuous codes 2u - 1
 function sampleCodes(meta, seed, n, chosen) {
   const [k, c] = codeSizes(meta);
-  const u = portableUniform(seed + 2, n);
+  const u = portableUniform(portableStream(seed, 'category'), n);
   const categories = Array.from({ length: n }, (_, i) => (chosen >= 0 ? chosen : Math.min(k - 1, Math.floor(u[i] * k))));
-  return { categories, continuous: Float32Array.from(portableUniform(seed + 3, n * c), (v) => 2 * v - 1) };
+  return { categories, continuous: Float32Array.from(portableUniform(portableStream(seed, 'continuous'), n * c), (v) => 2 * v - 1) };
 }
 
 async function decode(entry, z, n, labels, codes = null) {
@@ -108,9 +107,9 @@ async function decode(entry, z, n, labels, codes = null) {
 // n latents from the model's prior under `seed`: N(0, T² I), or the prior sampler's map of that noise
 async function sampleLatents(entry, prior, seed, n, temperature) {
   const d = entry.metadata.latent_dim;
-  const noise = portableNormal(seed, n * d).map((v) => v * temperature);
+  const noise = portableNormal(portableStream(seed, 'noise'), n * d).map((v) => v * temperature);
   if (!prior) return noise;
-  const u = Float32Array.from(portableUniform(seed + 1, n));
+  const u = Float32Array.from(portableUniform(portableStream(seed, 'u'), n));
   const out = await (await session(prior.file)).run({
     noise: new ort.Tensor('float32', noise, [n, d]),
     u: new ort.Tensor('float32', u, [n]),
@@ -333,7 +332,7 @@ async function checkAgainstPython(manifest, reference) {
   let latent = 0;
   for (const { inputs } of Object.values(reference.cases)) {
     const drawn = inputs.z ?? inputs.noise;
-    if (drawn && !inputs.u && !inputs.image) latent = Math.max(latent, maxAbs(portableNormal(reference.seed, drawn.data.length), drawn.data));
+    if (drawn && !inputs.u && !inputs.image) latent = Math.max(latent, maxAbs(portableNormal(portableStream(reference.seed, 'noise'), drawn.data.length), drawn.data));
   }
   state.latentError = latent;
   state.maxError = worst;

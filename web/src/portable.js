@@ -1,5 +1,13 @@
 // Seeded random numbers that Python reproduces exactly (pipeline.runtime.portable_uniform / portable_normal):
 // Mulberry32 uniforms in (0, 1) (32-bit integer arithmetic) and Box-Muller normals.
+
+// The page's random streams under one seed (pipeline.runtime.PORTABLE_STREAMS): Mulberry32 seeded with
+// 8 seed + index, so one seed's streams and those of the next seed (Resample) never share numbers.
+export const STREAMS = { noise: 0, u: 1, category: 2, continuous: 3, image: 4 };
+
+export function portableStream(seed, stream) {
+  return (8 * seed + STREAMS[stream]) >>> 0;
+}
 export function portableUniform(seed, count) {
   let s = seed >>> 0;
   const out = new Float64Array(count);
