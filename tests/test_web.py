@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import node, serve
+from PIL import Image
 
 from pipeline.config import config_from_dict
+from pipeline.data.formats import read_image
 from pipeline.data.processed import save_processed
 from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
@@ -78,7 +80,13 @@ def served(bundle: Path) -> Iterator[str]:
 
 def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Path, tmp_path: Path) -> None:
     screenshot = tmp_path / "explorer.png"
-    result = node("browser_check.mjs", served, str(screenshot))
+    # a wide picture with a transparent, coloured part: the page crops, composites and greys it as training does
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (IMAGE_SHAPE[1], IMAGE_SHAPE[2] + 4, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rng.random(rgba.shape[:2]) < 0.5, 255, rgba[..., 3])
+    picture = tmp_path / "dropped.png"
+    Image.fromarray(rgba, "RGBA").save(picture)
+    result = node("browser_check.mjs", served, str(screenshot), "explorer", str(picture))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["consoleErrors"] == [] and report["errors"] == [], report
@@ -90,6 +98,9 @@ def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Pa
     side = 8 * (8 + 1) - 1  # eight 8-pixel tiles a row, one pixel between them
     assert report["grid"] == [side, side] and report["litPixels"] > 0.5 * side * side  # the sample grid drew
     assert report["interpolation"] == side  # two shipped images encoded, eight decoded along the line
+    if any(entry["file"] == "vae_encoder.onnx" for entry in manifest["models"]):
+        expected = read_image(picture, IMAGE_SHAPE[1], IMAGE_SHAPE[0]).reshape(-1).astype(int)
+        assert np.abs(np.array(report["dropped"]) - expected).max() <= 2, (report["dropped"], expected.tolist())
     before, after = report["resampledSeeds"]
     assert int(after) == int(before) + 1  # Resample draws the next seed's samples
     gan = next(entry for entry in manifest["models"] if entry["file"] == "gan_generator.onnx")

@@ -1,10 +1,11 @@
-// node web/browser_check.mjs URL SCREENSHOT [explorer|plots]: open URL in headless Chromium (Debian's, or $CHROMIUM)
-// and print one JSON line: console errors, failed requests and, for the explorer, its check against Python
-// (window.explorer) and how many pixels its sample grid drew; for a dvc plots page, how many vega charts drew
-// and how many of them hold ink.
+// node web/browser_check.mjs URL SCREENSHOT [explorer|plots] [PICTURE]: open URL in headless Chromium (Debian's, or
+// $CHROMIUM) and print one JSON line: console errors, failed requests and, for the explorer, its check against
+// Python (window.explorer), how many pixels its sample grid drew and, given PICTURE, the grey levels of that
+// picture as the page prepared it for the encoder; for a dvc plots page, how many vega charts drew and how many of
+// them hold ink.
 import { chromium } from 'playwright-core';
 
-const [url, screenshot, mode = 'explorer'] = process.argv.slice(2);
+const [url, screenshot, mode = 'explorer', picture] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
@@ -53,6 +54,16 @@ try {
       await thumbs[1].click();
       await page.waitForFunction(() => document.querySelector('canvas[data-role=interpolation]').width > 0, null, { timeout: 30000 });
       result.interpolation = await page.evaluate(() => document.querySelector('canvas[data-role=interpolation]').width);
+    }
+    const fileInput = await page.$('input[type=file]');
+    if (picture && fileInput) {
+      await fileInput.setInputFiles(picture);
+      await page.waitForFunction((n) => document.querySelectorAll('canvas.thumb').length > n, thumbs.length, { timeout: 30000 });
+      result.dropped = await page.evaluate(() => {
+        const thumb = [...document.querySelectorAll('canvas.thumb')].pop();
+        const d = thumb.getContext('2d').getImageData(0, 0, thumb.width, thumb.height).data;
+        return Array.from({ length: d.length / 4 }, (_, i) => d[4 * i]);
+      });
     }
     result.resampledSeeds = await page.evaluate(() => {
       const controls = document.querySelector('section.model .controls');

@@ -285,18 +285,24 @@ function interpolation(decoder, encoder, reference, picker) {
     draw(strip, await decode(decoder, z, STEPS, stepLabels), STEPS, meta.image_shape, STEPS);
   }
 
-  // a dropped or chosen picture, resized to the model's H×W (grey when C = 1)
+  // a dropped or chosen picture prepared as training prepares image folders (pipeline/data/formats.py read_image):
+  // upright by its EXIF orientation, transparent parts over white, centre-cropped to a square, resized to the
+  // model's H×W, grey by ITU-R 601 luma when C = 1 (Pillow's "L")
   async function addFile(file) {
-    const bitmap = await createImageBitmap(file);
+    const bitmap = await createImageBitmap(file, { imageOrientation: 'from-image' });
+    const side = Math.min(bitmap.width, bitmap.height);
     const canvas = new OffscreenCanvas(w, h);
     const ctx = canvas.getContext('2d');
-    ctx.drawImage(bitmap, 0, 0, w, h);
+    ctx.fillStyle = 'white';
+    ctx.fillRect(0, 0, w, h);
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side, 0, 0, w, h);
     const rgba = ctx.getImageData(0, 0, w, h).data;
     const pixels = new Float32Array(c * h * w);
     for (let i = 0; i < h * w; i++) {
-      const [r, g, b] = [rgba[4 * i], rgba[4 * i + 1], rgba[4 * i + 2]].map((v) => v / 255);
-      if (c === 1) pixels[i] = (r + g + b) / 3;
-      else [r, g, b].forEach((v, ch) => { pixels[ch * h * w + i] = v; });
+      const [r, g, b] = [rgba[4 * i], rgba[4 * i + 1], rgba[4 * i + 2]];
+      if (c === 1) pixels[i] = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) / 255;
+      else [r, g, b].forEach((v, ch) => { pixels[ch * h * w + i] = v / 255; });
     }
     addImage(pixels, null);
   }
