@@ -282,7 +282,8 @@ def _check_same_run(saved: dict[str, Any], run: dict[str, Any], trainer: Trainer
     """Refuse a resume on other data, another kind of device (generator states differ), another number of
     processes, or with fewer epochs than last.pt has trained."""
     key = f"{trainer.name}.resume"
-    if saved["data"] != run["data"]:
+    # on the keys last.pt recorded: a checkpoint from before a key was added (class_names) still resumes
+    if saved["data"] != {name: run["data"].get(name) for name in saved["data"]}:
         raise ConfigError(
             f"{key}: last.pt was trained on other data ({saved['data']}, now {run['data']}); "
             f"set {key}: false to start afresh"

@@ -250,6 +250,11 @@ def test_resume_compares_only_what_the_training_depends_on(digits_processed_dir:
     grey = _grey(data)
     with pytest.raises(ConfigError, match="vae.resume: last.pt was trained on other data"):
         train_vae(_config(epochs=3, resume=True), grey, outputs, progress=False)
+    # a last.pt written before checkpoints recorded class names (none here) resumes on the same data with names
+    named = dataclasses.replace(data, class_names=tuple("abcdefghij"))
+    assert "class_names" not in load_checkpoint(outputs.last_path)["data"]
+    assert train_vae(_config(epochs=3, resume=True), named, outputs, progress=False)
+    assert load_checkpoint(outputs.last_path)["data"]["class_names"] == list("abcdefghij")
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
