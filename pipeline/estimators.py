@@ -407,8 +407,9 @@ def label_marginal_importance_sampling(
 
     Each class's mean weight is unbiased for p(x|c), so their p(c)-weighted sum is unbiased for p(x) and its log
     is again a stochastic lower bound; its standard error is the delta method over the classes' independent
-    estimates, and each k of the curve is marginalised alike. The marginal's ``elbo`` is log p(y) + ELBO(x|y), a
-    lower bound on log p(x, y) ≤ log p(x); its gap adds -log p(y|x) to KL(q(z|x, y) || p(z|x, y)).
+    estimates, and each k of the curve is marginalised alike. The marginal's ``elbo`` is log Σ_c p(c) exp ELBO(x|c),
+    the ELBO of the proposal q(c, z|x) = q(c|x) q(z|x, c) with the best q(c|x) ∝ p(c) exp ELBO(x|c): a lower bound
+    on log p(x) that, like log p(x), does not depend on the labels, its gap KL(q(c, z|x) || p(c, z|x)).
     """
     given = ImportanceSampledLikelihood(
         log_px=_at_labels([r.log_px for r in per_class], y),
@@ -424,7 +425,7 @@ def label_marginal_importance_sampling(
     marginal = ImportanceSampledLikelihood(
         log_px=log_px,
         stderr=stderr,
-        elbo=given.elbo + class_log_prior.to(given.elbo)[y.cpu()],
+        elbo=torch.logsumexp(_joint([r.elbo for r in per_class], class_log_prior), 0),
         bounds={k: torch.logsumexp(_joint([r.bounds[k] for r in per_class], class_log_prior), 0) for k in given.bounds},
         num_samples=given.num_samples,
     )

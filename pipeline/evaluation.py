@@ -229,7 +229,7 @@ def evaluate_vae(
         card["labels"] = (
             f"conditional on {model.num_classes} classes: log_px = log sum_y p(y) p(x|y) with p(y) the training "
             "split's class frequencies (one estimate per class); given_y: log p(x|y) with the true labels; elbo = "
-            "log p(y) + ELBO(x|y), a lower bound on log p(x)"
+            "log sum_y p(y) exp ELBO(x|y), the ELBO of q(y, z|x) with the best q(y|x), a lower bound on log p(x)"
         )
         card["class_prior"] = class_prior.exp().tolist()
     curve: list[dict[str, float]] = []
@@ -344,10 +344,11 @@ def evaluate_gaussian_likelihood(
 
     sigma is chosen among :data:`SIGMA_CANDIDATES` by AIS (a quarter of the steps) on validation images. A
     class-conditional generator's log p(x) sums p(y) p(x|y) over the classes (:func:`over_labels`). The test
-    and validation images, their dequantization and every chain's noise depend on the seed alone, not on the
-    model, so two models evaluated with one seed see the same points. The images are taken as stored, so grey
-    levels are uniformly dequantized (256 levels; 2 after static binarization) and the density becomes a lower
-    bound on the discrete data's log-likelihood. Returns the metrics (test log p(x), bits/dim) and the run card.
+    and validation images and their dequantization depend on the seed alone, not on the model, so two models
+    evaluated with one seed see the same points (and the same chain noise unless one is conditional). The images
+    are taken as stored, so grey levels are uniformly dequantized (256 levels; 2 after static binarization) and the
+    density becomes a lower bound on the discrete data's log-likelihood. Returns the metrics (test log p(x),
+    bits/dim) and the run card.
     """
     device = next(generator.parameters()).device
     levels = 2 if data.binary and data.binarize != "dynamic" else 256  # stored 0/1 images: two levels

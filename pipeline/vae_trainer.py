@@ -290,7 +290,8 @@ class VaeTrainer:
     def validation_log_px(self) -> float:
         """``valid/log_px``: the mean importance-sampled log p(x) of the validation split, with ``vae.valid_samples``
         samples of the evaluated model's full proposal per point and the same noise every epoch (the K-sample IWAE
-        bound, in float32 as the evaluation stage computes it)."""
+        bound, in float32 as the evaluation stage computes it). For a class-conditional model it is log p(x|y) with
+        the true labels, the evaluation's ``given_y``."""
         model = self.evaluated_model.eval()
         result = sharded_importance_sampled_log_likelihood(
             model,
