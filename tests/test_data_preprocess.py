@@ -313,6 +313,17 @@ def test_held_out_splits_come_in_random_order_from_a_sorted_folder(tmp_path: Pat
         assert y[split].tolist() != sorted(y[split].tolist()) and set(y[split][:5]) == {0, 1}, split
 
 
+def test_one_class_is_no_labels(tmp_path: Path) -> None:
+    """A folder whose images all sit in one subfolder (or an npz whose labels are all 0) is unlabelled data: one class
+    gives nothing to condition on, and a one-logit feature classifier would never learn (its loss is always 0)."""
+    make_image_folder(fake_raw(tmp_path / "raw", "image_folder") / "images", classes=("faces",), per_class=12)
+    notes: list[str] = []
+    stats = preprocess(tmp_path / "raw", tmp_path / "out", dataset="image_folder", image_size=8, log=notes.append)
+    assert stats["num_classes"] is None and stats["class_names"] is None and stats["class_histogram"] is None
+    assert load_processed(tmp_path / "out").y is None
+    assert any("all have one class label; treating them as unlabelled" in note for note in notes), notes
+
+
 def test_numbered_class_folders_are_numbered_by_value(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "images", classes=("10", "2", "1"), per_class=1)
     files, labels, class_names = list_image_folder(root)

@@ -241,6 +241,10 @@ def preprocess(
     if downloaded != dataset:
         raise DatasetError(f"{raw_dir} holds dataset {downloaded!r} but data.dataset is {dataset!r}; {RUN_DOWNLOAD}")
     data = load_raw(spec, raw_dir / dataset, image_size=image_size, channels=channels)
+    if data.y is not None and (data.num_classes or 0) < 2:
+        # one class carries nothing to condition on, and a one-class feature classifier would never learn
+        log(f"note: {dataset}'s images all have one class label; treating them as unlabelled")
+        data.y, data.num_classes, data.class_names = None, None, []
 
     splits_note = {split: "shipped with the dataset" for split in ("valid", "test") if split in data.x}
     if "test" not in data.x:
