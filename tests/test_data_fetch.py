@@ -21,7 +21,7 @@ from pipeline.data.fetch import (
     fetch_file,
     mirror_directory,
 )
-from pipeline.data.registry import DatasetSpec, RawFile, get_dataset
+from pipeline.data.registry import DatasetError, DatasetSpec, RawFile, get_dataset
 from pipeline.io import atomic_directory, read_json
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -169,15 +169,22 @@ def test_all_sources_failing_lists_each_and_says_how_to_place_files(server: Faul
     sources = (server.url + "/gone/", server.url + "/broken/", refused)
     spec = DatasetSpec("blobs", "test", "remote", "idx", homepage="https://example.org", files=(BLOB_FILE,))
     raw = tmp_path / "data" / "raw"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
     with pytest.raises(DownloadError) as caught:
-        download_dataset(spec, raw, sources=sources, mirror=tmp_path / "nowhere", **FAST)
+        download_dataset(spec, raw, sources=sources, mirror=mirror, **FAST)
     message = str(caught.value)
-    assert f"local mirror {tmp_path / 'nowhere'}: no such directory" in message
+    assert f"local mirror: no file {mirror / 'blobs' / 'blob.bin.gz'} or {mirror / 'blob.bin.gz'}" in message
     assert f"{server.url}/gone/blob.bin.gz: HTTP 404" in message
     assert f"{server.url}/broken/blob.bin.gz: HTTP 500 Internal Server Error (3 attempt(s))" in message
     assert f"{refused}blob.bin.gz: " in message and "Connection refused" in message
     assert f"blob.bin.gz  sha256 {BLOB_FILE.sha256} (or gunzipped content {BLOB_FILE.content_sha256})" in message
     assert f"set data.mirror to that directory in params.yaml (or export {MIRROR_ENV}=DIR)" in message
+    # a mirror that does not exist is a mistake said at once, before any source is tried
+    server.requests.clear()
+    with pytest.raises(DatasetError, match=f"mirror {tmp_path / 'nowhere'}: no such directory; point it at"):
+        download_dataset(spec, raw, sources=sources, mirror=tmp_path / "nowhere", **FAST)
+    assert server.requests == [] and not raw.exists()
     assert f"{raw}/blobs/" in message
     assert leftovers(tmp_path / "data") == []
 

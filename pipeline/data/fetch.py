@@ -317,6 +317,12 @@ def download_dataset(
     ``deadline_s`` caps the whole download (every file, source and attempt)."""
     raw_dir = Path(raw_dir)
     deadline = None if deadline_s is None else time.monotonic() + deadline_s
+    if spec.origin == "remote" and mirror is not None and not mirror.is_dir():
+        # a mistyped mirror would otherwise be noticed only after every remote source and retry has been tried
+        setting = f"${MIRROR_ENV}" if os.environ.get(MIRROR_ENV) else "data.mirror"
+        raise DatasetError(
+            f"{setting} {mirror}: no such directory; point it at the folder holding {spec.name}'s files, or unset it"
+        )
     if spec.origin in ("user_file", "user_folder"):
         if not path:
             raise DatasetError(f"data.path is not set; dataset {spec.name!r} reads your data from it")
