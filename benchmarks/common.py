@@ -138,7 +138,15 @@ def shipped_params_with(*overlays: dict, param_hint: str) -> dict:
 
 def run_stages(workdir: Path, params: dict, stages: tuple[str, ...], threads: int | None) -> dict[str, float]:
     """Run the pipeline's ``stages`` one after another in ``workdir`` with ``params`` as its params.yaml (the
-    pipeline itself, as `dvc repro` runs it); returns each stage's seconds. A failing stage stops the benchmark."""
+    pipeline itself, as `dvc repro` runs it); returns each stage's seconds. A failing stage stops the benchmark.
+    A project folder (one with dvc.yaml or .git) is refused: its params.yaml, data and checkpoints would be replaced."""
+    project = [name for name in ("dvc.yaml", ".git", ".dvc") if (workdir / name).exists()]
+    if project:
+        raise click.BadParameter(
+            f"{workdir} holds {project[0]}: it is a project, whose params.yaml, data and checkpoints the benchmark "
+            "would replace; choose another folder (the default is bench-runs/NAME)",
+            param_hint="--workdir",
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"PYTHONPATH": str(REPO)}

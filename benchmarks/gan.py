@@ -266,10 +266,10 @@ def main(
     click.echo(hardware(torch_device))
     trainer = ours(config, images, torch_device)
     classic = ClassicDcgan(config.latent_dim, base_channels, batch_size, images, torch_device)
-    real = trainer.x["train"][:batch_size]
+    real = trainer.x["train"][:batch_size]  # fewer than batch_size when --images is smaller
     flops = {
-        "ours": flops_per_image(lambda: trainer.train_step(real, None, 1, True), batch_size),
-        "classic": flops_per_image(lambda: classic.step(real), batch_size),
+        "ours": flops_per_image(lambda: trainer.train_step(real, None, 1, True), len(real)),
+        "classic": flops_per_image(lambda: classic.step(real), len(real)),
     }
     rates = {"ours": 0.0, "classic": 0.0}
     for _ in range(repeats):  # alternated, so a neighbour's load falls on both

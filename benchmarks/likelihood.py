@@ -147,6 +147,7 @@ def main(
 
     if baseline_points:
         xb = x[:baseline_points]
+        baseline_points = len(xb)  # at most --points
         batch = max(1, (memory_budget_mb * 2**20) // (4 * 8 * side * side * samples))
         synchronize(device)
         start = time.perf_counter()

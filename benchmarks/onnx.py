@@ -24,9 +24,9 @@ from torch import nn
 from benchmarks.common import COUNT
 from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.device import to_device
-from pipeline.export import export_generator, export_vae, write_exported
+from pipeline.export import ExportError, export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
-from pipeline.runtime import INPUT_NAMES, LABEL_NAME, GenerativeModel, open_session
+from pipeline.runtime import CODE_NAME, INPUT_NAMES, LABEL_NAME, GenerativeModel, make_codes, open_session
 from pipeline.vae_trainer import build_vae
 from stages.common import fail_cleanly, load_params, params_option
 
@@ -87,6 +87,14 @@ def torch_call(module: nn.Module, kind: str, batch: int) -> Callable[[], object]
     return run
 
 
+def infogan_codes(model: GenerativeModel, batch: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Codes from their prior for an InfoGAN generator (as its torch twin draws them when none are given), else None."""
+    k, c = model.metadata.code_categories, model.metadata.code_continuous
+    if not k + c:
+        return None
+    return make_codes(rng.integers(0, k, batch) if k else None, rng.uniform(-1, 1, (batch, c)), k)
+
+
 def onnx_call(model: GenerativeModel, kind: str, batch: int) -> Callable[[], object]:
     """The runtime's decode/encode: input checks plus onnxruntime."""
     rng = np.random.default_rng(0)
@@ -95,7 +103,8 @@ def onnx_call(model: GenerativeModel, kind: str, batch: int) -> Callable[[], obj
         x = rng.random((batch, *model.image_shape), dtype=np.float32)
         return lambda: model.encode(x, label)
     z = rng.standard_normal((batch, model.latent_dim), dtype=np.float32)
-    return lambda: model.decode(z, label)
+    codes = infogan_codes(model, batch, rng)
+    return lambda: model.decode(z, label, codes)
 
 
 def session_call(path: Path, model: GenerativeModel, kind: str, threads: int) -> Callable[[], object]:
@@ -111,6 +120,9 @@ def session_call(path: Path, model: GenerativeModel, kind: str, threads: int) ->
     feeds = {name: first}
     if model.num_classes is not None:
         feeds[LABEL_NAME] = rng.integers(0, model.num_classes, 1)
+    codes = None if kind == "vae_encoder" else infogan_codes(model, 1, rng)
+    if codes is not None:
+        feeds[CODE_NAME] = codes
     return lambda: session.run(None, feeds)
 
 
@@ -139,7 +151,7 @@ def parse_image_shape(ctx: click.Context, param: click.Parameter, value: str) ->
     type=click.FloatRange(min=0, min_open=True),
     help="seconds timed per measurement",
 )
-@fail_cleanly(ValueError, OSError)
+@fail_cleanly(ValueError, OSError, ExportError)
 def main(
     params_path: str,
     checkpoint_dir: str,

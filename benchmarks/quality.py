@@ -74,7 +74,34 @@ def recipe_params(
         "vae": {"max_minutes": max_minutes},
         "evaluate": {"num_samples": num_samples, "splits": ["test"], "curve_ks": [1, 100, 1000]},
     }
+    for key in _dotted_keys(changes):
+        owned = next(
+            (k for k in BENCHMARK_OWNED if key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.")), None
+        )
+        if owned:
+            raise click.BadParameter(
+                f"{key} is set by the benchmark itself; {BENCHMARK_OWNED[owned]}", param_hint="--set"
+            )
     return shipped_params_with(overlay, changes, benchmark, param_hint="--set")
+
+
+# params the benchmark sets after --set, and how to change them instead
+BENCHMARK_OWNED = {
+    "device": "use --device",
+    "data": "use --data (an .npz of binary images)",
+    "vae.max_minutes": "use --max-minutes",
+    "evaluate.num_samples": "use --num-samples",
+    "evaluate.splits": "the benchmark reports the test split",
+    "evaluate.curve_ks": "the benchmark's curve is K = 1, 100, 1000",
+}
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    """The leaf keys of a nested dict as dotted paths."""
+    keys = []
+    for key, value in tree.items():
+        keys += _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
+    return keys
 
 
 def importance_sampling_rate(config: Config, points: int = 320, num_samples: int = 500) -> float:

@@ -96,6 +96,14 @@ BAD_OPTIONS = {
         ["gan", "--recipe", "dcgan_fashion", "--dataset", "fashoin"],
         "Invalid value for --recipe/--dataset/--mirror/--minutes/--vae-minutes: data.dataset: 'fashoin' is not allowed",
     ),
+    "the benchmark's own budget": (
+        ["quality", "--recipe", "vae_mlp", "--set", "vae.max_minutes=5"],
+        "Invalid value for --set: vae.max_minutes is set by the benchmark itself; use --max-minutes",
+    ),
+    "the benchmark's own splits": (
+        ["quality", "--recipe", "vae_mlp", "--set", "evaluate.splits=[valid]"],
+        "Invalid value for --set: evaluate.splits is set by the benchmark itself; the benchmark reports the test split",
+    ),
     "key below a value": (
         ["quality", "--recipe", "vae_mlp", "--set", "vae.arch=conv", "--set", "vae.arch.x=1"],
         "Invalid value for --set: vae.arch is set to a value, so vae.arch.x cannot be set",
@@ -115,11 +123,27 @@ def test_a_bad_benchmark_option_is_one_line_naming_it(case: str, tmp_path: Path)
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 
+def test_a_project_folder_is_refused_as_the_workdir(tmp_path: Path) -> None:
+    """`--workdir .` in a project would replace its params.yaml, data and checkpoints."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("seed: 7\n")
+    (tmp_path / "data.npz").write_bytes(b"")
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = ["quality", "--recipe", "vae_mlp", "--data", "data.npz", "--workdir", "."]
+    result = subprocess.run([sys.executable, "-m", "stages", "bench", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "Invalid value for --workdir: " in result.stderr, result.stderr[-2000:]
+    assert "holds dvc.yaml: it is a project" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "params.yaml").read_text() == "seed: 7\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "dvc.yaml", "params.yaml"]
+
+
 def test_onnx_benchmark_times_what_a_family_exports(tmp_path: Path) -> None:
     """A two-layer VAE exports no encoder (q(z1|x, z2) is not one Gaussian): the benchmark times its decoder and
-    the generator, and says nothing of an encoder."""
+    the generator, and says nothing of an encoder; an InfoGAN generator is fed codes from their prior."""
     params = merge(
-        yaml.safe_load((REPO / "params.yaml").read_text()), {"vae": {"family": "hvae", "hidden_sizes": [16]}}
+        yaml.safe_load((REPO / "params.yaml").read_text()),
+        {"vae": {"family": "hvae", "hidden_sizes": [16]}, "gan": {"info_categories": 3, "info_continuous": 2}},
     )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = os.environ | {"PYTHONPATH": str(REPO)}
