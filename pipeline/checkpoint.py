@@ -79,8 +79,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def model_from_state(state: dict[str, Any], name: str, source: str = "checkpoint") -> nn.Module:
-    """The network ``name`` of a loaded checkpoint, rebuilt from its family and config, weights loaded, eval mode."""
+def model_from_state(
+    state: dict[str, Any], name: str, source: str = "checkpoint", kind: type[nn.Module] = nn.Module
+) -> nn.Module:
+    """The network ``name`` of a loaded checkpoint, rebuilt from its family and config, weights loaded, eval mode;
+    a CheckpointError unless it is a ``kind`` (e.g. VAE: a vae or an hvae)."""
     if name not in state["models"]:
         raise CheckpointError(f"{source}: holds no {name!r} network (it has {', '.join(state['models'])})")
     entry = state["models"][name]
@@ -93,6 +96,11 @@ def model_from_state(state: dict[str, Any], name: str, source: str = "checkpoint
         ) from None
     except (ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{source}: its {name!r} network cannot be rebuilt: {err}") from None
+    if not isinstance(model, kind):
+        raise CheckpointError(
+            f"{source}: holds a {model.family} network where a {kind.family} is expected; pass a {kind.family} "
+            "checkpoint"
+        )
     return model.eval()
 
 
@@ -101,9 +109,4 @@ def load_model(
 ) -> nn.Module:
     """The network ``name`` of the checkpoint at ``path`` (e.g. "model", or a GAN's "generator_ema"), in eval mode
     on ``device``; a CheckpointError unless it is a ``kind`` (e.g. VAE: a vae or an hvae)."""
-    model = model_from_state(load_checkpoint(path), name, str(path))
-    if not isinstance(model, kind):
-        raise CheckpointError(
-            f"{path}: holds a {model.family} network where a {kind.family} is expected; pass a {kind.family} checkpoint"
-        )
-    return to_device(model, device).eval()
+    return to_device(model_from_state(load_checkpoint(path), name, str(path), kind), device).eval()

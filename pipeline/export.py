@@ -44,6 +44,7 @@ from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.config import ExportParams
 from pipeline.data.registry import REGISTRY
 from pipeline.io import atomic_directory, write_json
+from pipeline.models import VAE, Generator
 from pipeline.models.gan import make_codes
 from pipeline.runtime import (
     CODE_NAME,
@@ -544,11 +545,11 @@ def export_checkpoints(checkpoint_dir: str | Path, export_config: ExportParams, 
     models = []
     if vae_path.exists():
         state = load_checkpoint(vae_path)
-        vae = model_from_state(state, "model", str(vae_path))
+        vae = model_from_state(state, "model", str(vae_path), VAE)
         models += export_vae(vae, state["data"], state["params"], export_config, seed)
     if gan_path.exists():
         state = load_checkpoint(gan_path)
-        generator = model_from_state(state, "generator_ema", str(gan_path))
+        generator = model_from_state(state, "generator_ema", str(gan_path), Generator)
         models += export_generator(generator, state["data"], state["params"], export_config, seed)
     return models
 

@@ -176,6 +176,11 @@ CASES = {
         "file", ["evaluate_samples", "--classifier", "checkpoints/vae/best.pt"],
         "holds a vae network where a classifier is expected",
     ),
+    "classifier checkpoint to export as the vae": Case(
+        "file", ["export", "--checkpoints", "c"], "c/vae/best.pt: holds a classifier network where a vae is expected",
+        setup=lambda root: shutil.copytree(root / "checkpoints", root / "c")
+        and shutil.copy(root / "checkpoints/classifier/best.pt", root / "c/vae/best.pt"),
+    ),
     "incomplete vae metrics": Case(
         "file", ["evaluate_samples", "--vae-metrics", "m.json"], "m.json: lacks ais, log_px",
         setup=overwrite("m.json", b"{}"),
