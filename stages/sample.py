@@ -25,7 +25,9 @@ def parse_labels(text: str | None) -> np.ndarray | int | None:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not an integer or a comma-separated list of integers") from None
+        raise click.BadParameter(
+            f"{text!r} is not an integer or a comma-separated list of integers", param_hint="--labels"
+        ) from None
     for value in values:
         if not 0 <= value < 2**31:
             raise click.BadParameter(f"{value} is not a class index (0, 1, ...)", param_hint="--labels")

@@ -88,7 +88,7 @@ def test_bad_requests_fail_cleanly(export_dir: Path, tmp_path: Path) -> None:
     cases = [
         (["--model", model, "-n", "0"], 2, "Invalid value for '-n': 0 is not in the range x>=1"),
         (["--model", model, "--labels", "10"], 1, r"labels must lie in [0, 10)"),
-        (["--model", model, "--labels", "one"], 2, "is not an integer or a comma-separated list"),
+        (["--model", model, "--labels", "one"], 2, "Invalid value for --labels: 'one' is not an integer or a comma"),
         (["--model", model, "--out", str(tmp_path / "x.jpg")], 2, "must end in .png or .npy"),
         (["--model", str(garbage), "--out", str(tmp_path / "x.png")], 1, "not a loadable ONNX model"),
         (["--model", str(export_dir / "vae_encoder.onnx")], 1, "this is a VAE encoder"),
