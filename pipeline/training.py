@@ -345,11 +345,12 @@ def fit(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``trainer`` to its last epoch, or until its patience or time budget ends it (resuming from ``last.pt``
-    if asked and present); the writer rank saves
-    last.pt every epoch and best.pt when the monitored validation metric improves, logs to dvclive, and at the end
-    writes the summary metrics and the run card. ``params``: what the training depends on (stored as provenance,
-    compared on resume); ``data``: the description of the training data. Returns the summary ({} on other ranks).
-    The writer rank holds the checkpoint directory's lock throughout: a second trainer is refused."""
+    if asked and present); the writer rank saves last.pt every epoch and best.pt when the monitored validation
+    metric improves, logs to dvclive, and at the end writes the summary metrics and the run card (an earlier run's
+    are removed with the first checkpoint this run writes, so a run that fails midway leaves none that describe other
+    weights). ``params``: what the training depends on (stored as provenance, compared on resume); ``data``: the
+    description of the training data. Returns the summary ({} on other ranks). The writer rank holds the checkpoint
+    directory's lock throughout: a second trainer is refused."""
     with exclusive_lock(outputs.checkpoint_dir) if ctx.is_writer else contextlib.nullcontext():
         if ctx.is_writer:
             folders = [outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent]
@@ -394,6 +395,11 @@ def fit(
             stopped = gather_objects(_stop_reason(trainer, epoch + 1, best["epoch"], seconds_so_far), ctx)[0]
             ranks = gather_objects(trainer.rank_state(), ctx)  # every rank's generators, for an exact resume
             if ctx.is_writer:
+                if epoch == start:  # the checkpoints change: an earlier card and metrics no longer describe them
+                    stale = [outputs.card_path, outputs.metrics_path] + ([outputs.best_path] if start == 0 else [])
+                    for path in stale:  # and a fresh run's best.pt is its own (written below when it improves)
+                        if path is not None:
+                            path.unlink(missing_ok=True)
                 training = {"state": trainer.state(), "ranks": ranks, "epoch": epoch + 1, "best": best}
                 training |= {"history": live.history, "device_type": ctx.device.type, "world_size": ctx.world_size}
                 training |= {"seconds": trained_seconds, "stopped": stopped}

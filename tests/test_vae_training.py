@@ -275,6 +275,26 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     assert load_model(outputs.checkpoint_dir / "last.pt").latent_dim == 4
 
 
+def test_a_run_that_fails_midway_leaves_no_card_or_metrics_of_the_weights_it_replaced(
+    digits_processed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, outputs = load_processed(digits_processed_dir), _outputs(tmp_path)
+    train_vae(_config(epochs=2), data, outputs, progress=False)
+    assert outputs.card_path.exists() and outputs.metrics_path.exists()
+    train_epoch = VaeTrainer.train_epoch
+
+    def fails_in_the_second_epoch(self: VaeTrainer, epoch: int) -> dict:
+        if epoch == 1:
+            raise OSError("No space left on device")
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(VaeTrainer, "train_epoch", fails_in_the_second_epoch)
+    with pytest.raises(OSError, match="No space left"):
+        train_vae(_config(epochs=2, lr=1e-4), data, outputs, progress=False)
+    assert load_checkpoint(outputs.last_path)["training"]["epoch"] == 1  # the new run's weights (the old had 2)
+    assert not outputs.card_path.exists() and not outputs.metrics_path.exists()
+
+
 def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
     paths = (OUTPUTS.checkpoint_dir, OUTPUTS.live_dir, OUTPUTS.image_dir, OUTPUTS.metrics_path, OUTPUTS.card_path)
     assert paths == (
