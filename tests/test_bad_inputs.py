@@ -252,7 +252,8 @@ CASES = {
         setup=npz_with(np.zeros((20, 1, 1), np.uint8)), before=(("download",),),
     ),
     "floats above one": Case(
-        "data", ["preprocess"], "divide by 255 first", NPZ, setup=npz_with(np.full((20, 8, 8), 200.0, np.float32)),
+        "data", ["preprocess"], "divide by 255 first (your data at data.path user.npz: fix it, then run "
+        "`dvc repro -f download` and `dvc repro`)", NPZ, setup=npz_with(np.full((20, 8, 8), 200.0, np.float32)),
         before=(("download",),),
     ),
     "labels beyond the images": Case(
