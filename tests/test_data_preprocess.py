@@ -322,6 +322,11 @@ def test_one_class_is_no_labels(tmp_path: Path) -> None:
     assert stats["num_classes"] is None and stats["class_names"] is None and stats["class_histogram"] is None
     assert load_processed(tmp_path / "out").y is None
     assert any("all have one class label; treating them as unlabelled" in note for note in notes), notes
+    directory = fake_raw(tmp_path / "raw-npz", "npz")
+    x = np.zeros((12, 8, 8), np.uint8)
+    np.savez(directory / "data.npz", x_train=x, x_test=x[:4], y_train=np.full(12, 3), y_test=np.full(4, 3))
+    stats = preprocess(tmp_path / "raw-npz", tmp_path / "out-npz", dataset="npz", log=notes.append)
+    assert stats["num_classes"] is None and load_processed(tmp_path / "out-npz").y is None  # one class, numbered 3
 
 
 def test_numbered_class_folders_are_numbered_by_value(tmp_path: Path) -> None:

@@ -241,7 +241,7 @@ def preprocess(
     if downloaded != dataset:
         raise DatasetError(f"{raw_dir} holds dataset {downloaded!r} but data.dataset is {dataset!r}; {RUN_DOWNLOAD}")
     data = load_raw(spec, raw_dir / dataset, image_size=image_size, channels=channels)
-    if data.y is not None and (data.num_classes or 0) < 2:
+    if data.y is not None and len(np.unique(np.concatenate(list(data.y.values())))) < 2:
         # one class carries nothing to condition on, and a one-class feature classifier would never learn
         log(f"note: {dataset}'s images all have one class label; treating them as unlabelled")
         data.y, data.num_classes, data.class_names = None, None, []
