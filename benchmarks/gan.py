@@ -58,6 +58,7 @@ from pipeline.data.processed import ProcessedData
 from pipeline.distributed import DistContext
 from pipeline.gan_trainer import GanTrainer
 
+DEBIAN_MIRROR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist (grey Fashion-MNIST)
 GAN_RECIPES = REPO / "recipes" / "gan"
 POSITIVE = click.FloatRange(min=0, min_open=True)
 RECIPE_STAGES = (
@@ -220,8 +221,8 @@ def report_recipe(workdir: Path, seconds: dict[str, float]) -> None:
     "--recipe", default=None, help="also run a GAN recipe of recipes/gan/ through the pipeline (e.g. dcgan_fashion)"
 )
 @click.option("--dataset", default="fashion_mnist", show_default=True, help="data.dataset of the recipe run")
-@click.option("--mirror", default="/usr/share/datasets/fashion-mnist", show_default=True,
-              help="data.mirror of the recipe run ('' for none)")  # fmt: skip
+@click.option("--mirror", default=None,
+              help=f"data.mirror of the recipe run (default: {DEBIAN_MIRROR} where it exists)")  # fmt: skip
 @click.option(
     "--minutes", type=POSITIVE, default=30.0, show_default=True, help="the GAN's training budget (gan.max_minutes)"
 )
@@ -241,7 +242,7 @@ def main(
     repeats: int,
     recipe: str | None,
     dataset: str,
-    mirror: str,
+    mirror: str | None,
     minutes: float,
     vae_minutes: float,
     workdir: Path | None,
@@ -251,6 +252,8 @@ def main(
     if threads:
         torch.set_num_threads(threads)
     torch_device = bench_device(device)
+    if mirror is None and Path(DEBIAN_MIRROR).is_dir():
+        mirror = DEBIAN_MIRROR
     params = None if recipe is None else recipe_params(recipe, dataset, mirror or None, minutes, vae_minutes, device)
     gan = dataclasses.replace(
         GanParams(),

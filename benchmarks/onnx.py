@@ -26,6 +26,7 @@ from pipeline.checkpoint import load_checkpoint, model_from_state
 from pipeline.device import to_device
 from pipeline.export import ExportError, export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
+from pipeline.models import VAE, Generator
 from pipeline.runtime import CODE_NAME, INPUT_NAMES, LABEL_NAME, GenerativeModel, make_codes, open_session
 from pipeline.vae_trainer import build_vae
 from stages.common import fail_cleanly, load_params, params_option
@@ -57,9 +58,11 @@ def load_models(params_path: str, checkpoint_dir: Path, image_shape: tuple[int, 
     vae_path, gan_path = checkpoint_dir / "vae" / "best.pt", checkpoint_dir / "gan" / "best.pt"
     if vae_path.exists() and gan_path.exists():
         vae_state, gan_state = load_checkpoint(vae_path), load_checkpoint(gan_path)
+        vae = model_from_state(vae_state, "model", str(vae_path), VAE)
+        generator = model_from_state(gan_state, "generator_ema", str(gan_path), Generator)
         return {
-            "vae": (model_from_state(vae_state, "model"), vae_state["data"], vae_state["params"]),
-            "gan": (model_from_state(gan_state, "generator_ema"), gan_state["data"], gan_state["params"]),
+            "vae": (vae, vae_state["data"], vae_state["params"]),
+            "gan": (generator, gan_state["data"], gan_state["params"]),
         }, f"checkpoints in {checkpoint_dir}"
     num_classes = 10
     data = {"image_shape": list(image_shape), "num_classes": num_classes, "dataset": "benchmark"}

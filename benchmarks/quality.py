@@ -88,7 +88,9 @@ def recipe_params(
 # params the benchmark sets after --set, and how to change them instead
 BENCHMARK_OWNED = {
     "device": "use --device",
-    "data": "use --data (an .npz of binary images)",
+    "data.dataset": "use --data (an .npz of binary images)",
+    "data.path": "use --data (an .npz of binary images)",
+    "data.binarize": "the benchmark reads stored binary images (binarize none)",
     "vae.max_minutes": "use --max-minutes",
     "evaluate.num_samples": "use --num-samples",
     "evaluate.splits": "the benchmark reports the test split",
