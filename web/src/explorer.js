@@ -289,14 +289,16 @@ function interpolation(decoder, encoder, reference, picker) {
   // upright by its EXIF orientation, transparent parts over white, centre-cropped to a square, resized to the
   // model's H×W, grey by ITU-R 601 luma when C = 1 (Pillow's "L")
   async function addFile(file) {
-    const bitmap = await createImageBitmap(file, { imageOrientation: 'from-image' });
+    const bitmap = await createImageBitmap(file); // upright by its EXIF orientation (the default)
     const side = Math.min(bitmap.width, bitmap.height);
     const canvas = new OffscreenCanvas(w, h);
     const ctx = canvas.getContext('2d');
     ctx.fillStyle = 'white';
     ctx.fillRect(0, 0, w, h);
     ctx.imageSmoothingQuality = 'high';
-    ctx.drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side, 0, 0, w, h);
+    const [left, top] = [Math.floor((bitmap.width - side) / 2), Math.floor((bitmap.height - side) / 2)];
+    ctx.drawImage(bitmap, left, top, side, side, 0, 0, w, h);
+    bitmap.close();
     const rgba = ctx.getImageData(0, 0, w, h).data;
     const pixels = new Float32Array(c * h * w);
     for (let i = 0; i < h * w; i++) {
