@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import Config
+from pipeline.config import Config, GanParams
 from pipeline.data.processed import ProcessedData
 from pipeline.device import autocast, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, wrap
@@ -125,6 +125,9 @@ class GanTrainer:
         classifier: Classifier | None = None,
         outputs: TrainingOutputs = OUTPUTS,
     ) -> None:
+        if config.gan.loss != "wgan_gp" and config.gan.gp_weight != GanParams().gp_weight:
+            log.warning("gan.gp_weight %g has no effect with gan.loss %s: only wgan_gp has a gradient penalty",
+                        config.gan.gp_weight, config.gan.loss)  # fmt: skip
         self.config, self.ctx, self.data, self.outputs = config, ctx, data, outputs
         self.device = ctx.device
         self.epochs, self.max_minutes = config.gan.epochs, config.gan.max_minutes

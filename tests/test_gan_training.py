@@ -226,6 +226,16 @@ def test_conditional_gan_rejects_unlabeled_data(digits: ProcessedData, tmp_path:
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_gradient_penalty_weight_without_wgan_gp_is_said_to_do_nothing(
+    digits: ProcessedData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train_gan(tiny_config(loss="hinge", gp_weight=5.0, epochs=1), digits, outputs(tmp_path), progress=False)
+    assert "gan.gp_weight 5 has no effect with gan.loss hinge: only wgan_gp has a gradient penalty" in caplog.text
+    caplog.clear()
+    train_gan(tiny_config(loss="wgan_gp", gp_weight=5.0, epochs=1), digits, outputs(tmp_path / "gp"), progress=False)
+    assert "gp_weight" not in caplog.text
+
+
 def test_non_finite_loss_stops_training_and_names_the_step(digits: ProcessedData, tmp_path: Path) -> None:
     x = {split: images.copy() for split, images in digits.x.items()}
     x["train"][:] = np.nan
