@@ -313,7 +313,9 @@ def evaluate_vae(
     metrics |= {"bpd": test["bits_per_dim"], "ais": card["ais"]["log_px"]}
     metrics["ais_is"] = card["ais"]["importance_sampled_log_px"]
     if ais_given is not None:
-        card["ais"]["given_y"] = likelihood_summary(ais_given.log_px + offset, ais_given.stderr, dims)
+        card["ais"]["given_y"] = likelihood_summary(ais_given.log_px + offset, ais_given.stderr, dims) | {
+            "importance_sampled_log_px": (given["test"].log_px[:points] + offset).mean().item()
+        }
         metrics["given_y"] = {key: test["given_y"][key] for key in ("log_px", "elbo", "gap")}
         metrics["given_y"]["ais"] = card["ais"]["given_y"]["log_px"]
     return metrics, card, curve

@@ -165,6 +165,8 @@ def test_conditional_gaussian_vae_on_dequantized_grey_data(digits_processed_dir:
     assert test["log_px"] > test["given_y"]["log_px"] + log_prior_of_labels
     assert metrics["given_y"]["log_px"] == test["given_y"]["log_px"] and card["class_prior"] == pytest.approx(prior)
     assert metrics["ais"] > card["ais"]["given_y"]["log_px"] + np.log(prior[data.y["test"][:10]]).mean()
+    given_is = card["ais"]["given_y"]["importance_sampled_log_px"]  # importance sampling on the AIS points, given y
+    assert metrics["ais_is"] > given_is + np.log(prior[data.y["test"][:10]]).mean()
     # other labels change log p(x|y), not log p(x): it does not depend on them
     shuffled = load_processed(tmp_path)
     shuffled.y["test"][:] = (shuffled.y["test"] + 1) % 10
