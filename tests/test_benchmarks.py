@@ -102,7 +102,7 @@ BAD_OPTIONS = {
     ),
     "the benchmark's own splits": (
         ["quality", "--recipe", "vae_mlp", "--set", "evaluate.splits=[valid]"],
-        "Invalid value for --set: evaluate.splits is set by the benchmark itself; the benchmark reports the test split",
+        "Invalid value for --set: evaluate.splits is set by the benchmark itself; the benchmark fixes it",
     ),
     "key below a value": (
         ["quality", "--recipe", "vae_mlp", "--set", "vae.arch=conv", "--set", "vae.arch.x=1"],
