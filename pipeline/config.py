@@ -101,6 +101,11 @@ class VaeParams:
         "dropout probability after every hidden layer of the mlp architectures, in training only (0: none)",
         **_range(0.0, 0.95),
     )
+    clamp_logvar: bool = _f(
+        False,
+        "keep the log-variance of q(z|x) (of q(z2|x) in the hvae) in [-6, 2] as the VampPrior code does, which also "
+        "bounds the VampPrior's components q(z|u_m); the hvae's conditional layers are always kept there",
+    )
     top_latent_dim: int = _f(40, "hvae: size of the top stochastic layer z2", **_range(1, 4096))
     decoder_input: Literal["joint", "per_layer"] = _f(
         "joint",

@@ -80,6 +80,7 @@ def vae_config(config: Config, image_shape: tuple[int, int, int], num_classes: i
         flow_steps=vae.flow_steps,
         flow_hidden=vae.flow_hidden,
         dropout=vae.dropout,
+        clamp_logvar=vae.clamp_logvar,
     )
     if vae.family == HVAE.family:
         settings.update(top_latent_dim=vae.top_latent_dim, decoder_input=vae.decoder_input)

@@ -283,6 +283,35 @@ def test_the_per_layer_decoder_reads_z1_and_z2_apart_then_joins_them() -> None:
         HVAEConfig((1, 4, 4), 2, arch="conv", top_latent_dim=3, decoder_input="per_layer")
 
 
+@pytest.mark.parametrize("family", [VAE, HVAE])
+def test_clamp_logvar_keeps_q_and_the_vampprior_components_in_the_papers_range(family: type[VAE]) -> None:
+    """clamp_logvar: the log-variance of q(z|x) (q(z2|x) in the hvae), and so of every VampPrior component q(z|u_m),
+    lies in [-6, 2] however far the encoder's head pushes it; log q(z|x) is that of the clamped Gaussian; without
+    the setting the same weights give the raw values."""
+    kwargs = {"hidden_sizes": (8,), "prior": "vampprior", "pseudo_inputs": 3}
+    config = family.Config((1, 4, 4), 2, **kwargs, clamp_logvar=True)
+    torch.manual_seed(0)
+    model = family(config).double()
+    free = family(family.Config((1, 4, 4), 2, **kwargs)).double()
+    free.load_state_dict(model.state_dict())
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.4, dtype=F64), generator=_g(1))
+    d = model.top_dim
+    for bias, bound in ((-30.0, -6.0), (30.0, 2.0)):
+        with torch.no_grad():
+            for net in (model, free):
+                net.encoder_head.bias[d : 2 * d] = bias
+            mu, logvar = model.encode(x)
+            assert torch.equal(logvar, torch.full_like(logvar, bound))
+            assert torch.equal(model._top_prior_components()[1], torch.full((3, d), bound, dtype=F64))
+            assert free.encode(x)[1].min() < -20 if bias < 0 else free.encode(x)[1].max() > 20
+            eps = torch.randn(4, 5, model.latent_dim, dtype=F64, generator=_g(2))
+            z, log_q = model.posterior(x).sample(eps)
+            top = z[..., -d:]
+            torch.testing.assert_close(top, mu + math.exp(bound / 2) * eps[..., -d:])
+            if family is VAE:
+                torch.testing.assert_close(log_q, gaussian_log_density(z, mu, logvar))
+
+
 FAMILY_CONFIGS = {
     "vampprior": VAEConfig((1, 4, 4), 2, arch="gated_mlp", hidden_sizes=(8,), prior="vampprior", pseudo_inputs=3),
     "iaf": VAEConfig((1, 4, 4), 2, hidden_sizes=(8,), flow_steps=2, flow_hidden=8),
@@ -333,6 +362,7 @@ FAMILY_PARAMS = {
         "iwae_k": 2,
         "dropout": 0.1,
         "ema_decay": 0.99,
+        "clamp_logvar": True,
     },
     "iaf_resnet": {"arch": "resnet", "conv_channels": [4], "flow_steps": 2, "flow_hidden": 8},
 }

@@ -22,11 +22,7 @@ from torch import nn
 
 from pipeline.models.distributions import Posterior, gaussian_log_density, gaussian_sample
 from pipeline.models.layers import SplitDense, dense_stack
-from pipeline.models.vae import VAE, VAEConfig
-
-# log-variances of the conditional layers are kept in [-6, 2], as in the VampPrior code, so a unit cannot collapse
-# to a point mass (a density without bound) nor explode during training
-LOGVAR_RANGE = (-6.0, 2.0)
+from pipeline.models.vae import LOGVAR_RANGE, VAE, VAEConfig
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,10 @@ from pipeline.vae_settings import DENSE_ARCHS, vae_settings_error
 
 # Decoded rows the fused MLP log-likelihood holds at once (importance sampling, AIS, IWAE).
 LOGIT_ROWS_PER_BLOCK = 2048
+# The range the VampPrior code keeps its Gaussians' log-variances in (hardtanh): a unit can neither collapse to a
+# point mass (a density without bound) nor explode. The hvae's conditional layers always use it, q(z|x) with
+# ``clamp_logvar``.
+LOGVAR_RANGE = (-6.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class VAEConfig:
     flow_steps: int = 0
     flow_hidden: int = 256
     dropout: float = 0.0
+    clamp_logvar: bool = False
 
     family: ClassVar[str] = "vae"
 
@@ -199,9 +204,14 @@ class VAE(nn.Module):
         return features if labels is None else torch.cat([features, labels], dim=1)
 
     def _head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, logvar, flow context) of q(z|x); logvar in :data:`LOGVAR_RANGE` with ``clamp_logvar``, which also
+        bounds the VampPrior's components q(z|u_m)."""
         out = self.encoder_head(features)
         d = self.top_dim
-        return out[:, :d], out[:, d : 2 * d], out[:, 2 * d :]
+        logvar = out[:, d : 2 * d]
+        if self.config.clamp_logvar:
+            logvar = F.hardtanh(logvar, *LOGVAR_RANGE)
+        return out[:, :d], logvar, out[:, 2 * d :]
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters (mu, logvar) of the encoder's Gaussian (11.18), each B×``top_dim`` (before any flow)."""
