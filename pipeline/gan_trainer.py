@@ -363,6 +363,16 @@ def save_fixed_noise_grid(trainer: GanTrainer, path: Path) -> None:
     save_image_grid(images.float().cpu().numpy(), path, nrow=trainer.grid_columns, scale=scale)
 
 
+def code_grid_rows(
+    fixed_z: torch.Tensor, fixed_y: torch.Tensor | None, columns: int, rows: int = 8
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The noise (and labels) of the code grids' rows: the fixed grid's first ``rows`` samples, or when conditional
+    (a row of ``columns`` samples per class) the first sample of each of the first ``rows`` classes."""
+    if fixed_y is None:
+        return fixed_z[:rows], None
+    return fixed_z[::columns][:rows], fixed_y[::columns][:rows]
+
+
 @torch.no_grad()
 def save_code_grids(trainer: GanTrainer, image_dir: Path, steps: int = 10) -> list[Path]:
     """InfoGAN: grids that vary one code at a time with the noise and the other codes fixed per row (Chen et al.
@@ -372,10 +382,9 @@ def save_code_grids(trainer: GanTrainer, image_dir: Path, steps: int = 10) -> li
     k, c = generator.categories, generator.continuous_codes
     if not k + c:
         return []
-    rows = 8
-    z = trainer.fixed_z[:rows]
+    z, y = code_grid_rows(trainer.fixed_z, trainer.fixed_y, trainer.grid_columns)
+    rows = len(z)
     base = trainer._fixed_codes(rows)
-    y = trainer.fixed_y[:rows] if trainer.fixed_y is not None else None
     scale = max(1, 32 // generator.image_shape[1])
     grids = {}
     if k:

@@ -17,7 +17,7 @@ from pipeline.checkpoint import load_checkpoint, load_model
 from pipeline.classifier_trainer import ClassifierTrainer
 from pipeline.config import Config, ConfigError, GanParams
 from pipeline.data.processed import ProcessedData, load_processed, save_processed
-from pipeline.gan_trainer import OUTPUTS, train_gan
+from pipeline.gan_trainer import OUTPUTS, code_grid_rows, train_gan
 from pipeline.io import read_json
 from pipeline.models.classifier import Classifier
 from pipeline.seeds import seed_everything
@@ -211,6 +211,19 @@ def test_infogan_learns_codes_its_q_head_recovers_and_draws_one_grid_per_code(
         "code_continuous_0.png",
         "code_continuous_1.png",
     ]
+
+
+def test_a_conditional_gans_code_grids_show_one_class_per_row() -> None:
+    """The fixed grid of a conditional GAN has a row of 10 per class; the code grids take one sample of each class
+    (they took the first 8 samples, all of class 0)."""
+    fixed_y = torch.arange(10).repeat_interleave(10)
+    fixed_z = torch.arange(100.0)[:, None]
+    z, y = code_grid_rows(fixed_z, fixed_y, columns=10)
+    assert y.tolist() == list(range(8)) and z.flatten().tolist() == [10.0 * k for k in range(8)]
+    z, y = code_grid_rows(fixed_z[:20], fixed_y[:20], columns=10)  # two classes: two rows
+    assert y.tolist() == [0, 1] and len(z) == 2
+    z, y = code_grid_rows(fixed_z[:64], None, columns=8)
+    assert y is None and z.flatten().tolist() == list(range(8))
 
 
 def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
