@@ -86,13 +86,16 @@ def main(
     out_dir: str,
 ) -> None:
     """Sample images from an exported model (conditional models cycle through the classes unless --labels)."""
+    given = click.get_current_context().get_parameter_source
     if all_models:
-        given = click.get_current_context().get_parameter_source
-        for name, hint in (("labels", "--labels"), ("out", "--out")):
+        one_model = "is for one model; --all writes one grid per model of --export-dir to --out-dir"
+        for name, hint, message in (
+            ("model_path", "--model", "give --model or --all, not both"),
+            ("labels", "--labels", one_model),
+            ("out", "--out", one_model),
+        ):
             if given(name) is ParameterSource.COMMANDLINE:
-                raise click.BadParameter(
-                    "is for one --model; --all writes one grid per model to --out-dir", param_hint=hint
-                )
+                raise click.BadParameter(message, param_hint=hint)
         card_path = Path(export_dir) / MANIFEST_NAME
         if not card_path.is_file():
             raise click.ClickException(f"{card_path}: no model card; run `python -m stages export` first")
@@ -115,6 +118,15 @@ def main(
         return
     if model_path is None:
         raise click.UsageError("give --model export/<file>.onnx, or --all")
+    for name, hint in (("export_dir", "--export-dir"), ("out_dir", "--out-dir")):
+        if given(name) is ParameterSource.COMMANDLINE:
+            raise click.BadParameter("is for --all; one --model writes to --out", param_hint=hint)
+    parsed = parse_labels(labels)
+    if isinstance(parsed, np.ndarray) and len(parsed) != num:
+        raise click.BadParameter(
+            f"gives {len(parsed)} labels for -n {num} images; give one label for all, or one per image",
+            param_hint="--labels",
+        )
     suffix = Path(out).suffix.lower()
     if suffix not in (".png", ".npy"):
         raise click.BadParameter(f"{out!r} must end in .png or .npy", param_hint="--out")
@@ -122,5 +134,5 @@ def main(
         raise click.BadParameter(f"{num} images do not make a readable grid; write .npy for more", param_hint="-n")
     check_writable(Path(out).parent)
     model = GenerativeModel(model_path)
-    write_samples(model, Path(out), num, seed, parse_labels(labels), temperature)
+    write_samples(model, Path(out), num, seed, parsed, temperature)
     click.echo(f"{out}: {num} samples of {model_path} ({model.providers[0]})")

@@ -93,8 +93,11 @@ def test_bad_requests_fail_cleanly(export_dir: Path, tmp_path: Path) -> None:
         (["--model", str(garbage), "--out", str(tmp_path / "x.png")], 1, "not a loadable ONNX model"),
         (["--model", str(export_dir / "vae_encoder.onnx")], 1, "this is a VAE encoder"),
         (["--all", "--export-dir", str(tmp_path)], 1, "no model card"),
-        (["--all", "--labels", "3"], 2, "Invalid value for --labels: is for one --model; --all writes one grid"),
-        (["--all", "--out", "x.png"], 2, "Invalid value for --out: is for one --model"),
+        (["--all", "--labels", "3"], 2, "Invalid value for --labels: is for one model; --all writes one grid"),
+        (["--all", "--out", "x.png"], 2, "Invalid value for --out: is for one model"),
+        (["--all", "--model", model], 2, "Invalid value for --model: give --model or --all, not both"),
+        (["--model", model, "-n", "4", "--labels", "1,2"], 2, "Invalid value for --labels: gives 2 labels for -n 4"),
+        (["--model", model, "--out-dir", "grids"], 2, "Invalid value for --out-dir: is for --all"),
         ([], 2, "give --model"),
     ]
     for args, code, message in cases:
