@@ -156,8 +156,9 @@ class ModelMetadata:
         return meta
 
 
-def portable_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    """float32 standard normals that JavaScript reproduces from the same seed (``web/src/explorer.js``).
+def portable_normal(seed: int, shape: tuple[int, ...], start: int = 0) -> np.ndarray:
+    """float32 standard normals that JavaScript reproduces from the same seed (``web/src/portable.js``): elements
+    ``start`` … of the stream, so a draw cut into batches gives the numbers of one draw.
 
     numpy's generators have no JavaScript twin, so the explorer page and this function share a small one:
     Mulberry32 (32-bit integer arithmetic, exact in both languages) for uniforms u in (0, 1), and Box-Muller pairs
@@ -165,11 +166,12 @@ def portable_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     between libms; after the cast to float32 the values agree to ~1e-7.
     """
     count = int(np.prod(shape))
-    uniforms = portable_uniform(seed, count + count % 2).astype(np.float64)
+    first = start - start % 2  # the pair that holds element ``start``
+    uniforms = portable_uniform(seed, 2 * ((start + count - first + 1) // 2), first)
     radius = np.sqrt(-2.0 * np.log(uniforms[0::2]))
     angle = 2.0 * np.pi * uniforms[1::2]
     pairs = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1).reshape(-1)
-    return pairs[:count].astype(np.float32).reshape(shape)
+    return pairs[start - first : start - first + count].astype(np.float32).reshape(shape)
 
 
 # the explorer's random streams under one seed: Mulberry32 seeded with 8 seed + index, so the streams of one seed
@@ -182,15 +184,16 @@ def portable_stream(seed: int, stream: str) -> int:
     return (8 * seed + PORTABLE_STREAMS[stream]) & 0xFFFFFFFF
 
 
-def portable_uniform(seed: int, count: int) -> np.ndarray:
-    """``count`` float64 uniforms in (0, 1) from Mulberry32 seeded with ``seed`` (as :func:`portable_normal`)."""
-    mask, state, out = 0xFFFFFFFF, seed & 0xFFFFFFFF, np.empty(count)
-    for i in range(count):
-        state = (state + 0x6D2B79F5) & mask
-        t = ((state ^ (state >> 15)) * (state | 1)) & mask
-        t = ((t + (((t ^ (t >> 7)) * (t | 61)) & mask)) & mask) ^ t
-        out[i] = (((t ^ (t >> 14)) & mask) + 0.5) / 2**32
-    return out
+def portable_uniform(seed: int, count: int, start: int = 0) -> np.ndarray:
+    """Uniforms ``start`` … ``start + count - 1`` (float64, in (0, 1)) of Mulberry32 seeded with ``seed``, as
+    :func:`portable_normal` and the page draw them. Mulberry32's state after i steps is seed + i·0x6D2B79F5 (mod
+    2^32), so any stretch of the stream is computed at once; products of 32-bit numbers are exact in uint64."""
+    mask = np.uint64(0xFFFFFFFF)
+    steps = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    state = (np.uint64(seed & 0xFFFFFFFF) + steps * np.uint64(0x6D2B79F5)) & mask
+    t = ((state ^ (state >> np.uint64(15))) * (state | np.uint64(1))) & mask
+    t = ((t + (((t ^ (t >> np.uint64(7))) * (t | np.uint64(61))) & mask)) & mask) ^ t
+    return (((t ^ (t >> np.uint64(14))) & mask).astype(np.float64) + 0.5) / 2**32
 
 
 def _bounds(a: np.ndarray) -> tuple[np.generic, np.generic]:
@@ -198,10 +201,17 @@ def _bounds(a: np.ndarray) -> tuple[np.generic, np.generic]:
     return np.minimum.reduce(a, axis=None), np.maximum.reduce(a, axis=None)
 
 
-def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build has it, else CPU."""
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+# onnxruntime's CUDA provider runs float32 matrix products and convolutions in TF32 (10-bit mantissas) on Ampere
+# and newer GPUs unless told otherwise; the export checks its models against torch in full float32, so the runtime
+# keeps full float32 there too (and a seed gives the same images on a GPU as on a CPU, to float32 rounding)
+CUDA_PROVIDER = ("CUDAExecutionProvider", {"use_tf32": "0"})
+
+
+def default_providers(available: list[str] | None = None) -> list[str | tuple[str, dict[str, str]]]:
+    """CUDA (in full float32) when this onnxruntime build has it (``available``: its providers), else CPU."""
+    available = ort.get_available_providers() if available is None else available
+    providers: list[str | tuple[str, dict[str, str]]] = [CUDA_PROVIDER] if CUDA_PROVIDER[0] in available else []
+    return [*providers, "CPUExecutionProvider"]
 
 
 def open_session(
@@ -351,6 +361,10 @@ class GenerativeModel:
         Conditional models: ``labels`` is one class for all, or ``n`` classes; None cycles 0, 1, ..., K-1, 0, ...
         InfoGAN generators: ``codes`` is one code for all (size K + C, see :func:`make_codes`) or ``n`` codes; None
         draws them from their prior (a uniform category, continuous codes uniform on [-1, 1]) under ``seed``.
+
+        The numbers come from the explorer page's portable streams of ``seed`` (:func:`portable_stream`), so
+        ``sample(64, s, temperature=t)`` is the page's grid for seed s at temperature t (its default class and code
+        choices), to float32 rounding.
         """
         return np.concatenate(list(self.sample_batches(n, seed, labels, temperature, codes=codes)))
 
@@ -365,7 +379,8 @@ class GenerativeModel:
     ) -> Iterator[np.ndarray]:
         """:meth:`sample` in consecutive batches of at most ``batch_size`` images (the same images, in order, for any
         ``batch_size``), so memory does not grow with ``n``. The noise, the prior's component choices, the code
-        categories and the continuous codes are four streams of ``seed``, so the batches cut none of them."""
+        categories and the continuous codes are four portable streams of ``seed``, each read on from where the last
+        batch stopped."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
             raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -384,17 +399,22 @@ class GenerativeModel:
             codes = np.broadcast_to(codes, (n, len(codes)))
         if codes is not None:
             self._code_feed(codes, n)
-        noise, choices, categories, continuous = np.random.default_rng(seed), *np.random.default_rng(seed).spawn(3)
+        d, k, c = self.latent_dim, self.metadata.code_categories, self.metadata.code_continuous
         for start in range(0, n, batch_size):
             count = min(batch_size, n - start)
-            z = noise.standard_normal((count, self.latent_dim), dtype=np.float32) * np.float32(temperature)
+            noise = portable_normal(portable_stream(seed, "noise"), (count, d), start * d)
+            z = (noise.astype(np.float64) * temperature).astype(np.float32)  # rounded as the page rounds it
             if self._prior is not None:  # the noise (and a uniform choosing a mixture component) mapped to p(z)
-                (z,) = self._prior.run(None, {"noise": z, "u": choices.random(count, dtype=np.float32)})
+                u = portable_uniform(portable_stream(seed, "u"), count, start).astype(np.float32)
+                (z,) = self._prior.run(None, {"noise": z, "u": u})
             batch_codes = None if codes is None else codes[start : start + count]
             if batch_codes is None and self.code_dim:
-                k, c = self.metadata.code_categories, self.metadata.code_continuous
-                category = categories.integers(k, size=count) if k else None
-                batch_codes = make_codes(category, continuous.uniform(-1, 1, (count, c)).astype(np.float32), k)
+                category = None
+                if k:
+                    u = portable_uniform(portable_stream(seed, "category"), count, start)
+                    category = np.minimum(k - 1, np.floor(u * k).astype(np.int64))
+                continuous = 2 * portable_uniform(portable_stream(seed, "continuous"), count * c, start * c) - 1
+                batch_codes = make_codes(category, continuous.astype(np.float32).reshape(count, c), k)
             labels_now = None if labels is None else np.asarray(labels)[start : start + count]
             yield self.decode(z, labels_now, batch_codes)
 

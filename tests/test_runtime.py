@@ -17,7 +17,13 @@ import torch
 from pipeline.config import config_from_dict
 from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
-from pipeline.runtime import GenerativeModel, ModelFileError
+from pipeline.runtime import (
+    GenerativeModel,
+    ModelFileError,
+    default_providers,
+    portable_normal,
+    portable_stream,
+)
 from pipeline.vae_trainer import build_vae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,14 +61,14 @@ def test_sample_is_seeded_and_tempered(gan: GenerativeModel) -> None:
     assert images.min() >= 0.0 and images.max() <= 1.0
     np.testing.assert_array_equal(images, gan.sample(6, seed=3))
     assert not np.array_equal(images, gan.sample(6, seed=4))
-    z = np.random.default_rng(3).standard_normal((6, 4), dtype=np.float32)
+    z = portable_normal(portable_stream(3, "noise"), (6, 4))  # the explorer page's stream of seed 3
     np.testing.assert_array_equal(images, gan.decode(z))
     np.testing.assert_allclose(gan.sample(6, seed=3, temperature=0.5), gan.decode(z * 0.5), atol=1e-7)
     assert gan.providers == ["CPUExecutionProvider"]  # this machine has no CUDA
 
 
 def test_conditional_sampling_uses_labels(vae: GenerativeModel) -> None:
-    z = np.random.default_rng(0).standard_normal((10, 4), dtype=np.float32)
+    z = portable_normal(portable_stream(0, "noise"), (10, 4))
     np.testing.assert_array_equal(vae.sample(10, seed=0), vae.decode(z, np.arange(10)))  # cycles the classes
     np.testing.assert_array_equal(vae.sample(10, seed=0, labels=7), vae.decode(z, np.full(10, 7)))
     assert not np.allclose(vae.decode(z, np.full(10, 7)), vae.decode(z, np.full(10, 2)), atol=1e-4)
@@ -219,6 +225,13 @@ roots = ("pipeline", "stages", "torch", "onnx")
 loaded = sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in roots)
 print(json.dumps({"shape": list(images.shape), "mu": list(mu.shape), "modules": loaded}))
 """
+
+
+def test_the_cuda_provider_is_asked_for_full_float32() -> None:
+    """onnxruntime's CUDA provider would run float32 products in TF32 on Ampere and newer GPUs by default."""
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert default_providers(both) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
 def test_runtime_works_without_torch(export_dir: Path, vae: GenerativeModel) -> None:
