@@ -20,7 +20,13 @@ from pipeline.data.formats import read_image
 from pipeline.data.processed import save_processed
 from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
-from pipeline.runtime import PORTABLE_STREAMS, portable_normal, portable_stream, portable_uniform
+from pipeline.runtime import (
+    PORTABLE_STREAMS,
+    GenerativeModel,
+    portable_normal,
+    portable_stream,
+    portable_uniform,
+)
 from pipeline.vae_trainer import build_vae
 from pipeline.web import Explorer, WebBundleError, explorer_for
 
@@ -59,6 +65,20 @@ def export_bundle(
     return out / "web"
 
 
+def manifest_conditional(manifest: dict) -> bool:
+    return any(entry["metadata"]["conditional"] for entry in manifest["models"])
+
+
+def page_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Grey images N×1×H×W tiled as the page draws them: levels round(255 v), one grey (128) pixel between tiles."""
+    n, _, h, w = images.shape
+    grid = np.full((-(-n // columns) * (h + 1) - 1, columns * (w + 1) - 1), 128.0)
+    for k, image in enumerate(images[:, 0]):
+        y, x = (k // columns) * (h + 1), (k % columns) * (w + 1)
+        grid[y : y + h, x : x + w] = np.round(255 * np.clip(image, 0, 1))
+    return grid
+
+
 BUNDLES = {
     "conditional": ("standard_normal", True, (0, 0)),
     "vampprior": ("vampprior", False, (0, 0)),
@@ -87,7 +107,9 @@ def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Pa
     rgba[..., 3] = np.where(rng.random(rgba.shape[:2]) < 0.5, 255, rgba[..., 3])
     picture = tmp_path / "dropped.png"
     Image.fromarray(rgba, "RGBA").save(picture)
-    result = node("browser_check.mjs", served, str(screenshot), "explorer", str(picture))
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_bytes(b"%PDF-1.4 not a picture")
+    result = node("browser_check.mjs", served, str(screenshot), "explorer", str(picture), str(not_an_image))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["consoleErrors"] == [] and report["errors"] == [], report
@@ -98,10 +120,19 @@ def test_the_page_renders_in_chromium_and_matches_python(served: str, bundle: Pa
     assert report["sections"] == ["vae_decoder", "gan_generator"]
     side = 8 * (8 + 1) - 1  # eight 8-pixel tiles a row, one pixel between them
     assert report["grid"] == [side, side] and report["litPixels"] > 0.5 * side * side  # the sample grid drew
+    # the page's first grids (seed 0, temperature 1) are what Python's runtime samples under seed 0
+    for grey, entry in zip(report["grids"], report["sections"], strict=True):
+        images = GenerativeModel(bundle.parent / f"{entry}.onnx").sample(64, seed=0)
+        assert np.abs(np.array(grey).reshape(side, side) - page_grid(images)).max() <= 1, entry
     assert report["interpolation"] == side  # two shipped images encoded, eight decoded along the line
     if any(entry["file"] == "vae_encoder.onnx" for entry in manifest["models"]):
         expected = read_image(picture, IMAGE_SHAPE[1], IMAGE_SHAPE[0]).reshape(-1).astype(int)
         assert np.abs(np.array(report["dropped"]) - expected).max() <= 2, (report["dropped"], expected.tolist())
+        if manifest_conditional(manifest):  # no class for the dropped image while the picker cycles through them
+            assert not report["droppedInterpolated"] and "has no class: choose its class" in report["note"], report
+        else:
+            assert report["droppedInterpolated"] and report["note"] == "", report
+        assert "notes.png: not an image this browser can decode" in report["notAnImageNote"], report
     before, after = report["resampledSeeds"]
     assert int(after) == int(before) + 1  # Resample draws the next seed's samples
     gan = next(entry for entry in manifest["models"] if entry["file"] == "gan_generator.onnx")
@@ -171,7 +202,7 @@ def test_javascript_draws_the_same_seeded_latents_as_python() -> None:
         "import { STREAMS, portableNormal, portableStream, portableUniform } from './src/portable.js';"
         "const out = {};"
         "for (const seed of [0, 1, 12345, 4294967295]) out[seed] = [Array.from(portableNormal(seed, 37)),"
-        " Array.from(portableUniform(seed, 5)),"
+        " Array.from(portableUniform(seed, 1000)),"
         " Object.keys(STREAMS).map((name) => [name, portableStream(seed, name)])];"
         "console.log(JSON.stringify(out));"
     )
@@ -179,7 +210,13 @@ def test_javascript_draws_the_same_seeded_latents_as_python() -> None:
     assert result.returncode == 0, result.stderr
     for seed, (normals, uniforms, streams) in json.loads(result.stdout).items():
         assert np.array_equal(np.float32(normals), portable_normal(int(seed), (37,)))
-        assert np.array_equal(uniforms, portable_uniform(int(seed), 5))
+        assert np.array_equal(uniforms, portable_uniform(int(seed), 1000))
+        # any stretch of a stream is the same numbers as the whole draw's (odd and even starts)
+        for start, count in ((0, 37), (1, 10), (7, 30), (500, 499)):
+            assert np.array_equal(portable_uniform(int(seed), count, start), uniforms[start : start + count])
+            assert np.array_equal(
+                portable_normal(int(seed), (count,), start), portable_normal(int(seed), (1000,))[start : start + count]
+            )
         assert streams == [[name, portable_stream(int(seed), name)] for name in PORTABLE_STREAMS]
     # Resample draws the next seed: its streams share no Mulberry32 seed with the last one's
     for seed in (0, 41, 2**29 - 1):

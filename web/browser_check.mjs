@@ -1,11 +1,12 @@
-// node web/browser_check.mjs URL SCREENSHOT [explorer|plots] [PICTURE]: open URL in headless Chromium (Debian's, or
+// node web/browser_check.mjs URL SCREENSHOT [explorer|plots] [PICTURE [NOT_AN_IMAGE]]: open URL in headless Chromium (Debian's, or
 // $CHROMIUM) and print one JSON line: console errors, failed requests and, for the explorer, its check against
-// Python (window.explorer), how many pixels its sample grid drew and, given PICTURE, the grey levels of that
-// picture as the page prepared it for the encoder; for a dvc plots page, how many vega charts drew and how many of
-// them hold ink.
+// Python (window.explorer), how many pixels its sample grid drew, every model's first grid and, given PICTURE, the grey levels of that
+// picture as the page prepared it for the encoder, whether it interpolated it with a shipped image (or the note it
+// showed instead), and given NOT_AN_IMAGE the note the page showed for that file; for a dvc plots page, how many vega
+// charts drew and how many of them hold ink.
 import { chromium } from 'playwright-core';
 
-const [url, screenshot, mode = 'explorer', picture] = process.argv.slice(2);
+const [url, screenshot, mode = 'explorer', picture, notAnImage] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
@@ -43,7 +44,12 @@ try {
       let lit = 0;
       for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 0) lit++;
       const sweep = document.querySelector('canvas[data-role=code-sweep]');
-      return { ...window.explorer, grid: grid ? [grid.width, grid.height] : null, litPixels: lit,
+      // every model's sample grid as the page first drew it (seed 0, temperature 1): the red channel's levels
+      const grids = [...document.querySelectorAll('canvas[data-role=grid]')].map((g) => {
+        const d = g.getContext('2d').getImageData(0, 0, g.width, g.height).data;
+        return Array.from({ length: d.length / 4 }, (_, i) => d[4 * i]);
+      });
+      return { ...window.explorer, grid: grid ? [grid.width, grid.height] : null, litPixels: lit, grids,
         checkLine: document.getElementById('check').textContent,
         codeSweep: sweep ? [sweep.width, sweep.height] : null,
         sections: [...document.querySelectorAll('section.model')].map((s) => s.id) };
@@ -64,6 +70,24 @@ try {
         const d = thumb.getContext('2d').getImageData(0, 0, thumb.width, thumb.height).data;
         return Array.from({ length: d.length / 4 }, (_, i) => d[4 * i]);
       });
+      const noteOf = () => document.querySelector('[data-role=interpolation-note]').textContent;
+      const all = await page.$$('canvas.thumb');
+      const count = () => page.evaluate(() => window.explorer.interpolations);
+      let before = await count();
+      await all[0].click(); // with the second shipped image, picked before: an interpolation
+      await page.waitForFunction((n) => window.explorer.interpolations > n, before, { timeout: 30000 });
+      before = await count();
+      await all[all.length - 1].click(); // the first shipped image with the dropped one
+      await page.waitForFunction((n) => window.explorer.interpolations > n ||
+        document.querySelector('[data-role=interpolation-note]').textContent !== '', before, { timeout: 30000 });
+      result.droppedInterpolated = (await count()) > before;
+      result.note = await page.evaluate(noteOf);
+      if (notAnImage) {
+        await fileInput.setInputFiles(notAnImage);
+        await page.waitForFunction(() => document.querySelector('[data-role=interpolation-note]').textContent
+          .includes('not an image'), null, { timeout: 30000 });
+        result.notAnImageNote = await page.evaluate(noteOf);
+      }
     }
     result.resampledSeeds = await page.evaluate(() => {
       const controls = document.querySelector('section.model .controls');

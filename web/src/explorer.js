@@ -9,7 +9,7 @@ ort.env.wasm.wasmPaths = new URL('./', import.meta.url).href;
 const GRID = 8; // the sample grid is GRID × GRID
 const STEPS = 8; // images along an interpolation
 const SLIDERS = 8; // latent coordinates with a slider
-const state = { done: false, ok: false, errors: [], files: {}, latentError: null, maxError: null };
+const state = { done: false, ok: false, errors: [], files: {}, latentError: null, maxError: null, interpolations: 0 };
 window.explorer = state;
 
 const sessions = new Map();
@@ -251,6 +251,7 @@ function interpolation(decoder, encoder, reference, picker) {
   }
   const thumbs = el('div', { class: 'controls' });
   const strip = el('canvas', { class: 'strip', 'data-role': 'interpolation' });
+  const note = el('p', { class: 'note', 'data-role': 'interpolation-note' }, '');
   const picked = [];
   const images = [];
 
@@ -259,7 +260,7 @@ function interpolation(decoder, encoder, reference, picker) {
     images.push({ pixels, label });
     const canvas = el('canvas', { class: 'thumb', 'data-index': String(index), title: 'pick two images' });
     draw(canvas, pixels, 1, meta.image_shape, 1);
-    canvas.addEventListener('click', () => pick(index, canvas));
+    canvas.addEventListener('click', () => pick(index, canvas).catch((err) => { note.textContent = `✗ ${err.message ?? err}`; }));
     thumbs.append(canvas);
     return canvas;
   }
@@ -271,7 +272,15 @@ function interpolation(decoder, encoder, reference, picker) {
     if (picked.length < 2) return;
     const x = new Float32Array(2 * c * h * w);
     picked.forEach(({ index: i }, k) => x.set(images[i].pixels, k * c * h * w));
-    const labels = picked.map(({ index: i }) => images[i].label ?? Math.max(0, Number(picker?.value ?? 0)));
+    // a conditional model encodes and decodes under a class: the shipped images' own, or for an image of your own
+    // the class chosen in the picker (none is chosen while it says "every class in turn")
+    const chosen = picker && Number(picker.value) >= 0 ? Number(picker.value) : null;
+    const labels = picked.map(({ index: i }) => images[i].label ?? chosen);
+    if (meta.conditional && labels.includes(null)) {
+      note.textContent = 'Your own image has no class: choose its class in the class picker above, then pick the two images again.';
+      return;
+    }
+    note.textContent = '';
     const feeds = { image: new ort.Tensor('float32', x, [2, c, h, w]) };
     if (meta.conditional) feeds.label = labelTensor(labels);
     const { mu } = await (await session(encoder.file)).run(feeds);
@@ -283,6 +292,7 @@ function interpolation(decoder, encoder, reference, picker) {
     }
     const stepLabels = Array.from({ length: STEPS }, (_, s) => labels[s < STEPS / 2 ? 0 : 1]);
     draw(strip, await decode(decoder, z, STEPS, stepLabels), STEPS, meta.image_shape, STEPS);
+    state.interpolations += 1;
   }
 
   // a dropped or chosen picture prepared as training prepares image folders (pipeline/data/formats.py read_image):
@@ -317,12 +327,16 @@ function interpolation(decoder, encoder, reference, picker) {
       addImage(pixels, shipped.labels ? shipped.labels[k] : null);
     }
   }
-  const input = el('input', { type: 'file', accept: 'image/*', onchange: (e) => [...e.target.files].forEach(addFile) });
+  // a file the browser cannot decode as an image is named on the page, not only in the console
+  const addFiles = (files) => [...files].forEach((file) => addFile(file).catch(() => {
+    note.textContent = `✗ ${file.name}: not an image this browser can decode; drop a PNG, JPEG, GIF, WebP or BMP`;
+  }));
+  const input = el('input', { type: 'file', accept: 'image/*', onchange: (e) => addFiles(e.target.files) });
   const drop = el('div', { class: 'drop' }, 'Drop an image here, or ', input);
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); [...e.dataTransfer.files].forEach(addFile); });
-  box.append(el('p', {}, 'Click two images: their posterior means are interpolated and decoded.'), thumbs, drop, strip);
+  drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); addFiles(e.dataTransfer.files); });
+  box.append(el('p', {}, 'Click two images: their posterior means are interpolated and decoded.'), thumbs, drop, strip, note);
   return box;
 }
 
