@@ -267,7 +267,9 @@ def to_onnx(module: nn.Module, inputs: Sequence[InputSpec], output_names: Sequen
     model = program.model_proto
     emitted = _opset(model)
     if emitted != opset:
-        raise ExportError(f"the exporter emitted opset {emitted} instead of export.opset {opset}; use 18 or newer")
+        raise ExportError(
+            f"the exporter emitted opset {emitted} instead of export.opset {opset}; set export.opset: {emitted}"
+        )
     shapes = {spec.name: spec.item_shape for spec in inputs}
     shapes.update({name: tuple(out.shape[1:]) for name, out in zip(output_names, outputs, strict=True)})
     _set_batch_shapes(model, shapes)
