@@ -205,17 +205,23 @@ def _bounds(a: np.ndarray) -> tuple[np.generic, np.generic]:
 # and newer GPUs unless told otherwise; the export checks its models against torch in full float32, so the runtime
 # keeps full float32 there too (and a seed gives the same images on a GPU as on a CPU, to float32 rounding)
 CUDA_PROVIDER = ("CUDAExecutionProvider", {"use_tf32": "0"})
+Provider = str | tuple[str, dict[str, str]]  # an onnxruntime provider name, or a name with its options
 
 
-def default_providers(available: list[str] | None = None) -> list[str | tuple[str, dict[str, str]]]:
+def default_providers(available: list[str] | None = None) -> list[Provider]:
     """CUDA (in full float32) when this onnxruntime build has it (``available``: its providers), else CPU."""
     available = ort.get_available_providers() if available is None else available
-    providers: list[str | tuple[str, dict[str, str]]] = [CUDA_PROVIDER] if CUDA_PROVIDER[0] in available else []
+    providers: list[Provider] = [CUDA_PROVIDER] if CUDA_PROVIDER[0] in available else []
     return [*providers, "CPUExecutionProvider"]
 
 
+def full_float32(providers: list[Provider]) -> list[Provider]:
+    """``providers`` with a bare "CUDAExecutionProvider" given :data:`CUDA_PROVIDER`'s options (no TF32)."""
+    return [CUDA_PROVIDER if p == CUDA_PROVIDER[0] else p for p in providers]
+
+
 def open_session(
-    path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    path: str | Path, providers: list[Provider] | None = None, threads: int | None = None
 ) -> ort.InferenceSession:
     """An onnxruntime session with full graph optimization; ``threads`` caps intra-op threads (None: all cores)."""
     path = Path(path)
@@ -228,7 +234,9 @@ def open_session(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=full_float32(providers or default_providers())
+        )
     except Exception as err:  # onnxruntime raises its own exception types for unreadable files
         raise ModelFileError(f"{path}: not a loadable ONNX model ({str(err).strip()[:300]})") from None
 
@@ -280,7 +288,7 @@ class GenerativeModel:
         path: str | Path,
         encoder_path: str | Path | None = None,
         *,
-        providers: list[str] | None = None,
+        providers: list[Provider] | None = None,
         threads: int | None = None,
     ) -> None:
         for name, value in (("path", path), ("encoder_path", encoder_path)):

@@ -21,6 +21,7 @@ from pipeline.runtime import (
     GenerativeModel,
     ModelFileError,
     default_providers,
+    full_float32,
     portable_normal,
     portable_stream,
 )
@@ -232,6 +233,7 @@ def test_the_cuda_provider_is_asked_for_full_float32() -> None:
     both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert default_providers(both) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert full_float32(both) == default_providers(both)  # a provider named by the caller runs in float32 too
 
 
 def test_runtime_works_without_torch(export_dir: Path, vae: GenerativeModel) -> None:

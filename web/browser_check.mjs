@@ -72,16 +72,18 @@ try {
       });
       const noteOf = () => document.querySelector('[data-role=interpolation-note]').textContent;
       const all = await page.$$('canvas.thumb');
-      const count = () => page.evaluate(() => window.explorer.interpolations);
-      let before = await count();
-      await all[0].click(); // with the second shipped image, picked before: an interpolation
-      await page.waitForFunction((n) => window.explorer.interpolations > n, before, { timeout: 30000 });
-      before = await count();
-      await all[all.length - 1].click(); // the first shipped image with the dropped one
-      await page.waitForFunction((n) => window.explorer.interpolations > n ||
-        document.querySelector('[data-role=interpolation-note]').textContent !== '', before, { timeout: 30000 });
-      result.droppedInterpolated = (await count()) > before;
-      result.note = await page.evaluate(noteOf);
+      if (thumbs.length >= 2) { // a shipped image and the dropped one: interpolated, or a note asking its class
+        const count = () => page.evaluate(() => window.explorer.interpolations);
+        let before = await count();
+        await all[0].click(); // with the second shipped image, picked before: an interpolation
+        await page.waitForFunction((n) => window.explorer.interpolations > n, before, { timeout: 30000 });
+        before = await count();
+        await all[all.length - 1].click(); // the first shipped image with the dropped one
+        await page.waitForFunction((n) => window.explorer.interpolations > n ||
+          document.querySelector('[data-role=interpolation-note]').textContent !== '', before, { timeout: 30000 });
+        result.droppedInterpolated = (await count()) > before;
+        result.note = await page.evaluate(noteOf);
+      }
       if (notAnImage) {
         await fileInput.setInputFiles(notAnImage);
         await page.waitForFunction(() => document.querySelector('[data-role=interpolation-note]').textContent

@@ -277,6 +277,7 @@ function interpolation(decoder, encoder, reference, picker) {
     const chosen = picker && Number(picker.value) >= 0 ? Number(picker.value) : null;
     const labels = picked.map(({ index: i }) => images[i].label ?? chosen);
     if (meta.conditional && labels.includes(null)) {
+      strip.width = 0; // the last pair's interpolation would read as this pair's
       note.textContent = 'Your own image has no class: choose its class in the class picker above, then pick the two images again.';
       return;
     }
@@ -299,7 +300,9 @@ function interpolation(decoder, encoder, reference, picker) {
   // upright by its EXIF orientation, transparent parts over white, centre-cropped to a square, resized to the
   // model's H×W, grey by ITU-R 601 luma when C = 1 (Pillow's "L")
   async function addFile(file) {
-    const bitmap = await createImageBitmap(file); // upright by its EXIF orientation (the default)
+    const bitmap = await createImageBitmap(file).catch(() => { // upright by its EXIF orientation (the default)
+      throw new Error(`${file.name}: not an image this browser can decode; drop a PNG, JPEG, GIF, WebP or BMP`);
+    });
     const side = Math.min(bitmap.width, bitmap.height);
     const canvas = new OffscreenCanvas(w, h);
     const ctx = canvas.getContext('2d');
@@ -328,8 +331,8 @@ function interpolation(decoder, encoder, reference, picker) {
     }
   }
   // a file the browser cannot decode as an image is named on the page, not only in the console
-  const addFiles = (files) => [...files].forEach((file) => addFile(file).catch(() => {
-    note.textContent = `✗ ${file.name}: not an image this browser can decode; drop a PNG, JPEG, GIF, WebP or BMP`;
+  const addFiles = (files) => [...files].forEach((file) => addFile(file).catch((err) => {
+    note.textContent = `✗ ${err.message ?? err}`;
   }));
   const input = el('input', { type: 'file', accept: 'image/*', onchange: (e) => addFiles(e.target.files) });
   const drop = el('div', { class: 'drop' }, 'Drop an image here, or ', input);
