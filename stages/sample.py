@@ -13,7 +13,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from pipeline.images import save_image_grid
-from pipeline.io import atomic_path, check_writable, read_json
+from pipeline.io import atomic_path, atomic_paths, check_writable, read_json
 from pipeline.runtime import MANIFEST_NAME, GenerativeModel, check_against_manifest
 from stages.common import fail_cleanly
 
@@ -109,12 +109,19 @@ def main(
                 raise click.ClickException(f"{path}: listed in {card_path} but missing; re-run the export stage")
             check_against_manifest(path)
         check_writable(out_dir)
-        for path in files:
-            model = GenerativeModel(path)
-            target = Path(out_dir) / (path.stem + ".png")
-            count = min(num, MAX_GRID_IMAGES)
-            write_samples(model, target, count, seed, temperature=temperature)
-            click.echo(f"{target}: {count} samples of {path.name} ({model.providers[0]})")
+        targets = [Path(out_dir) / (path.stem + ".png") for path in files]
+        for target in targets:
+            if target.is_dir():
+                raise click.ClickException(f"{target}: a folder where a grid goes; move it out of --out-dir")
+        count = min(num, MAX_GRID_IMAGES)
+        written = []
+        with atomic_paths(targets) as staged:  # all grids replaced together, or none
+            for path, target, tmp in zip(files, targets, staged, strict=True):
+                model = GenerativeModel(path)
+                write_samples(model, tmp, count, seed, temperature=temperature)
+                written.append(f"{target}: {count} samples of {path.name} ({model.providers[0]})")
+        for line in written:
+            click.echo(line)
         return
     if model_path is None:
         raise click.UsageError("give --model export/<file>.onnx, or --all")

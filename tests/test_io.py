@@ -35,6 +35,21 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_a_set_of_files_is_renamed_only_once_all_are_written(tmp_path: Path) -> None:
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in paths:
+        path.write_text("old")
+    with pytest.raises(OSError), io.atomic_paths(paths) as staged:
+        staged[0].write_text("new")
+        raise OSError("disk full while writing the second")
+    assert [p.read_text() for p in paths] == ["old", "old"] and sorted(tmp_path.iterdir()) == paths
+    with io.atomic_paths(paths) as staged:
+        for tmp in staged:
+            tmp.write_text("new")
+        assert [p.read_text() for p in paths] == ["old", "old"]
+    assert [p.read_text() for p in paths] == ["new", "new"] and sorted(tmp_path.iterdir()) == paths
+
+
 @pytest.mark.parametrize("unwind", [True, False])
 def test_sigterm_mid_write(tmp_path: Path, unwind: bool) -> None:
     """With the stages' SIGTERM handling the temporary file is removed; without it, it would be left behind."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -11,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.config import config_from_dict
 from pipeline.export import export_generator, export_vae, write_exported
 from pipeline.gan_trainer import build_generator
+from pipeline.images import save_image_grid
 from pipeline.runtime import GenerativeModel
 from pipeline.vae_trainer import build_vae
+from stages import sample as sample_stage
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SHAPE = (1, 8, 8)
@@ -79,6 +83,37 @@ def test_all_mode_draws_one_grid_per_decoder_and_generator(export_dir: Path, tmp
     result = sample_cli("--all", "--export-dir", str(tampered), "--out-dir", str(tmp_path / "again"))
     assert result.returncode == 1 and "gan_generator.onnx: its sha256 differs from" in result.stderr
     assert not (tmp_path / "again").exists()  # every file is checked before any grid is drawn
+
+
+def test_all_mode_replaces_every_grid_or_none(
+    export_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills while the second grid is written: the grids of the last run stay as they were, each one,
+    with no temporary file left beside them; a folder where a grid goes is named before anything is drawn."""
+    out_dir = tmp_path / "samples"
+    args = ["--all", "--export-dir", str(export_dir), "--out-dir", str(out_dir), "-n", "4"]
+    assert sample_cli(*args).returncode == 0
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    calls = []
+
+    def fills_the_disk_second(images: np.ndarray, path: Path, **kwargs) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        save_image_grid(images, path, **kwargs)
+
+    monkeypatch.setattr(sample_stage, "save_image_grid", fills_the_disk_second)
+    result = CliRunner().invoke(sample_stage.main, [*args[:-1], "9", "--seed", "1"])
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+
+    monkeypatch.undo()
+    (out_dir / "gan_generator.png").unlink()
+    (out_dir / "gan_generator.png").mkdir()
+    result = sample_cli(*args[:-1], "9")
+    assert result.returncode == 1, result.stderr
+    assert f"{out_dir / 'gan_generator.png'}: a folder where a grid goes" in result.stderr
+    assert (out_dir / "vae_decoder.png").read_bytes() == before["vae_decoder.png"]
 
 
 def test_bad_requests_fail_cleanly(export_dir: Path, tmp_path: Path) -> None:
