@@ -127,6 +127,11 @@ class VaeParams:
     conditional: bool = _f(False, "condition encoder and decoder on the class label (Fig. 11.2b)")
     mc_samples: int = _f(1, "M, samples of z per x in the ELBO's reconstruction term (11.32)", **_range(1, 1024))
     iwae_k: int = _f(1, "importance samples of the training bound; 1 is the ELBO", **_range(1, 4096))
+    iwae_gradient: Literal["standard", "dreg"] = _f(
+        "standard",
+        "the IWAE bound's gradient for q(z|x): standard, or dreg, doubly reparameterized (Tucker et al. 2018), "
+        "whose signal does not fade as iwae_k grows; iwae_k > 1, no flows",
+    )
     kl_warmup_epochs: int = _f(10, "epochs over which the KL weight rises linearly from 0 to 1", **_range(0, 100000))
     free_bits: float = _f(0.0, "minimum KL per latent dimension, nats (0 disables)", **_range(0.0, 100.0))
     valid_samples: int = _f(
@@ -432,6 +437,18 @@ def _check_vae(vae: VaeParams) -> None:
     error = vae_settings_error(vae)
     if error:
         raise ConfigError(error)
+    if vae.iwae_gradient == "dreg" and vae.iwae_k == 1:
+        raise ConfigError("vae.iwae_gradient: dreg is for the IWAE bound; set vae.iwae_k above 1, or standard")
+    if vae.iwae_gradient == "dreg" and vae.family == "hvae" and vae.dropout > 0:
+        raise ConfigError(
+            "vae.iwae_gradient: dreg scores z1 by q(z1|x, z2) run again, where dropout would draw other masks than "
+            "the sample's; set vae.dropout: 0 or vae.iwae_gradient: standard"
+        )
+    if vae.iwae_gradient == "dreg" and vae.flow_steps:
+        raise ConfigError(
+            "vae.iwae_gradient: dreg scores z at q's fixed parameters, which an IAF cannot (its inverse is "
+            "sequential); set vae.flow_steps: 0 or vae.iwae_gradient: standard"
+        )
     if vae.free_bits > 0 and vae.iwae_k > 1:
         raise ConfigError("vae.free_bits applies to the ELBO only; set vae.iwae_k: 1 or vae.free_bits: 0")
     if vae.free_bits > 0 and (vae.family != "vae" or vae.prior != "standard_normal" or vae.flow_steps):

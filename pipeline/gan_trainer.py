@@ -30,7 +30,7 @@ from torch import nn
 
 from pipeline.config import Config, GanParams
 from pipeline.data.processed import ProcessedData
-from pipeline.device import autocast, to_device
+from pipeline.device import autocast, resolve_bf16, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, wrap
 from pipeline.evaluation import sample_quality_report
 from pipeline.images import save_image_grid
@@ -130,6 +130,7 @@ class GanTrainer:
                         config.gan.gp_weight, config.gan.loss)  # fmt: skip
         self.config, self.ctx, self.data, self.outputs = config, ctx, data, outputs
         self.device = ctx.device
+        self.bf16 = resolve_bf16(self.device, config.gan.bf16, "gan.bf16")
         self.epochs, self.max_minutes = config.gan.epochs, config.gan.max_minutes
         self.classifier = to_device(classifier, self.device).eval() if classifier is not None else None
         self.monitor = "frechet_distance" if classifier is not None else None
@@ -188,7 +189,7 @@ class GanTrainer:
         codes = self.generator.sample_codes(len(x), self.noise) if info else None
         if gan.r1_gamma:
             x = x.detach().requires_grad_(True)
-        with autocast(self.device, gan.bf16):
+        with autocast(self.device, self.bf16):
             with torch.set_grad_enabled(update_generator):
                 fake = self.train_g(z, y, codes)
             both_y = torch.cat([y, y]) if y is not None else None
@@ -212,7 +213,7 @@ class GanTrainer:
         g_loss = torch.full_like(d_loss, float("nan"))
         if update_generator:
             self.discriminator.requires_grad_(False)
-            with autocast(self.device, gan.bf16):
+            with autocast(self.device, self.bf16):
                 if gan.feature_matching:
                     with torch.no_grad():
                         real_features = self.discriminator.features(x, y)

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from pipeline.checkpoint import model_from_state
-from pipeline.config import Config
+from pipeline.config import Config, VaeParams
 from pipeline.data.processed import ProcessedData
-from pipeline.device import autocast, to_device
+from pipeline.device import autocast, resolve_bf16, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, wrap
 from pipeline.estimators import sharded_importance_sampled_log_likelihood
 from pipeline.images import save_image_grid
@@ -107,9 +107,9 @@ def start_pseudo_inputs_at_data(model: VAE, images: np.ndarray, seed: int) -> No
 class _Objective(nn.Module):
     """The training bound as a module, so DistributedDataParallel can wrap it and synchronize gradients."""
 
-    def __init__(self, model: VAE, iwae_k: int, mc_samples: int, free_bits: float) -> None:
+    def __init__(self, model: VAE, vae: VaeParams) -> None:
         super().__init__()
-        self.model, self.iwae_k, self.mc_samples, self.free_bits = model, iwae_k, mc_samples, free_bits
+        self.model, self.vae = model, vae
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None, beta: float, generator: torch.Generator
@@ -118,10 +118,11 @@ class _Objective(nn.Module):
             self.model,
             x,
             y,
-            iwae_k=self.iwae_k,
-            mc_samples=self.mc_samples,
+            iwae_k=self.vae.iwae_k,
+            mc_samples=self.vae.mc_samples,
             beta=beta,
-            free_bits=self.free_bits,
+            free_bits=self.vae.free_bits,
+            iwae_gradient=self.vae.iwae_gradient,
             generator=generator,
         )
         return terms.loss, terms.bound, terms.reconstruction, terms.kl, terms.mu
@@ -146,6 +147,7 @@ class VaeTrainer:
         self.monitor = "log_px" if config.vae.valid_samples else "bound"
         self.epochs, self.patience, self.max_minutes = config.vae.epochs, config.vae.patience, config.vae.max_minutes
         self.device = ctx.device
+        self.bf16 = resolve_bf16(self.device, config.vae.bf16, "vae.bf16")
         self.model = build_vae(config, data.image_shape, data.num_classes)
         if config.vae.prior == "vampprior" and config.vae.pseudo_init == "data":
             start_pseudo_inputs_at_data(self.model, data.x["train"], config.seed)
@@ -160,9 +162,7 @@ class VaeTrainer:
             adamw_parameter_groups(self.model, config.vae.weight_decay), lr=config.vae.lr, fused=True
         )
         self.schedule = plateau_schedule(self.optimizer, config.vae.lr_patience)
-        self.objective = wrap(
-            _Objective(self.model, config.vae.iwae_k, config.vae.mc_samples, config.vae.free_bits), ctx
-        )
+        self.objective = wrap(_Objective(self.model, config.vae), ctx)
         self.generator = torch_generator(self.device, config.seed, "vae", "training", ctx.rank)
         self.x = to_device_tensors(data.x, self.device)
         self.y = to_device_tensors(data.y, self.device) if self.conditional else None
@@ -192,7 +192,7 @@ class VaeTrainer:
             x = self.x["train"].index_select(0, idx)
             x = prepare_images(x, self.generator, self.data.binarize, vae.likelihood)
             beta = kl_warmup_beta(step - 1, steps, vae.kl_warmup_epochs)
-            with autocast(self.device, vae.bf16):
+            with autocast(self.device, self.bf16):
                 loss, bound, reconstruction, kl, _ = self.objective(x, self._labels("train", idx), beta, self.generator)
             check_finite(loss, step)
             self.optimizer.zero_grad(set_to_none=True)
@@ -248,7 +248,7 @@ class VaeTrainer:
         d = model.latent_dim
         sums = torch.zeros(4 + 2 * d, dtype=torch.float64, device=self.device)
         for idx in shard.split(max(vae.batch_size, 256)):
-            with autocast(self.device, vae.bf16):
+            with autocast(self.device, self.bf16):
                 terms = training_bound(
                     model,
                     self.x[split][idx],

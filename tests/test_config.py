@@ -92,6 +92,16 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"family": "hvae", "flow_steps": 2}}, r"vae.flow_steps: flows refine the one-layer vae"),
         ({"vae": {"prior": "vampprior", "conditional": True}}, r"vae.conditional: true is for the one-layer vae"),
         ({"vae": {"family": "hvae", "free_bits": 0.5}}, r"vae.free_bits needs the closed-form KL"),
+        ({"vae": {"iwae_gradient": "dreg"}}, r"vae.iwae_gradient: dreg is for the IWAE bound; set vae.iwae_k"),
+        (
+            {"vae": {"iwae_gradient": "dreg", "iwae_k": 5, "flow_steps": 2}},
+            r"vae.iwae_gradient: dreg scores z at q's fixed parameters, which an IAF cannot",
+        ),
+        (
+            {"vae": {"family": "hvae", "iwae_gradient": "dreg", "iwae_k": 5, "dropout": 0.1}},
+            r"vae.iwae_gradient: dreg scores z1 by q\(z1\|x, z2\) run again, where dropout",
+        ),
+        ({"vae": {"iwae_gradient": "DReG"}}, r"vae.iwae_gradient: 'DReG' is not allowed"),
         ({"vae": {"arch": "resnet", "conv_channels": []}}, r"vae.conv_channels: \[\] is not allowed with arch resnet"),
         (
             {"vae": {"family": "hvae", "arch": "conv", "hidden_sizes": []}},

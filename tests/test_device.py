@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import logging
+from pathlib import Path
 
 import pytest
 import torch
 
+from pipeline import device
 from pipeline.config import Config, ConfigError, GanParams, VaeParams
-from pipeline.device import autocast, select_device, to_device
+from pipeline.device import autocast, resolve_bf16, select_device, to_device
 from pipeline.gan_trainer import build_generator
 from pipeline.vae_trainer import build_vae
 
@@ -61,6 +64,32 @@ def test_bf16_autocast_runs_on_the_cpu_only_when_asked() -> None:
         assert layer(x).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), False):
         assert layer(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "lacks"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n", True),  # AMD EPYC Zen 3
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16\n", False),  # Zen 4, Cooper Lake
+        ("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n", False),  # Sapphire Rapids
+        ("Features\t: fp asimd bf16 i8mm\n", False),  # Arm with BF16
+        ("Features\t: fp asimd\n", True),
+        ("processor\t: 0\n", False),  # no flags listed: cannot tell
+        (None, False),  # no /proc/cpuinfo (macOS, Windows): cannot tell
+    ],
+)
+def test_bf16_is_declined_only_on_a_cpu_known_to_lack_it(
+    cpuinfo: str | None, lacks: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    monkeypatch.setattr(device, "CPUINFO", path)
+    assert device.cpu_lacks_native_bf16() is lacks
+    with caplog.at_level(logging.WARNING, logger="pipeline.device"):
+        assert resolve_bf16(torch.device("cpu"), True, "vae.bf16") is not lacks
+    assert ("vae.bf16: true, but this CPU has no native bf16" in caplog.text) is lacks
+    assert resolve_bf16(torch.device("cuda"), True, "gan.bf16") and not resolve_bf16(torch.device("cpu"), False, "x")
 
 
 def test_select_device_cpu_flushes_denormals() -> None:

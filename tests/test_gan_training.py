@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pipeline import device
 from pipeline.checkpoint import load_checkpoint, load_model
 from pipeline.classifier_trainer import ClassifierTrainer
 from pipeline.config import Config, ConfigError, GanParams
@@ -151,7 +152,10 @@ def test_d_steps_count_across_epochs(digits: ProcessedData, tmp_path: Path) -> N
     assert same(generators[1, 10], generators[1, 100]) and not same(generators[2, 10], generators[2, 100])
 
 
-def test_dcgan_trains_under_bf16_autocast_and_keeps_float32_weights(digits: ProcessedData, tmp_path: Path) -> None:
+def test_dcgan_trains_under_bf16_autocast_and_keeps_float32_weights(
+    digits: ProcessedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "absent")  # bf16 as asked, whatever this CPU's flags
     config = tiny_config(epochs=1, arch="dcgan", base_channels=4, bf16=True)
     train_gan(config, digits, outputs(tmp_path), progress=False)  # raises NonFiniteLossError on a NaN loss
     generator = weights(tmp_path / "checkpoints" / "gan" / "last.pt", "generator")

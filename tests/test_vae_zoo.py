@@ -3,6 +3,7 @@ two-layer model and a mixture prior, the flow's log-determinant, and every famil
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -351,8 +352,47 @@ def test_each_family_bounds_sit_below_its_importance_sampled_likelihood(name: st
     assert bound < iwae < estimate.log_px.mean() + 0.05
 
 
+DREG_FAMILIES = {
+    "vae": VAEConfig((1, 4, 4), 2, hidden_sizes=(8,)),
+    **{name: FAMILY_CONFIGS[name] for name in ("vampprior", "hvae")},
+    "hvae_vampprior": dataclasses.replace(FAMILY_CONFIGS["hvae_vampprior"], pseudo_inputs=3),
+}
+GENERATIVE_ONLY = ("decoder.", "lower_prior.", "pseudo_inputs_raw")  # parameters of p that q does not use
+
+
+def _bound_gradients(model: VAE, x: torch.Tensor, gradient: str, beta: float, seed: int) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    iwae_bound(model, x, k=5, num_samples=400, beta=beta, gradient=gradient, generator=_g(seed)).loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.4])
+@pytest.mark.parametrize("name", sorted(DREG_FAMILIES))
+def test_the_doubly_reparameterized_gradient_has_the_standard_expectation_and_less_noise(
+    name: str, beta: float
+) -> None:
+    """Over 40 independent draws the two estimators' mean gradients agree within their standard errors (the
+    identity of Tucker et al. 2018, with the warm-up's beta too) and p's gradients are the same. Under N(0, I) q's
+    gradients vary far less (here 150 times at k = 5). Not so under the VampPrior, whose density holds q's encoder
+    too: there the score term the estimator removes also cancels part of the prior's gradient (ratio 0.5-1.2)."""
+    config = DREG_FAMILIES[name]
+    torch.manual_seed(1)
+    model = (HVAE if isinstance(config, HVAEConfig) else VAE)(config).double()
+    x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.4, dtype=F64), generator=_g(2))
+    draws = {g: [_bound_gradients(model, x, g, beta, seed) for seed in range(40)] for g in ("standard", "dreg")}
+    for parameter in draws["standard"][0]:
+        standard, dreg = (torch.stack([d[parameter] for d in draws[g]]) for g in ("standard", "dreg"))
+        if parameter.startswith(GENERATIVE_ONLY):
+            torch.testing.assert_close(dreg, standard)
+            continue
+        error = (standard.var(0) / 40 + dreg.var(0) / 40).sqrt()
+        assert ((dreg.mean(0) - standard.mean(0)).abs() <= 5 * error + 1e-9).all(), parameter
+        if parameter.startswith("encoder") and config.prior == "standard_normal" and beta == 1.0:
+            assert dreg.var(0).sum() < standard.var(0).sum() / 10, parameter
+
+
 FAMILY_PARAMS = {
-    "vampprior": {"arch": "gated_mlp", "prior": "vampprior", "pseudo_inputs": 4},
+    "vampprior": {"arch": "gated_mlp", "prior": "vampprior", "pseudo_inputs": 4, "iwae_k": 2, "iwae_gradient": "dreg"},
     "hvae": {
         "family": "hvae",
         "top_latent_dim": 2,

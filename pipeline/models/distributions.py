@@ -71,12 +71,15 @@ class Posterior:
 
     ``sample(eps)``: noise K×B×D → (z K×B×D, log q(z|x) K×B); ``mean``: a B×D summary of the posterior (its base
     Gaussian's mean), for reconstructions and active units; ``kl_per_dim``: KL(q || p(z)) per dimension (B×D) where
-    it has a closed form (11.36), else None (the bounds then estimate it from the samples).
+    it has a closed form (11.36), else None (the bounds then estimate it from the samples);
+    ``fixed_log_density(z)``: log q(z|x) as a function of z alone, q's parameters held constant (no gradient
+    reaches them), for the doubly reparameterized gradient; None where z cannot be scored so (a flow's inverse).
     """
 
     sample: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     mean: torch.Tensor
     kl_per_dim: torch.Tensor | None = None
+    fixed_log_density: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

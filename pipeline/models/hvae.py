@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.distributions import Posterior, gaussian_log_density, gaussian_sample
-from pipeline.models.layers import SplitDense, dense_stack
+from pipeline.models.layers import SplitDense, dense_stack, with_fixed_parameters
 from pipeline.models.vae import LOGVAR_RANGE, VAE, VAEConfig
 
 
@@ -80,10 +80,14 @@ class HVAE(VAE):
         mu, logvar = out.chunk(2, dim=-1)
         return mu, F.hardtanh(logvar, *LOGVAR_RANGE)
 
-    def _lower_posterior(self, x_hidden: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z1|x, z2) for the x layer's output B×H and z2 …×B×D2."""
-        joint = torch.cat([x_hidden.expand(*z2.shape[:-1], -1), self.lower_posterior_z2(z2)], dim=-1)
-        return self._gaussian(self.lower_posterior(joint))
+    def _lower_posterior(
+        self, x_hidden: torch.Tensor, z2: torch.Tensor, fixed: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z1|x, z2) for the x layer's output B×H and z2 …×B×D2; ``fixed``: with the layers' parameters as
+        constants (:func:`with_fixed_parameters`)."""
+        run = with_fixed_parameters if fixed else (lambda module, inputs: module(inputs))
+        joint = torch.cat([x_hidden.expand(*z2.shape[:-1], -1), run(self.lower_posterior_z2, z2)], dim=-1)
+        return self._gaussian(run(self.lower_posterior, joint))
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Posterior:
         """z2 = mu2(x) + sigma2(x) eps2, then z1 = mu1(x, z2) + sigma1(x, z2) eps1; log q(z2|x) + log q(z1|x, z2)."""
@@ -96,7 +100,13 @@ class HVAE(VAE):
             z1, log_q1 = gaussian_sample(*self._lower_posterior(x_hidden, z2), eps1)
             return torch.cat([z1, z2], dim=-1), log_q1 + log_q2
 
-        return Posterior(sample, torch.cat([self._lower_posterior(x_hidden, mu2)[0], mu2], dim=-1))
+        def fixed_log_density(z: torch.Tensor) -> torch.Tensor:
+            z1, z2 = self._split(z)
+            lower = gaussian_log_density(z1, *self._lower_posterior(x_hidden.detach(), z2, fixed=True))
+            return lower + gaussian_log_density(z2, mu2.detach(), logvar2.detach())
+
+        mean = torch.cat([self._lower_posterior(x_hidden, mu2)[0], mu2], dim=-1)
+        return Posterior(sample, mean, fixed_log_density=fixed_log_density)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z1, z2) = log p(z1|z2) + log p(z2)."""

@@ -34,6 +34,12 @@ class SplitDense(nn.Module):
         return torch.cat([part(piece) for part, piece in zip(self.parts, slices, strict=True)], dim=-1)
 
 
+def with_fixed_parameters(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """``module(*inputs)`` with its parameters taken as constants: gradients reach the inputs, not the weights."""
+    fixed = {name: parameter.detach() for name, parameter in module.named_parameters()}
+    return torch.func.functional_call(module, fixed, inputs)
+
+
 def dense_stack(sizes: list[int], gated: bool, last_activation: bool = False, dropout: float = 0.0) -> nn.Sequential:
     """Dense layers ``sizes[0] → … → sizes[-1]``: ReLU-activated linear or gated layers; the last layer is a plain
     Linear unless ``last_activation`` (then it is a hidden layer like the others). ``dropout`` > 0 follows every

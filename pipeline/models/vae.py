@@ -28,6 +28,7 @@ from pipeline.models.base import check_labels, one_hot
 from pipeline.models.distributions import (
     LOG_2PI,
     Posterior,
+    gaussian_log_density,
     gaussian_mixture_log_density,
     gaussian_sample,
     kl_to_standard_normal,
@@ -231,7 +232,10 @@ class VAE(nn.Module):
             return Posterior(sample, mu)
         analytic = self.config.prior == "standard_normal"
         return Posterior(
-            lambda eps: gaussian_sample(mu, logvar, eps), mu, kl_to_standard_normal(mu, logvar) if analytic else None
+            lambda eps: gaussian_sample(mu, logvar, eps),
+            mu,
+            kl_to_standard_normal(mu, logvar) if analytic else None,
+            lambda z: gaussian_log_density(z, mu.detach(), logvar.detach()),
         )
 
     def pseudo_inputs(self) -> torch.Tensor:
