@@ -19,7 +19,8 @@ import torch
 import yaml
 
 from pipeline.config import ConfigError, config_from_dict
-from pipeline.device import select_device
+from pipeline.device import CPUINFO, NATIVE_BF16_FLAGS, cpu_flags, select_device
+from pipeline.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,16 +45,13 @@ def hardware(device: torch.device, threads: int | None = None) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     if device.type != "cpu":
         return device.type
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    native = [name for name in ("amx_bf16", "avx512_bf16") if name in flags]
+    model = platform.processor() or platform.machine()
+    if CPUINFO.is_file():
+        names = [
+            line.partition(":")[2].strip() for line in CPUINFO.read_text().splitlines() if line.startswith("model name")
+        ]
+        model = names[0] if names else model
+    native = sorted(cpu_flags() & NATIVE_BF16_FLAGS)
     bf16 = f"native bf16: {', '.join(native)}" if native else "no native bf16"
     return f"cpu: {model}, {threads or torch.get_num_threads()} threads, {bf16}"
 
@@ -107,11 +105,18 @@ def merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
-def recipe_overlay(path: Path, known: list[str]) -> dict:
-    """The params a recipe file changes; a missing recipe is a --recipe error naming the known ones, and so is a
-    file that is not a YAML mapping."""
-    if not path.is_file():
-        raise click.BadParameter(f"no recipe {path.stem!r}; known: {', '.join(known)}", param_hint="--recipe")
+def recipe_names(directory: Path) -> list[str]:
+    """The recipes of ``directory``: its YAML files' names."""
+    return sorted(path.stem for path in directory.glob("*.yaml"))
+
+
+def recipe_overlay(directory: Path, name: str) -> dict:
+    """The params recipe ``name`` of ``directory`` changes; a name that is not one of its recipes (a path, a recipe
+    of another folder) is a --recipe error naming the known ones, and so is a file that is not a YAML mapping."""
+    known = recipe_names(directory)
+    if name not in known:
+        raise click.BadParameter(f"no recipe {name!r}; known: {', '.join(known)}", param_hint="--recipe")
+    path = directory / f"{name}.yaml"
     try:
         overlay = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -136,10 +141,12 @@ def shipped_params_with(*overlays: dict, param_hint: str) -> dict:
     return params
 
 
-def run_stages(workdir: Path, params: dict, stages: tuple[str, ...], threads: int | None) -> dict[str, float]:
-    """Run the pipeline's ``stages`` one after another in ``workdir`` with ``params`` as its params.yaml (the
-    pipeline itself, as `dvc repro` runs it); returns each stage's seconds. A failing stage stops the benchmark.
-    A project folder (one with dvc.yaml or .git) is refused: its params.yaml, data and checkpoints would be replaced."""
+BENCH_RUN_MARK = ".bench-run"  # the file that tells a benchmark's working folder from any other
+
+
+def check_workdir(workdir: Path) -> None:
+    """Refuse, as a --workdir error, a folder the benchmark must not fill: a project (dvc.yaml, .git), or a
+    folder holding files of its own (an earlier benchmark run's is reused). Nothing is written."""
     project = [name for name in ("dvc.yaml", ".git", ".dvc") if (workdir / name).exists()]
     if project:
         raise click.BadParameter(
@@ -147,8 +154,26 @@ def run_stages(workdir: Path, params: dict, stages: tuple[str, ...], threads: in
             "would replace; choose another folder (the default is bench-runs/NAME)",
             param_hint="--workdir",
         )
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / BENCH_RUN_MARK).exists():
+        raise click.BadParameter(
+            f"{workdir}: holds files but no earlier benchmark run, and the run would replace its params.yaml, data "
+            "and checkpoints; choose a new or empty folder (the default is bench-runs/NAME)",
+            param_hint="--workdir",
+        )
+
+
+def run_stages(workdir: Path, params: dict, stages: tuple[str, ...], threads: int | None) -> dict[str, float]:
+    """Run the pipeline's ``stages`` one after another in ``workdir`` (see :func:`check_workdir`) with ``params``
+    as its params.yaml (the pipeline itself, as `dvc repro` runs it); returns each stage's seconds. A failing stage
+    stops the benchmark."""
+    check_workdir(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / BENCH_RUN_MARK).touch()
+    except OSError as error:
+        raise click.BadParameter(f"{workdir}: cannot be created ({error.strerror})", param_hint="--workdir") from None
+    with atomic_path(workdir / "params.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"PYTHONPATH": str(REPO)}
     if threads:
         env |= {"OMP_NUM_THREADS": str(threads)}

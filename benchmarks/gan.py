@@ -44,6 +44,7 @@ from benchmarks.common import (
     REPO,
     THREADS,
     bench_device,
+    check_workdir,
     epoch_images_per_second,
     hardware,
     matmul_rate,
@@ -181,7 +182,7 @@ def flops_per_image(step: Callable[[], None], batch: int) -> float:
 def recipe_params(name: str, dataset: str, mirror: str | None, minutes: float, vae_minutes: float, device: str) -> dict:
     """The shipped params with GAN recipe ``name`` (recipes/gan/NAME.yaml), the dataset and both training budgets,
     checked against the params schema (a refused value is an option error before anything is timed)."""
-    overlay = recipe_overlay(GAN_RECIPES / f"{name}.yaml", sorted(p.stem for p in GAN_RECIPES.glob("*.yaml")))
+    overlay = recipe_overlay(GAN_RECIPES, name)
     data = {"dataset": dataset, "binarize": "none"} | ({"mirror": mirror} if mirror else {})
     settings = {"device": device, "data": data, "gan": {"max_minutes": minutes}, "vae": {"max_minutes": vae_minutes}}
     return shipped_params_with(overlay, settings, param_hint="--recipe/--dataset/--mirror/--minutes/--vae-minutes")
@@ -255,6 +256,9 @@ def main(
     if mirror is None and Path(DEBIAN_MIRROR).is_dir():
         mirror = DEBIAN_MIRROR
     params = None if recipe is None else recipe_params(recipe, dataset, mirror or None, minutes, vae_minutes, device)
+    workdir = (workdir or Path("bench-runs") / f"{recipe}-{dataset}").resolve()
+    if params is not None:
+        check_workdir(workdir)  # before the minutes of timing
     gan = dataclasses.replace(
         GanParams(),
         arch="dcgan",
@@ -279,7 +283,7 @@ def main(
         rates["ours"] = max(rates["ours"], epoch_images_per_second(ours(config, images, torch_device)))
         rates["classic"] = max(rates["classic"], classic.images_per_second())
     peak = max(matmul_rate(torch_device, repeats=3, size=2048).values())
-    precision = ", ours under bf16 autocast" if bf16 else ""
+    precision = ", ours under bf16 autocast" if trainer.bf16 else ""
     click.echo(f"dcgan 28×28 (base_channels {base_channels}, batch {batch_size}{precision}):")
     for name, label in (("ours", "ours (train_gan's step)"), ("classic", "classic DCGAN example's step")):
         achieved = rates[name] * flops[name]
@@ -290,7 +294,6 @@ def main(
     click.echo(f"  speed-up: {rates['ours'] / rates['classic']:.2f}x")
     if params is None:
         return
-    workdir = (workdir or Path("bench-runs") / f"{recipe}-{dataset}").resolve()
     seconds = run_stages(workdir, params, RECIPE_STAGES, threads or None)
     click.echo(f"recipe {recipe} on {dataset} (GAN budget {minutes:g} min, VAE {vae_minutes:g} min):")
     report_recipe(workdir, seconds)

@@ -16,23 +16,31 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 import yaml
 
-from benchmarks.common import REPO, hardware, merge, recipe_overlay, run_stages, shipped_params_with
+from benchmarks.common import (
+    REPO,
+    bench_device,
+    check_workdir,
+    hardware,
+    merge,
+    recipe_names,
+    recipe_overlay,
+    run_stages,
+    shipped_params_with,
+)
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Config, config_from_dict
+from pipeline.data.preprocess import load_npz
+from pipeline.data.registry import DatasetError
 from pipeline.estimators import importance_sampled_log_likelihood
 from pipeline.vae_trainer import build_vae
 
 RECIPES = REPO / "recipes"
 DEV_DATA = REPO.parent / "shared" / "data" / "binarized_mnist_dev.npz"
 STAGES = ("download", "preprocess", "train_vae", "evaluate_vae")
-
-
-def recipe_names() -> list[str]:
-    """The recipes of recipes/ (the GAN's in recipes/gan/ are bench gan's)."""
-    return sorted(path.stem for path in RECIPES.glob("*.yaml"))
 
 
 def parse_settings(settings: tuple[str, ...]) -> dict:
@@ -62,7 +70,7 @@ def recipe_params(
 ) -> dict:
     """The shipped params with recipe ``name``, then the ``--set`` settings, then the benchmark's own (data, device,
     budget, evaluation) merged in; a setting the params schema refuses is a --set error before anything runs."""
-    overlay = recipe_overlay(RECIPES / f"{name}.yaml", recipe_names())
+    overlay = recipe_overlay(RECIPES, name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overlay)
     changes = parse_settings(settings)
     for key, value in changes.items():
@@ -80,6 +88,7 @@ def recipe_params(
         if clash:
             instead = f"use {OPTION_FOR[clash]}" if clash in OPTION_FOR else "the benchmark fixes it"
             raise click.BadParameter(f"{key} is set by the benchmark itself; {instead}", param_hint="--set")
+    shipped_params_with(overlay, benchmark, param_hint="/".join(OPTION_FOR.values()))  # the options' own values
     return shipped_params_with(overlay, changes, benchmark, param_hint="--set")
 
 
@@ -100,6 +109,23 @@ def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def check_binary_images(path: Path) -> None:
+    """Refuse, as a --data error, a file the pipeline cannot read or whose images are not binary (0/1 or 0/255):
+    the figure is the literature's only for a static binarization."""
+    try:
+        raw = load_npz(path)
+    except DatasetError as error:
+        raise click.BadParameter(str(error), param_hint="--data") from None
+    top = 1 if raw.binary else 255
+    for split, images in raw.x.items():
+        if images.dtype != np.uint8 or not np.isin(images, (0, top)).all():
+            raise click.BadParameter(
+                f"{path}: x_{split} holds grey levels, not binary images; binarize them once (e.g. x > 127) and save "
+                "the result, as the benchmark's figure is a likelihood of fixed binary images",
+                param_hint="--data",
+            )
+
+
 def importance_sampling_rate(config: Config, points: int = 320, num_samples: int = 500) -> float:
     """Decoder evaluations/s of importance sampling (the family's full proposal and prior) for the recipe's model at
     its initial weights on random binary 28×28 images, on the CPU. Trained weights can run at another rate (the
@@ -114,7 +140,9 @@ def importance_sampling_rate(config: Config, points: int = 320, num_samples: int
 
 
 @click.command()
-@click.option("--recipe", required=True, help=f"a recipe of recipes/ (or 'list'); e.g. {', '.join(recipe_names())}")
+@click.option(
+    "--recipe", required=True, help=f"a recipe of recipes/ (or 'list'); e.g. {', '.join(recipe_names(RECIPES))}"
+)
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path), default=DEV_DATA,
               show_default=True, help="an .npz of binary images with x_train, x_valid, x_test")  # fmt: skip
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
@@ -140,19 +168,26 @@ def main(
 ) -> None:
     """Train RECIPE within --max-minutes and print its test -log p(x) (K importance samples)."""
     if recipe == "list":
-        click.echo("\n".join(recipe_names()))
+        click.echo("\n".join(recipe_names(RECIPES)))
         return
     if speed:
+        if device not in ("auto", "cpu"):
+            raise click.BadParameter(
+                "--speed times importance sampling on the CPU; leave --device out", param_hint="--device"
+            )
         if threads:
             torch.set_num_threads(threads)
         params = recipe_params(recipe, data_path, max_minutes, num_samples, device, settings)
         click.echo(f"recipe {recipe}: {importance_sampling_rate(config_from_dict(params)):,.0f} decoder evaluations/s")
         return
-    # the recipe and settings are checked before the data
+    # everything is checked before anything is written: the recipe and settings, the device, the folder, the data
     params = recipe_params(recipe, data_path.resolve(), max_minutes, num_samples, device, settings)
+    bench_device(device)
+    workdir = (workdir or Path("bench-runs") / recipe).resolve()
+    check_workdir(workdir)
     if not data_path.is_file():
         raise click.BadParameter(f"{data_path}: no such file", param_hint="--data")
-    workdir = (workdir or Path("bench-runs") / recipe).resolve()
+    check_binary_images(data_path)
     seconds = run_stages(workdir, params, STAGES, threads)
     train = json.loads((workdir / "cards" / "train_vae.json").read_text())
     training_seconds = load_checkpoint(workdir / "checkpoints" / "vae" / "last.pt")["training"]["seconds"]

@@ -15,8 +15,6 @@ change to ``params.yaml``'s schema never breaks loading an older checkpoint.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +67,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no checkpoint; train the model first (dvc repro)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # a foreign or corrupt file fails in many ways (KeyError for a text file, EOFError, ...)
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {_retrain_hint(path)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "models" not in state:
@@ -85,7 +83,10 @@ def model_from_state(
     """The network ``name`` of a loaded checkpoint, rebuilt from its family and config, weights loaded, eval mode;
     a CheckpointError unless it is a ``kind`` (e.g. VAE: a vae or an hvae)."""
     if name not in state["models"]:
-        raise CheckpointError(f"{source}: holds no {name!r} network (it has {', '.join(state['models'])})")
+        wanted = f"a {kind.family} checkpoint" if hasattr(kind, "family") else f"a checkpoint with a {name!r} network"
+        raise CheckpointError(
+            f"{source}: holds no {name!r} network (it has {', '.join(state['models'])}); pass {wanted}"
+        )
     entry = state["models"][name]
     try:
         model = build_model(entry["family"], entry["config"])

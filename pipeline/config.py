@@ -326,6 +326,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
                 return _coerce(key, value, arg, meta)
             except ConfigError as err:
                 errors.append(err)
+        if type(None) in args and isinstance(value, str) and value.strip().lower() in ("none", "null", "~"):
+            raise ConfigError(f"{key}: {value!r} is a string; write null, unquoted, for none")
         raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} is not {_describe(tp)}")
     if origin is Literal:
         allowed = typing.get_args(tp)

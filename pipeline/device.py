@@ -51,14 +51,20 @@ CPUINFO = Path("/proc/cpuinfo")
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 and AMX; Arm's BF16
 
 
-def cpu_lacks_native_bf16() -> bool:
-    """True where /proc/cpuinfo lists the cores' flags and none multiplies bf16 natively; False where it does, or
-    where there is no such file to tell (the setting is then taken as it is)."""
+def cpu_flags() -> set[str]:
+    """The cores' feature flags as /proc/cpuinfo lists them (x86 "flags", Arm "Features"); empty where it cannot
+    tell (no such file: macOS, Windows)."""
     try:
-        text = CPUINFO.read_text()
+        lines = CPUINFO.read_text().splitlines()
     except OSError:
-        return False
-    flags = {flag for line in text.splitlines() if line.startswith(("flags", "Features")) for flag in line.split()}
+        return set()
+    return {flag for line in lines if line.startswith(("flags", "Features")) for flag in line.partition(":")[2].split()}
+
+
+def cpu_lacks_native_bf16() -> bool:
+    """True where the cores' flags are known and none multiplies bf16 natively; False where one does, or where the
+    flags are unknown (the setting is then taken as it is)."""
+    flags = cpu_flags()
     return bool(flags) and not flags & NATIVE_BF16_FLAGS
 
 

@@ -104,6 +104,19 @@ BAD_OPTIONS = {
         ["quality", "--recipe", "vae_mlp", "--set", "evaluate.splits=[valid]"],
         "Invalid value for --set: evaluate.splits is set by the benchmark itself; the benchmark fixes it",
     ),
+    "a recipe of another folder": (
+        ["quality", "--recipe", "gan/dcgan_fashion"],
+        "Invalid value for --recipe: no recipe 'gan/dcgan_fashion'; known: ",
+    ),
+    "a path as the recipe": (["quality", "--recipe", "../params"], "Invalid value for --recipe: no recipe '../params'"),
+    "an option's value the params refuse": (
+        ["quality", "--recipe", "vae_mlp", "--max-minutes", "2e6"],
+        "Invalid value for --device/--data/--max-minutes/--num-samples: vae.max_minutes: 2000000.0 is out of range",
+    ),
+    "speed elsewhere than the cpu": (
+        ["quality", "--recipe", "vae_mlp", "--speed", "--device", "mps"],
+        "Invalid value for --device: --speed times importance sampling on the CPU",
+    ),
     "key below a value": (
         ["quality", "--recipe", "vae_mlp", "--set", "vae.arch=conv", "--set", "vae.arch.x=1"],
         "Invalid value for --set: vae.arch is set to a value, so vae.arch.x cannot be set",
@@ -121,6 +134,48 @@ def test_a_bad_benchmark_option_is_one_line_naming_it(case: str, tmp_path: Path)
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_quality_refuses_a_device_that_is_not_here_before_any_stage(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = ["quality", "--recipe", "vae_mlp", "--device", "cuda", "--workdir", "run"]
+    result = subprocess.run([sys.executable, "-m", "stages", "bench", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "Invalid value for --device: device: 'cuda' was asked" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_quality_checks_its_data_and_folder_before_writing_anything(tmp_path: Path) -> None:
+    """Data the benchmark cannot measure and a folder it must not fill are each one --data or --workdir line,
+    and nothing is written: not the user's files, not a params.yaml."""
+    rng = np.random.default_rng(0)
+    binary = {key: (rng.random((8, 28, 28)) < 0.2).astype(np.uint8) * 255 for key in ("x_train", "x_test")}
+    np.savez(tmp_path / "binary.npz", **binary)
+    np.savez(tmp_path / "grey.npz", **{key: (rng.random((8, 28, 28)) * 255).astype(np.uint8) for key in binary})
+    np.save(tmp_path / "one.npy", binary["x_train"])
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "params.yaml").write_text("my: precious\n")
+    cases = [
+        ("one.npz", "run", "--data: ", "one.npz: one array (a .npy file), not an .npz archive"),
+        ("grey.npz", "run", "--data: ", "grey.npz: x_train holds grey levels, not binary images"),
+        ("binary.npz", "afile", "'--workdir': ", "Directory 'afile' is a file"),
+        ("binary.npz", "afile/sub", "--workdir: ", "afile/sub: cannot be created"),
+        ("binary.npz", "mine", "--workdir: ", "mine: holds files but no earlier benchmark run"),
+    ]
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for data, workdir, option, message in cases:
+        args = ["quality", "--recipe", "vae_mlp", "--data", data, "--workdir", workdir, "--device", "cpu"]
+        result = subprocess.run([sys.executable, "-m", "stages", "bench", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 2 and "Invalid value for " + option in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "mine" / "params.yaml").read_text() == "my: precious\n"
 
 
 def test_a_project_folder_is_refused_as_the_workdir(tmp_path: Path) -> None:
@@ -158,7 +213,7 @@ def test_a_recipe_file_that_is_not_a_mapping_is_one_line(contents: str, tmp_path
     recipe = tmp_path / "broken.yaml"
     recipe.write_text(contents)
     with pytest.raises(click.BadParameter, match=f"{recipe}: (holds no mapping|not valid YAML)"):
-        recipe_overlay(recipe, [])
+        recipe_overlay(tmp_path, "broken")
 
 
 @pytest.mark.parametrize("recipe", sorted(REPO.glob("recipes/**/*.yaml")), ids=lambda path: path.stem)

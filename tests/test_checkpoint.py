@@ -9,12 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, load_model, save_checkpoint
+from pipeline.checkpoint import (
+    CheckpointError,
+    checkpoint_state,
+    load_checkpoint,
+    load_model,
+    model_from_state,
+    save_checkpoint,
+)
 from pipeline.models import FAMILIES, build_model, describe_model
 from pipeline.models.classifier import ClassifierConfig
 from pipeline.models.gan import DiscriminatorConfig, GeneratorConfig
 from pipeline.models.hvae import HVAEConfig
-from pipeline.models.vae import VAEConfig
+from pipeline.models.vae import VAE, VAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = {
@@ -58,6 +65,9 @@ def test_unreadable_old_and_foreign_checkpoints_get_one_clear_error(tmp_path: Pa
     (vae_dir / "garbage.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=r"garbage.pt: not a readable checkpoint .*dvc repro -f train_vae"):
         load_checkpoint(vae_dir / "garbage.pt")
+    (vae_dir / "text.pt").write_text("hi\n")  # the loader fails with a KeyError on this one
+    with pytest.raises(CheckpointError, match=r"text.pt: not a readable checkpoint \(105\)"):
+        load_checkpoint(vae_dir / "text.pt")
     model = FAMILIES["vae"](EXAMPLES["vae"])
     good = checkpoint_state({"model": model}, data={}, params={})
     save_checkpoint(vae_dir / "truncated.pt", good)
@@ -70,8 +80,10 @@ def test_unreadable_old_and_foreign_checkpoints_get_one_clear_error(tmp_path: Pa
     with pytest.raises(CheckpointError, match="old.pt: written by an older version .*dvc repro -f train_vae"):
         load_checkpoint(vae_dir / "old.pt")
     save_checkpoint(vae_dir / "gan.pt", good)
-    with pytest.raises(CheckpointError, match="holds no 'generator_ema' network"):
+    with pytest.raises(CheckpointError, match="holds no 'generator_ema' network .*; pass a checkpoint with a 'gen"):
         load_model(vae_dir / "gan.pt", "generator_ema")
+    with pytest.raises(CheckpointError, match=r"holds no 'model' network \(it has model_x\); pass a vae checkpoint"):
+        model_from_state({"models": {"model_x": {}}}, "model", "gan.pt", VAE)
     future = checkpoint_state({"model": model}, data={}, params={})
     future["models"]["model"]["config"]["flows"] = 2
     save_checkpoint(vae_dir / "future.pt", future)

@@ -81,6 +81,7 @@ def test_select_gives_what_a_stage_depends_on() -> None:
         ({"vae": {"lr": 0}}, r"vae.lr: 0.0 is out of range; allowed: \(0.0, 1.0\]"),
         ({"vae": {"epochs": 2.5}}, r"vae.epochs: 2.5 is not an integer"),
         ({"vae": {"epochs": True}}, r"vae.epochs: True is not an integer"),
+        ({"vae": {"patience": "None"}}, r"vae.patience: 'None' is a string; write null, unquoted, for none"),
         ({"vae": {"conditional": "yes"}}, r"vae.conditional: 'yes' is not true or false"),
         ({"vae": {"hidden_sizes": [64, 0]}}, r"vae.hidden_sizes\[1\]: 0 is out of range"),
         ({"vae": {"hidden_sizes": 64}}, r"vae.hidden_sizes: 64 is not a list"),

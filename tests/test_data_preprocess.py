@@ -111,6 +111,10 @@ def test_npz_requires_known_keys_and_a_readable_archive(tmp_path: Path) -> None:
     np.savez(tmp_path / "objects.npz", x_train=np.array([{"a": 1}], dtype=object), x_test=x)
     with pytest.raises(DatasetError, match="objects.npz: not a readable .npz archive of plain arrays"):
         read_npz(tmp_path / "objects.npz")
+    np.save(tmp_path / "array.npy", x)
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    with pytest.raises(DatasetError, match=r"array.npz: one array \(a .npy file\), not an .npz archive; save it with"):
+        read_npz(tmp_path / "array.npz")
 
 
 def make_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 6) -> Path:

@@ -91,8 +91,13 @@ def read_amat(path: Path) -> np.ndarray:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a user's .npz: x_train and x_test required, y_train/y_test, x_valid/y_valid optional."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load reads a .npy whatever the file's name
+            raise DatasetError(f"{path}: one array (a .npy file), not an .npz archive; save it with np.savez")
+        with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
+    except DatasetError:
+        raise
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file; set data.path to your .npz") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:

@@ -125,7 +125,7 @@ def load_raw(spec: DatasetSpec, directory: Path, *, image_size: int = 28, channe
             class_names=list(spec.class_names),
         )
     if spec.format == "npz":
-        return _load_npz(_require(directory / spec.raw_name))
+        return load_npz(_require(directory / spec.raw_name))
     files, labels, class_names = list_image_folder(_require(directory / spec.raw_name))
     images = np.stack([read_image(file, image_size, channels) for file in files])
     y = None if labels is None else {"train": np.asarray(labels, dtype=np.int64)}
@@ -133,7 +133,8 @@ def load_raw(spec: DatasetSpec, directory: Path, *, image_size: int = 28, channe
     return RawDataset(x, y, num_classes=len(class_names) or None, class_names=class_names)
 
 
-def _load_npz(path: Path) -> RawDataset:
+def load_npz(path: Path) -> RawDataset:
+    """A user's .npz (see :func:`pipeline.data.formats.read_npz`) as checked N×C×H×W splits and labels."""
     arrays = read_npz(path)
     x = {split: arrays[f"x_{split}"] for split in SPLITS if f"x_{split}" in arrays}
     labelled = [split for split in x if f"y_{split}" in arrays]
