@@ -142,6 +142,10 @@ def shipped_params_with(*overlays: dict, param_hint: str) -> dict:
 
 
 BENCH_RUN_MARK = ".bench-run"  # the file that tells a benchmark's working folder from any other
+# what a run writes, by which a folder from before the mark was introduced is known as an earlier run too
+BENCH_RUN_ENTRIES = frozenset(
+    {"params.yaml", "data", "checkpoints", "cards", "metrics", "outputs", "plots", "dvclive", "export", BENCH_RUN_MARK}
+)
 
 
 def check_workdir(workdir: Path) -> None:
@@ -154,7 +158,8 @@ def check_workdir(workdir: Path) -> None:
             "would replace; choose another folder (the default is bench-runs/NAME)",
             param_hint="--workdir",
         )
-    if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / BENCH_RUN_MARK).exists():
+    entries = {path.name for path in workdir.iterdir()} if workdir.is_dir() else set()
+    if entries and not (BENCH_RUN_MARK in entries or ("params.yaml" in entries and entries <= BENCH_RUN_ENTRIES)):
         raise click.BadParameter(
             f"{workdir}: holds files but no earlier benchmark run, and the run would replace its params.yaml, data "
             "and checkpoints; choose a new or empty folder (the default is bench-runs/NAME)",

@@ -256,8 +256,8 @@ def main(
     if mirror is None and Path(DEBIAN_MIRROR).is_dir():
         mirror = DEBIAN_MIRROR
     params = None if recipe is None else recipe_params(recipe, dataset, mirror or None, minutes, vae_minutes, device)
-    workdir = (workdir or Path("bench-runs") / f"{recipe}-{dataset}").resolve()
     if params is not None:
+        workdir = (workdir or Path("bench-runs") / f"{recipe}-{dataset}").resolve()
         check_workdir(workdir)  # before the minutes of timing
     gan = dataclasses.replace(
         GanParams(),

@@ -88,6 +88,7 @@ def recipe_params(
         if clash:
             instead = f"use {OPTION_FOR[clash]}" if clash in OPTION_FOR else "the benchmark fixes it"
             raise click.BadParameter(f"{key} is set by the benchmark itself; {instead}", param_hint="--set")
+    shipped_params_with(overlay, param_hint="--recipe")
     shipped_params_with(overlay, benchmark, param_hint="/".join(OPTION_FOR.values()))  # the options' own values
     return shipped_params_with(overlay, changes, benchmark, param_hint="--set")
 

@@ -67,6 +67,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no checkpoint; train the model first (dvc repro)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as err:  # a foreign or corrupt file fails in many ways (KeyError for a text file, EOFError, ...)
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {_retrain_hint(path)}") from None

@@ -71,11 +71,11 @@ def cpu_lacks_native_bf16() -> bool:
 def resolve_bf16(device: torch.device, bf16: bool, key: str) -> bool:
     """Whether to autocast to bf16 (params ``key`` asked for it): not on a CPU whose cores lack native bf16, where
     oneDNN emulates it far slower than float32 (2 AMD EPYC Zen 3 cores: a 2000×300 by 300×600 product 276 ms
-    against 25 ms; a training step of the iwae_two_layer recipe 10 s against 0.19 s). That case trains in float32
-    and says so."""
+    against 25 ms; a training step of the iwae_two_layer recipe 10 s against 0.19 s). That case trains in float32,
+    says so, and the training card records it (``autocast``)."""
     if bf16 and device.type == "cpu" and cpu_lacks_native_bf16():
-        log.warning("%s: true, but this CPU has no native bf16 (AVX512-BF16, AMX), where autocast runs ~10-50x "
-                    "slower than float32: training in float32", key)  # fmt: skip
+        log.warning("%s: true, but this CPU has no native bf16 (AVX512-BF16, AMX, Arm BF16), where autocast runs "
+                    "~10-50x slower than float32: training in float32", key)  # fmt: skip
         return False
     return bf16
 

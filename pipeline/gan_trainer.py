@@ -344,6 +344,7 @@ class GanTrainer:
             "best_epoch_metrics": metrics,
             "effective_batch_size": self.config.gan.batch_size * self.ctx.world_size,
             "device": self.device.type,
+            "autocast": "bf16" if self.bf16 else "float32",
         }
         return summary, card
 

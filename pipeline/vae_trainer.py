@@ -346,6 +346,7 @@ class VaeTrainer:
             "test": test,
             "effective_batch_size": self.config.vae.batch_size * self.ctx.world_size,
             "device": self.device.type,
+            "autocast": "bf16" if self.bf16 else "float32",
         }
         return summary, card
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.common import merge, recipe_overlay
+from benchmarks.common import check_workdir, merge, recipe_overlay
 from pipeline.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,6 +176,20 @@ def test_quality_checks_its_data_and_folder_before_writing_anything(tmp_path: Pa
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     assert (tmp_path / "mine" / "params.yaml").read_text() == "my: precious\n"
+
+
+def test_an_earlier_run_is_a_workdir_with_or_without_its_mark(tmp_path: Path) -> None:
+    """A run from before the .bench-run mark is known by holding only what a run writes; a folder with anything
+    else is refused."""
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    for name in ("checkpoints", "cards", "data"):
+        (tmp_path / name).mkdir()
+    check_workdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(click.BadParameter, match="holds files but no earlier benchmark run"):
+        check_workdir(tmp_path)
+    (tmp_path / ".bench-run").touch()
+    check_workdir(tmp_path)
 
 
 def test_a_project_folder_is_refused_as_the_workdir(tmp_path: Path) -> None:

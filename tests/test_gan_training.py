@@ -162,6 +162,11 @@ def test_dcgan_trains_under_bf16_autocast_and_keeps_float32_weights(
     assert all(
         w.dtype == torch.float32 and torch.isfinite(w).all() for w in generator.values() if w.is_floating_point()
     )
+    assert read_json(tmp_path / "cards" / "train_gan.json")["autocast"] == "bf16"
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2\n")  # a CPU without native bf16 trains in float32
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "cpuinfo")
+    train_gan(config, digits, outputs(tmp_path / "declined"), progress=False)
+    assert read_json(tmp_path / "declined" / "cards" / "train_gan.json")["autocast"] == "float32"
 
 
 @pytest.mark.parametrize(

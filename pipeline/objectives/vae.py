@@ -32,12 +32,19 @@ class BoundTerms:
 
 
 def _posterior_samples(
-    model: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, generator: torch.Generator | None
+    model: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    num_samples: int,
+    generator: torch.Generator | None,
+    full_precision: bool = False,
 ) -> tuple[Posterior, torch.Tensor, torch.Tensor]:
-    """q(z|x), ``num_samples`` reparameterized draws z (11.37) and their log q(z|x)."""
+    """q(z|x), ``num_samples`` reparameterized draws z (11.37) and their log q(z|x); ``full_precision``: the noise,
+    and so z, in at least float32 under bf16 autocast."""
     posterior = model.posterior(x, y)
     shape = (num_samples, posterior.mean.shape[0], model.latent_dim)
-    eps = torch.randn(shape, generator=generator, device=x.device, dtype=posterior.mean.dtype)
+    dtype = torch.promote_types(posterior.mean.dtype, torch.float32) if full_precision else posterior.mean.dtype
+    eps = torch.randn(shape, generator=generator, device=x.device, dtype=dtype)
     z, log_q = posterior.sample(eps)
     return posterior, z, log_q
 
@@ -91,11 +98,16 @@ def iwae_bound(
     doubly reparameterized gradient for q (Tucker et al. 2018), see :func:`_doubly_reparameterize`; the bound's
     value and the gradient of p are those of ``standard``.
     """
-    posterior, z, log_q = _posterior_samples(model, x, y, num_samples * k, generator)
-    if gradient == "dreg":
+    dreg = gradient == "dreg"
+    posterior, z, log_q = _posterior_samples(model, x, y, num_samples * k, generator, full_precision=dreg)
+    if dreg:
         if posterior.fixed_log_density is None:
             raise ValueError("the doubly reparameterized gradient needs a posterior without flows")
-        log_q = posterior.fixed_log_density(z)
+        # the value stays the sample's own log q (exact in the noise); only the gradient is the rescored density's
+        # through z. Under bf16 a rescored value would be off by tenths of a nat (z and 1/sigma² rounded apart),
+        # and z is drawn in float32 so that its gradient d log q / dz = -(z - mu) / sigma² is not off by ~10%.
+        fixed = posterior.fixed_log_density(z)
+        log_q = log_q.detach() + (fixed - fixed.detach())
     log_px = model.log_likelihood(x, z, y)
     log_prior_ratio = model.log_prior(z) - log_q
     batch = x.shape[0]
@@ -109,7 +121,7 @@ def iwae_bound(
     trained = log_weights(beta)
     bound = bound_of(trained) if beta == 1.0 else bound_of(log_weights(1.0))
     loss = -bound_of(trained).mean()
-    if gradient == "dreg" and z.requires_grad:
+    if dreg and z.requires_grad:
         _doubly_reparameterize(z, trained.detach(), beta)
     kl = posterior.kl_per_dim.sum(-1) if posterior.kl_per_dim is not None else -log_prior_ratio.mean(0)
     return BoundTerms(bound=bound, reconstruction=log_px.mean(0), kl=kl, loss=loss, mu=posterior.mean)
