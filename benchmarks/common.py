@@ -142,7 +142,7 @@ def shipped_params_with(*overlays: dict, param_hint: str) -> dict:
 
 
 BENCH_RUN_MARK = ".bench-run"  # the file that tells a benchmark's working folder from any other
-# what a run writes, by which a folder from before the mark was introduced is known as an earlier run too
+# what a run writes: a folder from before the mark that holds its params.yaml, data and nothing else is a run too
 BENCH_RUN_ENTRIES = frozenset(
     {"params.yaml", "data", "checkpoints", "cards", "metrics", "outputs", "plots", "dvclive", "export", BENCH_RUN_MARK}
 )
@@ -159,7 +159,8 @@ def check_workdir(workdir: Path) -> None:
             param_hint="--workdir",
         )
     entries = {path.name for path in workdir.iterdir()} if workdir.is_dir() else set()
-    if entries and not (BENCH_RUN_MARK in entries or ("params.yaml" in entries and entries <= BENCH_RUN_ENTRIES)):
+    earlier_run = {"params.yaml", "data"} <= entries <= BENCH_RUN_ENTRIES  # a run from before the mark
+    if entries and BENCH_RUN_MARK not in entries and not earlier_run:
         raise click.BadParameter(
             f"{workdir}: holds files but no earlier benchmark run, and the run would replace its params.yaml, data "
             "and checkpoints; choose a new or empty folder (the default is bench-runs/NAME)",

@@ -179,12 +179,16 @@ def test_quality_checks_its_data_and_folder_before_writing_anything(tmp_path: Pa
 
 
 def test_an_earlier_run_is_a_workdir_with_or_without_its_mark(tmp_path: Path) -> None:
-    """A run from before the .bench-run mark is known by holding only what a run writes; a folder with anything
-    else is refused."""
+    """A run from before the .bench-run mark is known by its params.yaml and data beside only what a run writes; a
+    folder with anything else, or a params.yaml alone, is refused."""
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     for name in ("checkpoints", "cards", "data"):
         (tmp_path / name).mkdir()
     check_workdir(tmp_path)
+    (tmp_path / "data").rmdir()
+    with pytest.raises(click.BadParameter, match="holds files but no earlier benchmark run"):
+        check_workdir(tmp_path)
+    (tmp_path / "data").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(click.BadParameter, match="holds files but no earlier benchmark run"):
         check_workdir(tmp_path)
