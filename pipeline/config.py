@@ -45,6 +45,10 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+# the IWAE bound's gradient for q(z|x): the reparameterized one, or the doubly reparameterized (Tucker et al. 2018)
+IwaeGradient = Literal["standard", "dreg"]
+
+
 @dataclass(frozen=True)
 class DataParams:
     dataset: Literal[DATASETS] = _f("digits", "which dataset the download stage fetches")
@@ -127,7 +131,7 @@ class VaeParams:
     conditional: bool = _f(False, "condition encoder and decoder on the class label (Fig. 11.2b)")
     mc_samples: int = _f(1, "M, samples of z per x in the ELBO's reconstruction term (11.32)", **_range(1, 1024))
     iwae_k: int = _f(1, "importance samples of the training bound; 1 is the ELBO", **_range(1, 4096))
-    iwae_gradient: Literal["standard", "dreg"] = _f(
+    iwae_gradient: IwaeGradient = _f(
         "standard",
         "the IWAE bound's gradient for q(z|x): standard, or dreg, doubly reparameterized (Tucker et al. 2018), "
         "whose signal does not fade as iwae_k grows; iwae_k > 1, no flows",

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from pipeline.config import IwaeGradient
 from pipeline.models.distributions import Posterior
 from pipeline.models.vae import VAE
 from pipeline.seeds import torch_generator
-
-IwaeGradient = Literal["standard", "dreg"]
 
 
 @dataclass
