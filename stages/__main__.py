@@ -9,6 +9,7 @@ from stages.common import LazyGroup
 
 # stage name -> module defining a click command called `main` (imported only when run)
 STAGES = {
+    "check_params": "stages.check_params",
     "download": "stages.download",
     "preprocess": "stages.preprocess",
     "train_vae": "stages.train_vae",

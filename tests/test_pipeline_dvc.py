@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -85,6 +86,39 @@ def test_changing_gan_params_does_not_retrain_the_vae(project: Path) -> None:
     assert "Running stage 'train_gan'" in out
     for untouched in ("download", "preprocess", "train_vae", "evaluate_vae", "train_classifier"):
         assert f"Running stage '{untouched}'" not in out
+
+
+def _outputs(project: Path) -> dict[str, bytes]:
+    folders = ("data/processed", "checkpoints", "metrics", "cards", "plots", "dvclive", "outputs", "export")
+    return {
+        str(path.relative_to(project)): path.read_bytes()
+        for folder in folders
+        for path in sorted((project / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [("vae", "lr", -1), ("data", "validation_fraction", 0.9)])
+def test_a_bad_value_stops_repro_before_any_output_is_removed(project: Path, section: str, key: str, value) -> None:
+    """check_params runs first: dvc removes a stage's outputs before its command runs, so a value caught inside the
+    stage would cost the last good run's results. Once the value is fixed, only the check reruns."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    run(["dvc", "repro"], project)
+    before = _outputs(project)
+    params = yaml.safe_load(original)
+    params[section][key] = value
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = subprocess.run(["dvc", "repro"], cwd=project, env=dvc_env(), capture_output=True, text=True)
+    finally:
+        params_file.write_text(original)
+    assert result.returncode != 0
+    assert f"Error: invalid parameters: params.yaml: {section}.{key}: {value}" in result.stdout + result.stderr
+    assert _outputs(project) == before
+    assert "Running stage 'check_params'" in result.stdout
+    out = run(["dvc", "repro"], project)  # the check's unchanging output is run-cached or rewritten: nothing else
+    assert set(re.findall(r"Running stage '(\w+)'", out)) <= {"check_params"}, out
 
 
 def test_exp_run_with_a_new_latent_dim_reaches_the_exported_models(project: Path) -> None:
