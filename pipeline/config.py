@@ -226,7 +226,11 @@ class GanParams:
     lr_d: float = _f(1e-3, "discriminator Adam learning rate", **_range(0.0, 1.0, lo_open=True))
     beta1: float = _f(0.5, "Adam beta1", **_range(0.0, 1.0, hi_open=True))
     beta2: float = _f(0.999, "Adam beta2", **_range(0.0, 1.0, hi_open=True))
-    d_steps: int = _f(1, "discriminator updates per generator update", **_range(1, 100))
+    d_steps: int = _f(
+        1,
+        "discriminator updates per generator update (at most the run's steps, or the generator never trains)",
+        **_range(1, 100),
+    )
     sample_every_epochs: int = _f(25, "epochs between logged sample grids and metrics", **_range(1, 100000))
     log_every_steps: int = _f(
         50, "discriminator steps per logged window of losses, D(x) and D(g(z))", **_range(1, 1 << 30)
@@ -475,9 +479,18 @@ def check_compatible(config: Config, section: str, data: ProcessedData) -> None:
             f"set {section}.conditional: false or use a labelled dataset"
         )
     if section == "vae" and params.likelihood == "gaussian" and data.binary:
+        spec = REGISTRY.get(data.dataset)
+        fix = "set data.binarize: none on grey data, or vae.likelihood: bernoulli"
+        if data.binarize == "none" or (spec is not None and spec.format == "amat"):
+            fix = "the images themselves are 0/1; set vae.likelihood: bernoulli"
+        elif config.data.binarize == "none":  # params.yaml changed since the data were preprocessed
+            fix = (
+                "params.yaml says none now: rerun preprocess (`dvc repro preprocess`), or if the images themselves "
+                "are 0/1, set vae.likelihood: bernoulli"
+            )
         raise ConfigError(
             "vae.likelihood: 'gaussian' models grey values but the data are binary "
-            f"(data.binarize: {data.binarize!r}); set data.binarize: none on grey data, or vae.likelihood: bernoulli"
+            f"(preprocessed with data.binarize: {data.binarize!r}); {fix}"
         )
 
 

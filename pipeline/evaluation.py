@@ -420,6 +420,19 @@ def evaluate_gaussian_likelihood(
     return {"log_px": summary["log_px"], "bits_per_dim": summary["bits_per_dim"]}, card
 
 
+def check_enough_real_images(counts: dict[str, int], k: int = 3) -> None:
+    """A ValueError naming the first split of ``counts`` (split -> its number of images) with too few images for the
+    sample metrics (precision/recall compare each image with its ``k`` nearest neighbours) and what to do."""
+    need = max(k + 1, 2)
+    for split, count in counts.items():
+        if count < need:
+            fix = "raise data.validation_fraction and rerun preprocess, or use" if split == "valid" else "use"
+            raise ValueError(
+                f"the {split} split has {count} image(s) but the sample metrics need at least {need}; {fix} a dataset "
+                "with more images"
+            )
+
+
 def sample_quality_report(
     sampler: Sampler,
     classifier: Classifier,
@@ -429,17 +442,20 @@ def sample_quality_report(
     seed: int = 0,
     k: int = 3,
     splits: int = 10,
+    split: str = "test",
 ) -> dict[str, float]:
-    """All sample metrics for ``sampler`` (n -> n×C×H×W images in [0, 1]) against held-out real images.
+    """All sample metrics for ``sampler`` (n -> n×C×H×W images in [0, 1]) against held-out real images
+    (``real_test``, of split ``split``).
 
     ``n`` is capped by the real sets so every Fréchet distance compares equally many images; the floor
     is the distance between that many training and held-out images (what a perfect sampler would get).
     The classifier score needs class probabilities, so a classifier of the transformations task (data
     without labels) leaves it out; the distances and precision/recall use its features all the same.
     """
+    check_enough_real_images({split: len(real_test), "train": len(real_train)}, k)
     count = min(n, len(real_test), len(real_train))
     if count < max(k + 1, 2):
-        raise ValueError(f"sample metrics need at least {max(k + 1, 2)} real images per split, got {count}")
+        raise ValueError(f"sample metrics need at least {max(k + 1, 2)} generated images, got n = {n}")
     pick = torch_generator("cpu", seed, "real images")
     test = real_test[torch.randperm(len(real_test), generator=pick)[:count]]
     train = real_train[torch.randperm(len(real_train), generator=pick)[:count]]

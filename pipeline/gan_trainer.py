@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import Config, GanParams
+from pipeline.config import Config, ConfigError, GanParams
 from pipeline.data.processed import ProcessedData
 from pipeline.device import autocast, resolve_bf16, to_device
 from pipeline.distributed import DistContext, all_reduce_sum, wrap
-from pipeline.evaluation import sample_quality_report
+from pipeline.evaluation import check_enough_real_images, sample_quality_report
 from pipeline.images import save_image_grid
 from pipeline.models.classifier import Classifier
 from pipeline.models.gan import (
@@ -156,6 +156,15 @@ class GanTrainer:
             world_size=ctx.world_size,
             min_batch=2,
         )
+        steps = gan.epochs * len(self.batches)  # a time budget can only shorten the run
+        if gan.d_steps > steps:
+            raise ConfigError(
+                f"gan.d_steps {gan.d_steps} is more than the run's {steps} steps (gan.epochs {gan.epochs} × "
+                f"{len(self.batches)} batches an epoch), so the generator would never be updated; lower gan.d_steps "
+                "or raise gan.epochs"
+            )
+        if classifier is not None:  # the sample metrics of validate(), before an epoch is spent on training
+            check_enough_real_images({"valid": len(data.x["valid"]), "train": len(data.x["train"])})
         self.ema_updates = 0
         self.window_sums = torch.zeros(len(WINDOW_KEYS) + 2, dtype=torch.float64, device=self.device)
         self.window: list[tuple[int, dict[str, float]]] = []  # (step, window means) since the last log call
@@ -300,7 +309,13 @@ class GanTrainer:
             return self.sample(n, labels, seed=seed)
 
         return sample_quality_report(
-            sampler, self.classifier, self.x[split], self.x["train"], self.config.evaluate.num_generated, seed=seed
+            sampler,
+            self.classifier,
+            self.x[split],
+            self.x["train"],
+            self.config.evaluate.num_generated,
+            seed=seed,
+            split=split,
         )
 
     def networks(self) -> dict[str, nn.Module]:
@@ -334,6 +349,12 @@ class GanTrainer:
 
     def finish(self, best: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The best epoch's metrics (in the card: the samples' metrics are evaluate_samples') and the final grid."""
+        if not self.ema_updates:  # gan.max_minutes ended the run before step gan.d_steps
+            log.warning(
+                "gan.d_steps %d: the time budget ended the run before the generator's first update, so its samples "
+                "are untrained; lower gan.d_steps or raise gan.max_minutes",
+                self.config.gan.d_steps,
+            )
         save_fixed_noise_grid(self, self.outputs.image_dir / "samples.png")
         save_code_grids(self, self.outputs.image_dir)
         metrics = best["training"]["best"]["metrics"]

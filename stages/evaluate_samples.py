@@ -27,6 +27,7 @@ from stages.common import fail_cleanly, load_params, params_option
 
 METRICS_PATH = "metrics/evaluate_samples.json"
 CARD_PATH = "cards/evaluate_samples.json"
+VAE_METRICS_PATH = "metrics/evaluate_vae.json"  # what the evaluate_vae stage writes
 
 
 @click.command()
@@ -38,7 +39,7 @@ CARD_PATH = "cards/evaluate_samples.json"
 @click.option(
     "--vae-metrics",
     "vae_metrics_path",
-    default="metrics/evaluate_vae.json",
+    default=VAE_METRICS_PATH,
     show_default=True,
     help="the evaluate_vae stage's metrics: the VAE's own AIS and importance-sampled log p(x), shown beside",
 )
@@ -61,7 +62,12 @@ def main(
         raise click.ClickException(
             f"{vae_metrics_path}: no such file; run python -m stages evaluate_vae first (dvc repro runs it)"
         )
-    vae_own = read_json(vae_metrics_path, ("ais", "log_px"))
+    vae_own = read_json(vae_metrics_path)
+    if not isinstance(vae_own, dict) or not {"ais", "log_px"} <= vae_own.keys():
+        fix = "re-run python -m stages evaluate_vae"
+        if Path(vae_metrics_path) != Path(VAE_METRICS_PATH):
+            fix = f"pass --vae-metrics {VAE_METRICS_PATH}, which python -m stages evaluate_vae writes"
+        raise click.ClickException(f"{vae_metrics_path}: lacks ais, log_px, so it is not evaluate_vae's metrics; {fix}")
     classifier = load_model(classifier_path, "model", device, Classifier)
     generator = load_model(gan_path, "generator_ema", device, Generator)
     vae = load_model(vae_path, "model", device, VAE)

@@ -389,3 +389,28 @@ def test_an_upper_case_extension_is_accepted(pipeline_workspace: Workspace, tmp_
     result = _run(root, ["sample", "--model", "export/gan_generator.onnx", "-n", "4", "--out", "S.PNG"])
     assert result.returncode == 0, result.stderr
     assert (root / "S.PNG").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_samples_given_train_vaes_metrics_names_evaluate_vaes(
+    digits_processed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file that lacks the likelihoods is the wrong one, not one to re-run: say which file to pass."""
+    from click.testing import CliRunner
+
+    from stages.evaluate_samples import main
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", "params.yaml")
+    Path("train_vae.json").write_text('{"train": -30.0, "valid": -31.0}')
+    result = CliRunner().invoke(main, ["--data-dir", str(digits_processed_dir), "--vae-metrics", "train_vae.json"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: train_vae.json: lacks ais, log_px, so it is not evaluate_vae's metrics; pass --vae-metrics "
+        "metrics/evaluate_vae.json, which python -m stages evaluate_vae writes\n"
+    )
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/evaluate_vae.json").write_text("{}")  # the right file, but stale
+    result = CliRunner().invoke(main, ["--data-dir", str(digits_processed_dir)])
+    assert result.exit_code == 1 and result.output.endswith(
+        "not evaluate_vae's metrics; re-run python -m stages evaluate_vae\n"
+    )

@@ -10,10 +10,12 @@ import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from pipeline.config import Config, ConfigError, config_from_dict, load_config, schema_help
+from pipeline.config import Config, ConfigError, check_compatible, config_from_dict, load_config, schema_help
+from pipeline.data.processed import ProcessedData
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,3 +183,34 @@ def test_stage_rejects_bad_params_with_exit_code_and_writes_nothing(tmp_path: Pa
         "Error: invalid parameters: params.yaml: latent_dim: 0 is out of range; allowed: [1, 4096]"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "stored", "param", "fix"),
+    [
+        ("digits", "dynamic", "dynamic", "; set data.binarize: none on grey data, or vae.likelihood: bernoulli"),
+        (
+            "digits",
+            "static",
+            "none",
+            "'static'); params.yaml says none now: rerun preprocess (`dvc repro preprocess`), or if the images "
+            "themselves are 0/1, set vae.likelihood: bernoulli",
+        ),
+        ("binarized_mnist", "static", "none", "; the images themselves are 0/1; set vae.likelihood: bernoulli"),
+        ("npz", "none", "none", "; the images themselves are 0/1; set vae.likelihood: bernoulli"),
+    ],
+)
+def test_a_gaussian_decoder_on_binary_data_is_told_the_fix_that_applies(
+    dataset: str, stored: str, param: str, fix: str
+) -> None:
+    """Stale processed data (params.yaml says binarize none since) need preprocess rerun, not that param set again."""
+    x = {split: np.zeros((2, 1, 4, 4), np.float32) for split in ("train", "valid", "test")}
+    default = Config()
+    config = dataclasses.replace(
+        default,
+        data=dataclasses.replace(default.data, binarize=param),
+        vae=dataclasses.replace(default.vae, likelihood="gaussian"),
+    )
+    with pytest.raises(ConfigError, match=f"data.binarize: {stored!r}") as caught:
+        check_compatible(config, "vae", ProcessedData(x, None, stored, None, dataset))
+    assert str(caught.value).endswith(fix)

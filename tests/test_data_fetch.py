@@ -184,6 +184,9 @@ def test_all_sources_failing_lists_each_and_says_how_to_place_files(server: Faul
     server.requests.clear()
     with pytest.raises(DatasetError, match=f"mirror {tmp_path / 'nowhere'}: no such directory; point it at"):
         download_dataset(spec, raw, sources=sources, mirror=tmp_path / "nowhere", **FAST)
+    (tmp_path / "mirror.txt").write_text("a file")
+    with pytest.raises(DatasetError, match=f"mirror {tmp_path / 'mirror.txt'}: a file, not a directory; point it at"):
+        download_dataset(spec, raw, sources=sources, mirror=tmp_path / "mirror.txt", **FAST)
     assert server.requests == [] and not raw.exists()
     assert f"{raw}/blobs/" in message
     assert leftovers(tmp_path / "data") == []
@@ -211,6 +214,8 @@ def test_a_corrupt_mirror_file_falls_back_to_the_remote_sources(server: FaultySe
     server.files["/good/blob.bin.gz"] = BLOB
     fetched = fetch_file(BLOB_FILE, tmp_path / "blob.bin.gz", [server.url + "/good/"], mirror=tmp_path / "mirror")
     assert fetched.source.startswith(server.url) and (tmp_path / "blob.bin.gz").read_bytes() == BLOB
+    with pytest.raises(DownloadError, match=r"local mirror \S+blob.bin.gz: a file, not a directory"):
+        fetch_file(BLOB_FILE, tmp_path / "other.gz", [], mirror=tmp_path / "mirror" / "blob.bin.gz")
 
 
 def test_environment_variable_overrides_the_mirror_param(monkeypatch: pytest.MonkeyPatch) -> None:

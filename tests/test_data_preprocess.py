@@ -102,12 +102,18 @@ def test_npz_requires_known_keys_and_a_readable_archive(tmp_path: Path) -> None:
     np.savez(tmp_path / "typo.npz", x_train=x, x_test=x, x_val=x)
     with pytest.raises(DatasetError, match=r"unexpected array 'x_val' \(did you mean 'x_valid'\?\)"):
         read_npz(tmp_path / "typo.npz")
+    np.savez(tmp_path / "case.npz", X_train=x, x_test=x)
+    with pytest.raises(DatasetError, match=r"unexpected array 'X_train' \(did you mean 'x_train'\?\)"):
+        read_npz(tmp_path / "case.npz")
     np.savez(tmp_path / "half.npz", x_train=x)
     with pytest.raises(DatasetError, match="missing array.*x_test"):
         read_npz(tmp_path / "half.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
-    with pytest.raises(DatasetError, match=r"junk.npz: not a readable .npz"):
+    with pytest.raises(DatasetError, match=r"junk.npz: not an .npz archive \(a zip of .npy arrays\); save your"):
         read_npz(tmp_path / "junk.npz")
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:100])
+    with pytest.raises(DatasetError, match=r"truncated.npz: not a readable .npz"):
+        read_npz(tmp_path / "truncated.npz")
     np.savez(tmp_path / "objects.npz", x_train=np.array([{"a": 1}], dtype=object), x_test=x)
     with pytest.raises(DatasetError, match="objects.npz: not a readable .npz archive of plain arrays"):
         read_npz(tmp_path / "objects.npz")
@@ -262,6 +268,10 @@ def test_npz_with_inexact_floats_stays_float32(tmp_path: Path) -> None:
         ({"x_train": np.full((4, 8, 8), np.nan), "x_test": np.zeros((2, 8, 8))}, "NaN"),
         ({"x_train": np.full((4, 8, 8), 300), "x_test": np.zeros((2, 8, 8), np.uint8)}, "0..255, found 300..300"),
         ({"x_train": np.zeros((4, 8, 8)), "x_test": np.zeros((2, 9, 9))}, "different image shapes"),
+        (
+            {"x_train": np.eye(8, dtype=np.uint8)[None].repeat(4, 0), "x_test": np.full((2, 8, 8), 200, np.uint8)},
+            r"only the integers 0 and 1 \(binary images\) in x_train but other values in x_test; store every split",
+        ),
         ({"x_train": np.zeros((4, 8, 8)), "x_test": np.zeros((2, 8, 8)), "y_train": [0, 1, 2, 3]}, "not y_test"),
         (
             {"x_train": np.zeros((4, 8, 8)), "x_test": np.zeros((2, 8, 8)), "y_train": [0, 1], "y_test": [0, 1]},

@@ -131,6 +131,16 @@ def test_sample_quality_report_with_a_real_classifier(digits_processed_dir, labe
         sample_quality_report(lambda n: torch.rand(n, 1, 4, 4), classifier, test, train, n=20)
 
 
+def test_too_few_real_images_name_the_split_and_what_to_do() -> None:
+    """Checked before the classifier (here none) sees an image."""
+    few, many = torch.rand(3, 1, 8, 8), torch.rand(10, 1, 8, 8)
+    need = "the sample metrics need at least 4; "
+    with pytest.raises(ValueError, match=rf"^the valid split has 3 image\(s\) but {need}raise data.validation_fr"):
+        sample_quality_report(lambda n: many[:n], None, few, many, n=10, split="valid")
+    with pytest.raises(ValueError, match=rf"^the test split has 3 image\(s\) but {need}use a dataset with more"):
+        sample_quality_report(lambda n: many[:n], None, few, many, n=10)
+
+
 def test_gan_log_likelihood_depends_on_the_seed_only(digits_processed_dir) -> None:
     """The GAN's likelihood is a DVC metric (evaluate_samples.json's gan.gaussian_ais, its card in the stage's card):
     two runs with one seed give the same JSON byte for byte (no timings)."""

@@ -216,7 +216,7 @@ def fetch_file(
             candidates = ([mirror / dataset / raw_file.name] if dataset else []) + [mirror / raw_file.name]
             found = next((p for p in candidates if p.is_file()), None)
             if not mirror.is_dir():
-                failures.append(f"local mirror {mirror}: no such directory")
+                failures.append(f"local mirror {mirror}: {_missing_directory(mirror)}")
             elif found is None:
                 failures.append(f"local mirror: no file {' or '.join(map(str, candidates))}")
             else:
@@ -298,6 +298,11 @@ def _copy_user_folder(source: Path, destination: Path) -> str:
     return str(source.resolve())
 
 
+def _missing_directory(path: Path) -> str:
+    """What is wrong with ``path`` where a directory is expected and none is."""
+    return "a file, not a directory" if path.exists() else "no such directory"
+
+
 def download_dataset(
     spec: DatasetSpec,
     raw_dir: str | Path = "data/raw",
@@ -321,7 +326,8 @@ def download_dataset(
         # a mistyped mirror would otherwise be noticed only after every remote source and retry has been tried
         setting = f"${MIRROR_ENV}" if os.environ.get(MIRROR_ENV) else "data.mirror"
         raise DatasetError(
-            f"{setting} {mirror}: no such directory; point it at the folder holding {spec.name}'s files, or unset it"
+            f"{setting} {mirror}: {_missing_directory(mirror)}; point it at the folder holding {spec.name}'s files, "
+            "or unset it"
         )
     if spec.origin in ("user_file", "user_folder"):
         if not path:

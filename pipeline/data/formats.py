@@ -91,6 +91,10 @@ def read_amat(path: Path) -> np.ndarray:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a user's .npz: x_train and x_test required, y_train/y_test, x_valid/y_valid optional."""
     try:
+        with open(path, "rb") as file:
+            magic = file.read(6)
+        if not magic.startswith((b"PK", b"\x93NUMPY")):  # np.load takes anything else for a pickle
+            raise DatasetError(f"{path}: not an .npz archive (a zip of .npy arrays); save your arrays with np.savez")
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load reads a .npy whatever the file's name
             raise DatasetError(f"{path}: one array (a .npy file), not an .npz archive; save it with np.savez")
@@ -104,7 +108,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DatasetError(f"{path}: not a readable .npz archive of plain arrays ({err})") from None
     for key in arrays:
         if key not in NPZ_KEYS:
-            hint = difflib.get_close_matches(key, NPZ_KEYS, n=1)
+            hint = [key.lower()] if key.lower() in NPZ_KEYS else difflib.get_close_matches(key, NPZ_KEYS, n=1)
             did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise DatasetError(f"{path}: unexpected array {key!r}{did_you_mean}; allowed: {', '.join(NPZ_KEYS)}")
     missing = [key for key in ("x_train", "x_test") if key not in arrays]

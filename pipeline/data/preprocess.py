@@ -144,25 +144,27 @@ def load_npz(path: Path) -> RawDataset:
     if "y_valid" in arrays and "x_valid" not in arrays:
         raise DatasetError(f"{path}: y_valid without x_valid")
     x = {split: to_nchw(images, f"{path}: x_{split}") for split, images in x.items()}
-    if (
-        all(np.issubdtype(images.dtype, np.integer) for images in x.values())
-        and max(int(images.max(initial=0)) for images in x.values()) <= 1
-    ):
-        # integer images holding only 0 and 1 are binary images, not the two darkest of 256 grey levels
-        x = {split: _binary_storage(images, f"{path}: x_{split}") for split, images in x.items()}
-        return _with_labels(RawDataset(x, None, binary=True), arrays, labelled, path)
+    # integer images holding only 0 and 1 are binary images, not the two darkest of 256 grey levels
+    zero_one = [split for split, images in x.items() if _zero_one(images)]
+    grey = [f"x_{split}" for split in x if split not in zero_one]
+    binary = [f"x_{split}" for split in zero_one if x[split].max() == 1]  # all-zero images fit either scale
     x = {split: to_unit_storage(images, f"{path}: x_{split}") for split, images in x.items()}
+    if binary and grey:
+        raise DatasetError(
+            f"{path}: only the integers 0 and 1 (binary images) in {', '.join(binary)} but other values in "
+            f"{', '.join(grey)}; store every split on one scale: all 0/1, or all grey levels (uint8 0..255 or float "
+            "in [0, 1])"
+        )
+    if zero_one and not grey:
+        return _with_labels(RawDataset(x, None, binary=True), arrays, labelled, path)
     if len({images.shape[1:] for images in x.values()}) == 1 and len({images.dtype for images in x.values()}) != 1:
         x = {split: unit_float(images, binary=False) for split, images in x.items()}
     return _with_labels(RawDataset(x, None), arrays, labelled, path)
 
 
-def _binary_storage(x: np.ndarray, name: str) -> np.ndarray:
-    if x.size == 0:
-        raise DatasetError(f"{name}: no images")
-    if int(x.min()) < 0:
-        raise DatasetError(f"{name}: integer values must lie in 0..255, found {int(x.min())}")
-    return x.astype(np.uint8)
+def _zero_one(x: np.ndarray) -> bool:
+    """True if ``x`` holds integers, at least one, all 0 or 1."""
+    return bool(np.issubdtype(x.dtype, np.integer) and x.size and x.min() >= 0 and x.max() <= 1)
 
 
 def _with_labels(data: RawDataset, arrays: dict[str, np.ndarray], labelled: list[str], path: Path) -> RawDataset:
