@@ -15,6 +15,7 @@ change to ``params.yaml``'s schema never breaks loading an older checkpoint.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,19 @@ from pipeline.io import atomic_path
 from pipeline.models import build_model, describe_model
 
 FORMAT = 2
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive: a damaged checkpoint still starts so, a foreign file not
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is unreadable, of an older format, or lacks what is asked of it."""
 
 
-def _retrain_hint(path: Path) -> str:
-    stage = f"train_{path.parent.name}" if path.parent.name in ("vae", "gan", "classifier") else None
-    return f"retrain it (dvc repro -f {stage})" if stage else "retrain the model that wrote it"
+def _retrain_hint(path: Path, saved_by_torch: bool = True) -> str:
+    """What to do about an unusable checkpoint: retrain it where a stage writes it, else retrain the model that wrote
+    it, or for a file torch.save did not write, pass a checkpoint."""
+    if path.parent.name in ("vae", "gan", "classifier"):
+        return f"retrain it (dvc repro -f train_{path.parent.name})"
+    return "retrain the model that wrote it" if saved_by_torch else "pass a checkpoint this pipeline wrote"
 
 
 def checkpoint_state(
@@ -60,21 +65,30 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU; FileNotFoundError or :class:`CheckpointError` saying what to do."""
+def load_checkpoint(path: str | Path, remedy: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU; FileNotFoundError or :class:`CheckpointError` saying what to do: ``remedy``
+    if given (e.g. how to start afresh instead of resuming), else to retrain the model or pass a checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint; train the model first (dvc repro)")
+    hint = remedy or _retrain_hint(path)
     try:
+        with path.open("rb") as file:
+            if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                raise CheckpointError(
+                    f"{path}: not a readable checkpoint (not a file torch.save wrote); "
+                    f"{remedy or _retrain_hint(path, saved_by_torch=False)}"
+                )
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
+    except (MemoryError, CheckpointError):
         raise
-    except Exception as err:  # a foreign or corrupt file fails in many ways (KeyError for a text file, EOFError, ...)
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {_retrain_hint(path)}") from None
+    except Exception as err:  # a corrupt file fails in many ways (EOFError, a zip reader's RuntimeError, ...)
+        first_line = next(iter(str(err).splitlines()), "")
+        reason = textwrap.shorten(first_line, 120, placeholder=" ...") or type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); {hint}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "models" not in state:
         raise CheckpointError(
-            f"{path}: written by an older version of this pipeline (no self-describing model); {_retrain_hint(path)}"
+            f"{path}: written by an older version of this pipeline (no self-describing model); {hint}"
         )
     return state
 

@@ -52,6 +52,7 @@ class ClassifierTrainer:
     resumable = ()
     patience = None
     max_minutes = None
+    memory_settings = ()  # a fixed batch size and network for the data's image shape
 
     def __init__(self, config: Config, data: ProcessedData, device: torch.device) -> None:
         self.config, self.data, self.device = config, data, device
@@ -111,7 +112,7 @@ class ClassifierTrainer:
     def state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], progress: float) -> None:
         load_optimizer_state(self.optimizer, state["optimizer"])
 
     def rank_state(self) -> dict[str, Any]:

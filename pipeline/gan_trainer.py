@@ -132,6 +132,8 @@ class GanTrainer:
         self.device = ctx.device
         self.bf16 = resolve_bf16(self.device, config.gan.bf16, "gan.bf16")
         self.epochs, self.max_minutes = config.gan.epochs, config.gan.max_minutes
+        widths = "gan.base_channels" if config.gan.arch == "dcgan" else "gan.hidden_sizes"
+        self.memory_settings = ("gan.batch_size", widths)
         self.classifier = to_device(classifier, self.device).eval() if classifier is not None else None
         self.monitor = "frechet_distance" if classifier is not None else None
         gan = config.gan
@@ -328,7 +330,7 @@ class GanTrainer:
             "ema_updates": self.ema_updates,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], progress: float) -> None:
         load_optimizer_state(self.optimizer_g, state["optimizer_g"])
         load_optimizer_state(self.optimizer_d, state["optimizer_d"])
         self.ema_updates = state["ema_updates"]

@@ -38,8 +38,22 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
 
 
-# what a training stage reports as one line: bad params for the data, unreadable checkpoints or data, a diverged run
-TRAINING_ERRORS = (ConfigError, CheckpointError, LabelError, NonFiniteLossError, OutputLockedError, ValueError, OSError)
+class MemoryExhaustedError(RuntimeError):
+    """A training step did not fit in the device's memory; the message names the settings that size it."""
+
+
+# what a training stage reports as one line: bad params for the data, unreadable checkpoints or data, a diverged run,
+# a step too large for the device's memory
+TRAINING_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    LabelError,
+    NonFiniteLossError,
+    MemoryExhaustedError,
+    OutputLockedError,
+    ValueError,
+    OSError,
+)
 
 
 def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
@@ -74,6 +88,10 @@ class TrainingOutputs:
             root / "metrics" / f"train_{name}.json" if metrics else None,
             root / "cards" / f"train_{name}.json",
         )
+
+    def figures(self) -> list[Path]:
+        """The figures drawn so far (none where the training draws none)."""
+        return sorted(self.image_dir.glob("*.png")) if self.image_dir else []
 
     @property
     def last_path(self) -> Path:
@@ -218,10 +236,13 @@ class Trainer(Protocol):
 
     ``validate(epoch, progress)``: the validation metrics after an epoch; ``progress`` (see :func:`run_progress`) is
     how far the run is through its length, for schedules that follow it. ``networks()``: the modules a checkpoint
-    stores (name -> network); ``state()`` / ``restore(state)``: the rest
-    of what a resume needs that all ranks share (optimizers); ``rank_state()`` / ``restore_rank(state)``: what
-    differs per rank (random generators), kept for every rank; ``log_records(epoch, metrics)``: the (step, metrics)
-    rows to log for an epoch; ``finish(best)``: the summary metrics and the run card, from the best checkpoint.
+    stores (name -> network); ``state()`` / ``restore(state, progress)``: the rest of what a resume needs that all
+    ranks share (optimizers), and how far the resumed run is through its length, which a resume may have changed
+    (more epochs, a larger budget), for schedules that follow it; ``rank_state()`` /
+    ``restore_rank(state)``: what differs per rank (random generators), kept for every rank; ``log_records(epoch,
+    metrics)``: the (step, metrics) rows to log for an epoch; ``finish(best)``: the summary metrics and the run card,
+    from the best checkpoint; ``memory_settings``: the params that size a training step, named when it runs out of
+    memory.
     """
 
     name: str
@@ -231,6 +252,7 @@ class Trainer(Protocol):
     resumable: tuple[str, ...]  # params keys that may differ when resuming (dotted, or a prefix ending in ".")
     patience: int | None  # early stopping: epochs without a better monitored value (None: never)
     max_minutes: float | None  # wall-clock training budget over all runs of a resumed training (None: none)
+    memory_settings: tuple[str, ...]  # dotted params keys, e.g. vae.batch_size
 
     def train_epoch(self, epoch: int) -> dict[str, float]: ...
 
@@ -240,7 +262,7 @@ class Trainer(Protocol):
 
     def state(self) -> dict[str, Any]: ...
 
-    def restore(self, state: dict[str, Any]) -> None: ...
+    def restore(self, state: dict[str, Any], progress: float) -> None: ...
 
     def rank_state(self) -> dict[str, Any]: ...
 
@@ -278,6 +300,18 @@ def check_resumable(saved: dict[str, Any], params: dict[str, Any], section: str,
         )
 
 
+def _check_same_training(saved: dict[str, Any], params: dict[str, Any], trainer: Trainer, path: Path) -> None:
+    """Refuse to resume from a checkpoint another training wrote (its params are of other sections: a GAN's
+    last.pt in the VAE's folder), naming the networks it holds."""
+    if set(saved["params"]) != set(params):
+        key = f"{trainer.name}.resume"
+        families = sorted({str(entry.get("family")) for entry in saved["models"].values()})
+        raise CheckpointError(
+            f"{key}: {path} is not a {trainer.name} checkpoint (its networks: {', '.join(families)}); set {key}: "
+            f"false to start afresh, or put the {trainer.name}'s last.pt back"
+        )
+
+
 def _check_same_run(saved: dict[str, Any], run: dict[str, Any], trainer: Trainer) -> None:
     """Refuse a resume on other data, another kind of device (generator states differ), another number of
     processes, or with fewer epochs than last.pt has trained."""
@@ -288,6 +322,13 @@ def _check_same_run(saved: dict[str, Any], run: dict[str, Any], trainer: Trainer
             f"{key}: last.pt was trained on other data ({saved['data']}, now {run['data']}); "
             f"set {key}: false to start afresh"
         )
+    # likewise a last.pt from before checkpoints recorded the data's fingerprint resumes on its description alone
+    old, new = saved["training"].get("data_fingerprint"), run["data_fingerprint"]
+    if old is not None and old != new:
+        what = "other images or labels in the training and validation splits"
+        if (old["train"], old["valid"]) != (new["train"], new["valid"]):
+            what = f"{old['train']}/{old['valid']} training/validation images, now {new['train']}/{new['valid']}"
+        raise ConfigError(f"{key}: last.pt was trained on other data ({what}); set {key}: false to start afresh")
     for name, what in (("device_type", "kind of device"), ("world_size", "number of processes")):
         if saved["training"][name] != run[name]:
             raise ConfigError(
@@ -334,12 +375,45 @@ def _stop_reason(trainer: Trainer, epochs_done: int, best_epoch: int, seconds: f
     return None
 
 
+def _claim_outputs(outputs: TrainingOutputs, ctx: DistContext, stack: contextlib.ExitStack) -> None:
+    """On the writer rank, lock the checkpoint directory for ``stack``'s block and check every output folder can be
+    written; under torchrun every rank then raises the writer's error, so each exits with its line (none is left
+    waiting for a rank that is gone)."""
+    error = None
+    if ctx.is_writer:
+        try:
+            stack.enter_context(exclusive_lock(outputs.checkpoint_dir))
+            folders = [outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent]
+            folders.append(None if outputs.metrics_path is None else outputs.metrics_path.parent)
+            check_writable(*(folder for folder in folders if folder is not None))
+        except (OutputLockedError, OSError) as err:
+            error = err
+    error = gather_objects(error, ctx)[0]
+    if error is not None:
+        raise error
+
+
+@contextlib.contextmanager
+def _explain_out_of_memory(trainer: Trainer, device: torch.device) -> Iterator[None]:
+    """A failed allocation in the block becomes a :class:`MemoryExhaustedError` naming the settings that size a
+    training step; other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as err:  # torch.OutOfMemoryError on a GPU; the CPU allocator raises a plain RuntimeError
+        if not (isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)):
+            raise
+        settings = trainer.memory_settings
+        lower = f"lower {', '.join(settings)} (they size each step), or " if settings else ""
+        raise MemoryExhaustedError(f"train_{trainer.name}: out of memory on {device}; {lower}free memory") from None
+
+
 def fit(
     trainer: Trainer,
     outputs: TrainingOutputs,
     *,
     params: dict[str, Any],
     data: dict[str, Any],
+    data_fingerprint: dict[str, Any],
     resume: bool,
     ctx: DistContext,
     progress: bool = True,
@@ -349,27 +423,29 @@ def fit(
     metric improves, logs to dvclive, and at the end writes the summary metrics and the run card (an earlier run's
     are removed with the first checkpoint this run writes, so a run that fails midway leaves none that describe other
     weights). ``params``: what the training depends on (stored as provenance, compared on resume); ``data``: the
-    description of the training data. Returns the summary ({} on other ranks). The writer rank holds the checkpoint
-    directory's lock throughout: a second trainer is refused."""
-    with exclusive_lock(outputs.checkpoint_dir) if ctx.is_writer else contextlib.nullcontext():
-        if ctx.is_writer:
-            folders = [outputs.checkpoint_dir, outputs.live_dir, outputs.image_dir, outputs.card_path.parent]
-            folders.append(None if outputs.metrics_path is None else outputs.metrics_path.parent)
-            check_writable(*(folder for folder in folders if folder is not None))
+    description of the training data, ``data_fingerprint``: their split sizes and hash (compared on resume). Returns
+    the summary ({} on other ranks). The writer rank holds the checkpoint directory's lock throughout: a second
+    trainer is refused."""
+    with contextlib.ExitStack() as stack:
+        _claim_outputs(outputs, ctx, stack)
+        stack.enter_context(_explain_out_of_memory(trainer, ctx.device))
         began = time.perf_counter()
         start, best, history = 0, {"epoch": 0, "value": -math.inf, "metrics": {}}, []
         trained_seconds, stopped = 0.0, None
-        run = {"data": data, "device_type": ctx.device.type, "world_size": ctx.world_size}
+        run = {"data": data, "data_fingerprint": data_fingerprint}
+        run |= {"device_type": ctx.device.type, "world_size": ctx.world_size}
         if resume and outputs.last_path.exists():
-            saved = load_checkpoint(outputs.last_path)
+            key = f"{trainer.name}.resume"
+            saved = load_checkpoint(outputs.last_path, f"set {key}: false (or delete it) to start afresh")
+            _check_same_training(saved, params, trainer, outputs.last_path)
             check_resumable(saved["params"], params, trainer.name, trainer.resumable)
             _check_same_run(saved, run, trainer)
-            _load_weights(trainer.networks(), saved)
-            trainer.restore(saved["training"]["state"])
-            trainer.restore_rank(saved["training"]["ranks"][ctx.rank])
             start, best = saved["training"]["epoch"], saved["training"]["best"]
             history = saved["training"]["history"]
             trained_seconds = saved["training"].get("seconds", 0.0)
+            _load_weights(trainer.networks(), saved)
+            trainer.restore(saved["training"]["state"], run_progress(trainer, start, trained_seconds))
+            trainer.restore_rank(saved["training"]["ranks"][ctx.rank])
             # judged again under this run's patience and budget: raising either continues a stopped training
             stopped = _stop_reason(trainer, start, best["epoch"], trained_seconds)
         live = LiveLog(outputs.live_dir, ctx.is_writer, history)
@@ -396,12 +472,15 @@ def fit(
             ranks = gather_objects(trainer.rank_state(), ctx)  # every rank's generators, for an exact resume
             if ctx.is_writer:
                 if epoch == start:  # the checkpoints change: an earlier card and metrics no longer describe them
-                    stale = [outputs.card_path, outputs.metrics_path] + ([outputs.best_path] if start == 0 else [])
-                    for path in stale:  # and a fresh run's best.pt is its own (written below when it improves)
+                    stale = [outputs.card_path, outputs.metrics_path]
+                    if start == 0:  # a fresh run's best.pt (written below when it improves) and figures are its own
+                        stale += [outputs.best_path, *outputs.figures()]
+                    for path in stale:
                         if path is not None:
                             path.unlink(missing_ok=True)
                 training = {"state": trainer.state(), "ranks": ranks, "epoch": epoch + 1, "best": best}
                 training |= {"history": live.history, "device_type": ctx.device.type, "world_size": ctx.world_size}
+                training |= {"data_fingerprint": data_fingerprint}
                 training |= {"seconds": trained_seconds, "stopped": stopped}
                 state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
                 save_checkpoint(outputs.last_path, state)
@@ -445,6 +524,15 @@ def train(
         seed_everything(config.seed)
         trainer = make_trainer(ctx)
         params = config.select(param_keys)
-        return fit(trainer, outputs, params=params, data=data.describe(), resume=resume, ctx=ctx, progress=progress)
+        return fit(
+            trainer,
+            outputs,
+            params=params,
+            data=data.describe(),
+            data_fingerprint=data.fingerprint,
+            resume=resume,
+            ctx=ctx,
+            progress=progress,
+        )
     finally:
         shutdown(ctx)

@@ -146,6 +146,9 @@ class VaeTrainer:
         # likelihood estimate, which can rank checkpoints otherwise than the ELBO does
         self.monitor = "log_px" if config.vae.valid_samples else "bound"
         self.epochs, self.patience, self.max_minutes = config.vae.epochs, config.vae.patience, config.vae.max_minutes
+        widths = "vae.conv_channels" if config.vae.arch in ("conv", "resnet") else "vae.hidden_sizes"
+        self.memory_settings = ("vae.batch_size", "vae.iwae_k", "vae.mc_samples", widths)
+        self.memory_settings += ("vae.valid_samples",) if config.vae.valid_samples else ()
         self.device = ctx.device
         self.bf16 = resolve_bf16(self.device, config.vae.bf16, "vae.bf16")
         self.model = build_vae(config, data.image_shape, data.num_classes)
@@ -227,9 +230,13 @@ class VaeTrainer:
         if self.config.vae.lr_schedule == "plateau":
             self.schedule.step(metrics[self.monitor])
         elif self.config.vae.lr_schedule == "cosine":
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.vae.lr * cosine_factor(progress)
+            self._anneal(progress)
         return metrics
+
+    def _anneal(self, progress: float) -> None:
+        """The cosine schedule's rate at ``progress`` of the run."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.vae.lr * cosine_factor(progress)
 
     @torch.no_grad()
     def evaluate(self, split: str, sharded: bool = True, model: VAE | None = None) -> dict[str, float]:
@@ -315,10 +322,12 @@ class VaeTrainer:
         # the cosine schedule's rate rides in the optimizer's state; only the plateau schedule has its own
         return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], progress: float) -> None:
         load_optimizer_state(self.optimizer, state["optimizer"])
         if state["schedule"] is not None:  # None: written before every run kept the plateau schedule's state
             self.schedule.load_state_dict(state["schedule"])
+        if self.config.vae.lr_schedule == "cosine":  # the saved rate is of the run's old length (epochs, budget)
+            self._anneal(progress)
 
     def rank_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -65,9 +65,12 @@ def test_unreadable_old_and_foreign_checkpoints_get_one_clear_error(tmp_path: Pa
     (vae_dir / "garbage.pt").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=r"garbage.pt: not a readable checkpoint .*dvc repro -f train_vae"):
         load_checkpoint(vae_dir / "garbage.pt")
-    (vae_dir / "text.pt").write_text("hi\n")  # the loader fails with a KeyError on this one
-    with pytest.raises(CheckpointError, match=r"text.pt: not a readable checkpoint \(105\)"):
+    (vae_dir / "text.pt").write_text("hi\n")  # the loader would fail with a KeyError (105) on this one
+    with pytest.raises(CheckpointError, match=r"text.pt: not a readable checkpoint \(not a file torch.save wrote\)"):
         load_checkpoint(vae_dir / "text.pt")
+    (tmp_path / "params.yaml").write_text("seed: 0\n")  # e.g. passed as --classifier
+    with pytest.raises(CheckpointError, match=r"torch.save wrote\); pass a checkpoint this pipeline wrote$"):
+        load_checkpoint(tmp_path / "params.yaml")
     model = FAMILIES["vae"](EXAMPLES["vae"])
     good = checkpoint_state({"model": model}, data={}, params={})
     save_checkpoint(vae_dir / "truncated.pt", good)
@@ -114,3 +117,20 @@ def test_models_import_torch_and_pipeline_models_only() -> None:
                     or name.startswith("pipeline.models")
                     or name == "pipeline.vae_settings"
                 ), f"{path.name} imports {name}"
+
+
+def test_a_damaged_checkpoint_s_reason_is_cut_at_a_word_and_the_remedy_can_be_the_caller_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, checkpoint_state({}, data={}, params={}))
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("PytorchStreamReader failed reading zip archive: " + "failed finding central directory " * 9)
+
+    monkeypatch.setattr(torch, "load", fails)
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path, "set vae.resume: false to start afresh")
+    reason = str(raised.value).split("(", 1)[1].split(")")[0]
+    assert reason.endswith(" central directory ...") and len(reason) <= 120
+    assert str(raised.value).endswith("); set vae.resume: false to start afresh")

@@ -84,3 +84,28 @@ def test_two_ranks_resume_to_the_weights_of_an_uninterrupted_run(digits_processe
     want = torch.load(whole / "rank0_weights.pt", weights_only=True)
     got = torch.load(parts / "rank0_weights.pt", weights_only=True)
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+REFUSED_SCRIPT = """
+import os, sys
+from pipeline.config import Config
+from pipeline.data.processed import load_processed
+from pipeline.vae_trainer import train_vae
+
+try:
+    train_vae(Config(device="cpu"), load_processed(sys.argv[1]), progress=False)
+except PermissionError as err:
+    print(f"rank {os.environ['RANK']}: {err}")
+"""
+
+
+def test_every_rank_gets_the_writer_s_one_line_when_an_output_cannot_be_written(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """Rank 0 alone checks the outputs (and takes the lock); the other rank raises its error too instead of dying
+    in the next collective with a closed connection."""
+    (tmp_path / "cards").write_text("a file where the cards folder goes")
+    done = run_two_ranks(REFUSED_SCRIPT, tmp_path, str(digits_processed_dir))
+    for rank in (0, 1):
+        assert f"rank {rank}: cards: cannot write there" in done.stdout
+    assert not (tmp_path / "checkpoints/vae/last.pt").exists()

@@ -16,11 +16,13 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoint import load_checkpoint, load_model, save_checkpoint
+from pipeline.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.data.processed import ProcessedData, load_processed
 from pipeline.distributed import DistContext
 from pipeline.training import (
+    TRAINING_ERRORS,
+    MemoryExhaustedError,
     NonFiniteLossError,
     TrainingOutputs,
     adamw_parameter_groups,
@@ -258,29 +260,33 @@ def test_resume_compares_only_what_the_training_depends_on(digits_processed_dir:
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
-    digits_processed_dir: Path, tmp_path: Path
+    digits_processed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, outputs = _grey(load_processed(digits_processed_dir)), _outputs(tmp_path)
     config = _config(epochs=2, likelihood="gaussian")
     train_vae(config, data, outputs, progress=False)
     last = (outputs.checkpoint_dir / "last.pt").read_bytes()
-    corrupted = data.x["train"].copy()
-    corrupted[:, 0, 3, 3] = np.inf
-    bad = dataclasses.replace(data, x=data.x | {"train": corrupted})
+    train_epoch = VaeTrainer.train_epoch
+
+    def on_corrupted_images(self: VaeTrainer, epoch: int) -> dict:  # the resume checks the data: corrupted after it
+        self.x["train"][:, 0, 3, 3] = math.inf
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(VaeTrainer, "train_epoch", on_corrupted_images)
     steps_per_epoch = -(-200 // 32)
     resumed = dataclasses.replace(config, vae=dataclasses.replace(config.vae, epochs=3, resume=True))
     with pytest.raises(NonFiniteLossError, match=f"at step {2 * steps_per_epoch + 1};"):
-        train_vae(resumed, bad, outputs, progress=False)
+        train_vae(resumed, data, outputs, progress=False)
     assert (outputs.checkpoint_dir / "last.pt").read_bytes() == last
     assert load_model(outputs.checkpoint_dir / "last.pt").latent_dim == 4
 
 
-def test_a_run_that_fails_midway_leaves_no_card_or_metrics_of_the_weights_it_replaced(
+def test_a_run_that_fails_midway_leaves_no_card_metrics_or_figures_of_the_weights_it_replaced(
     digits_processed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, outputs = load_processed(digits_processed_dir), _outputs(tmp_path)
     train_vae(_config(epochs=2), data, outputs, progress=False)
-    assert outputs.card_path.exists() and outputs.metrics_path.exists()
+    assert outputs.card_path.exists() and outputs.metrics_path.exists() and outputs.figures()
     train_epoch = VaeTrainer.train_epoch
 
     def fails_in_the_second_epoch(self: VaeTrainer, epoch: int) -> dict:
@@ -292,7 +298,7 @@ def test_a_run_that_fails_midway_leaves_no_card_or_metrics_of_the_weights_it_rep
     with pytest.raises(OSError, match="No space left"):
         train_vae(_config(epochs=2, lr=1e-4), data, outputs, progress=False)
     assert load_checkpoint(outputs.last_path)["training"]["epoch"] == 1  # the new run's weights (the old had 2)
-    assert not outputs.card_path.exists() and not outputs.metrics_path.exists()
+    assert not outputs.card_path.exists() and not outputs.metrics_path.exists() and not outputs.figures()
 
 
 def test_stage_outputs_are_where_dvc_yaml_declares_them() -> None:
@@ -452,3 +458,107 @@ def test_valid_samples_choose_the_checkpoint_and_stop_early_on_a_validation_like
     trainer = VaeTrainer(config, data, CPU)
     trainer.model.load_state_dict(load_model(outputs.best_path).state_dict())
     assert trainer.validation_log_px() == pytest.approx(max(log_px), abs=1e-9)
+
+
+def test_resume_refuses_other_data_of_the_same_shape_and_accepts_a_last_pt_from_before_the_check(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """Other images, labels or another split of the same dataset describe themselves alike: the split sizes and a
+    hash of the training and validation arrays tell them apart. A last.pt without them resumes on the rest."""
+    data, outputs = load_processed(digits_processed_dir), _outputs(tmp_path)
+    train_vae(_config(epochs=1), data, outputs, progress=False)
+    x, y = dict(data.x), dict(data.y)
+    x["train"] = x["train"].copy()
+    x["train"][0, 0, 0, 0] += 0.5
+    y["valid"] = np.roll(y["valid"], 1)
+    moved = {"train": data.x["train"][:180], "valid": np.concatenate([data.x["train"][180:], data.x["valid"]])}
+    others = {
+        "other images or labels in the training and validation splits": [{"x": x}, {"y": y}],
+        "200/50 training/validation images, now 180/70": [{"x": data.x | moved, "y": None}],
+    }
+    for what, changes in others.items():
+        for change in changes:
+            with pytest.raises(ConfigError, match=f"vae.resume: last.pt was trained on other data \\({what}\\)"):
+                train_vae(_config(epochs=2, resume=True), dataclasses.replace(data, **change), outputs, progress=False)
+    state = load_checkpoint(outputs.last_path)
+    del state["training"]["data_fingerprint"]
+    save_checkpoint(outputs.last_path, state)
+    assert train_vae(_config(epochs=2, resume=True), dataclasses.replace(data, x=x), outputs, progress=False)
+    assert load_checkpoint(outputs.last_path)["training"]["data_fingerprint"]["train"] == 200
+
+
+def test_a_resumed_cosine_schedule_follows_the_run_s_new_length(digits_processed_dir: Path, tmp_path: Path) -> None:
+    """A finished 2-epoch run ends at rate 0; resumed for 4 epochs, epochs 3 and 4 train at the rates a 4-epoch run
+    gives them (½ and ½(1 + cos ¾π) of vae.lr), not from 0."""
+    outputs = _outputs(tmp_path)
+    for epochs, resume in ((2, False), (4, True)):
+        config = _config(epochs=epochs, lr_schedule="cosine", resume=resume)
+        train_vae(config, load_processed(digits_processed_dir), outputs, progress=False)
+    lrs = [record["valid/lr"] for _, record in load_checkpoint(outputs.last_path)["training"]["history"]]
+    assert lrs == pytest.approx([3e-3, 3e-3 / 2, 3e-3 / 2, 3e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4))], rel=1e-12)
+
+
+def test_resume_refuses_a_last_pt_of_another_model_and_a_damaged_one_says_how_to_start_afresh(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    from pipeline.checkpoint import checkpoint_state
+    from pipeline.models.classifier import Classifier, classifier_config
+
+    data, outputs = load_processed(digits_processed_dir), _outputs(tmp_path)
+    classifier = Classifier(classifier_config((1, 8, 8), 10))
+    params = {"seed": 0, "device": "cpu", "evaluate": {"classifier_epochs": 1}}
+    outputs.checkpoint_dir.mkdir(parents=True)
+    save_checkpoint(outputs.last_path, checkpoint_state({"model": classifier}, data=data.describe(), params=params))
+    with pytest.raises(CheckpointError, match=r"vae.resume: \S+last.pt is not a vae checkpoint \(its networks: cla"):
+        train_vae(_config(resume=True), data, outputs, progress=False)
+    outputs.last_path.write_bytes(outputs.last_path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"last.pt: not a readable checkpoint \(.*\); set vae.resume: false \("):
+        train_vae(_config(resume=True), data, outputs, progress=False)
+
+
+def test_running_out_of_memory_names_the_settings_that_size_a_step(
+    digits_processed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU allocator's failure (a plain RuntimeError) and torch.OutOfMemoryError become one line; other
+    RuntimeErrors pass unchanged."""
+    data = load_processed(digits_processed_dir)
+
+    def fail(err: RuntimeError | None) -> None:
+        if err is None:
+            torch.empty(1 << 52, dtype=torch.uint8)  # 4 PiB: the CPU allocator's real error
+        raise err
+
+    failures = {
+        "cpu": None,
+        "gpu": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB"),
+        "other": RuntimeError("a bug"),
+    }
+    for name, err in failures.items():
+        monkeypatch.setattr(VaeTrainer, "train_epoch", lambda self, epoch, err=err: fail(err))
+        expected = (RuntimeError, "a bug") if name == "other" else (MemoryExhaustedError, "train_vae: out of memory")
+        with pytest.raises(expected[0], match=expected[1]) as raised:
+            train_vae(_config(valid_samples=4), data, _outputs(tmp_path / name), progress=False)
+        if name != "other":
+            assert str(raised.value) == (
+                "train_vae: out of memory on cpu; lower vae.batch_size, vae.iwae_k, vae.mc_samples, vae.hidden_sizes, "
+                "vae.valid_samples (they size each step), or free memory"
+            )
+    assert MemoryExhaustedError in TRAINING_ERRORS
+
+
+def test_labels_outside_the_classes_are_refused_naming_the_file_and_array(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    data = load_processed(digits_processed_dir)
+    for split, labels, problem in (
+        ("train", lambda y: np.where(np.arange(len(y)) == 0, 15, y), r"holds labels outside 0..9 \(stats.json's"),
+        ("valid", lambda y: -y, "holds labels outside 0..9"),
+        ("test", lambda y: y.astype(np.float32), "is not one integer label per image of x_test"),
+        ("test", lambda y: y[:-1], "is not one integer label per image of x_test"),
+    ):
+        y = data.y | {split: labels(data.y[split])}
+        arrays = {f"x_{s}": np.round(data.x[s] * 255).astype(np.uint8) for s in data.x}
+        np.savez(tmp_path / "arrays.npz", **arrays, **{f"y_{s}": v for s, v in y.items()})
+        (tmp_path / "stats.json").write_bytes((digits_processed_dir / "stats.json").read_bytes())
+        with pytest.raises(ValueError, match=rf"arrays.npz: y_{split} {problem}.*dvc repro -f preprocess"):
+            load_processed(tmp_path)

@@ -8,6 +8,7 @@ binarization; float32 in [0, 1] otherwise), optional ``y_*`` int64 labels, and
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -52,6 +53,17 @@ class ProcessedData:
             "binarize": self.binarize,
         } | ({"class_names": list(self.class_names)} if self.class_names else {})
 
+    @cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """The sizes of the training and validation splits and a hash of their images and labels: a resume checks
+        that it trains on the data its checkpoint was trained on."""
+        digest = hashlib.blake2b(digest_size=16)
+        for split in ("train", "valid"):
+            for arrays in (self.x, self.y or {}):
+                if split in arrays:
+                    digest.update(np.ascontiguousarray(arrays[split]).data)
+        return {"train": len(self.x["train"]), "valid": len(self.x["valid"]), "hash": digest.hexdigest()}
+
 
 def _to_unit(x: np.ndarray, levels: int) -> np.ndarray:
     return x.astype(np.float32) / levels if x.dtype == np.uint8 else x.astype(np.float32)
@@ -79,6 +91,20 @@ def save_processed(
     write_json(directory / "stats.json", {**stats, **meta})
 
 
+def _check_labels(path: Path, x: dict[str, np.ndarray], y: dict[str, np.ndarray], num_classes: int | None) -> None:
+    """A ValueError naming ``path`` and the array unless each y_* holds one integer label per image, in
+    0..num_classes-1 where the data have classes."""
+    for split in SPLITS:
+        labels = y[split]
+        if labels.shape != (len(x[split]),) or not np.issubdtype(labels.dtype, np.integer):
+            problem = f"is not one integer label per image of x_{split}"
+        elif num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            problem = f"holds labels outside 0..{num_classes - 1} (stats.json's num_classes is {num_classes})"
+        else:
+            continue
+        raise ValueError(f"{path}: y_{split} {problem}; re-create it with dvc repro -f preprocess")
+
+
 def load_processed(directory: str | Path = "data/processed") -> ProcessedData:
     """Read what the preprocess stage wrote; a clear error if it is missing."""
     directory = Path(directory)
@@ -99,5 +125,7 @@ def load_processed(directory: str | Path = "data/processed") -> ProcessedData:
         raise ValueError(
             f"{directory / 'arrays.npz'}: unreadable processed data ({err}); re-create it with dvc repro -f preprocess"
         ) from None
+    if y is not None:
+        _check_labels(directory / "arrays.npz", x, y, num_classes)
     names = tuple(str(name) for name in meta.get("class_names") or ())
     return ProcessedData(x, y, meta["binarize"], meta["num_classes"], meta["dataset"], names)
