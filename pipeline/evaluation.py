@@ -426,10 +426,11 @@ def check_enough_real_images(counts: dict[str, int], k: int = 3) -> None:
     need = max(k + 1, 2)
     for split, count in counts.items():
         if count < need:
-            fix = "raise data.validation_fraction and rerun preprocess, or use" if split == "valid" else "use"
+            fix = "use a dataset with more images"
+            if split == "valid":
+                fix = f"raise data.validation_fraction and rerun preprocess (or give your x_valid more), or {fix}"
             raise ValueError(
-                f"the {split} split has {count} image(s) but the sample metrics need at least {need}; {fix} a dataset "
-                "with more images"
+                f"the {split} split has {count} image(s) but the sample metrics need at least {need}; {fix}"
             )
 
 

@@ -160,10 +160,10 @@ class GanTrainer:
         )
         steps = gan.epochs * len(self.batches)  # a time budget can only shorten the run
         if gan.d_steps > steps:
+            per_epoch = f"{len(self.batches)} batches an epoch" + (" per process" if ctx.world_size > 1 else "")
             raise ConfigError(
                 f"gan.d_steps {gan.d_steps} is more than the run's {steps} steps (gan.epochs {gan.epochs} × "
-                f"{len(self.batches)} batches an epoch), so the generator would never be updated; lower gan.d_steps "
-                "or raise gan.epochs"
+                f"{per_epoch}), so the generator would never be updated; lower gan.d_steps or raise gan.epochs"
             )
         if classifier is not None:  # the sample metrics of validate(), before an epoch is spent on training
             check_enough_real_images({"valid": len(data.x["valid"]), "train": len(data.x["train"])})

@@ -42,6 +42,10 @@ class MemoryExhaustedError(RuntimeError):
     """A training step did not fit in the device's memory; the message names the settings that size it."""
 
 
+# how torch's allocators say they failed where they raise a plain RuntimeError: the CPU's, MPS's, cuBLAS's and cuDNN's
+ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "ALLOC_FAILED")
+
+
 # what a training stage reports as one line: bad params for the data, unreadable checkpoints or data, a diverged run,
 # a step too large for the device's memory
 TRAINING_ERRORS = (
@@ -394,17 +398,21 @@ def _claim_outputs(outputs: TrainingOutputs, ctx: DistContext, stack: contextlib
 
 
 @contextlib.contextmanager
-def _explain_out_of_memory(trainer: Trainer, device: torch.device) -> Iterator[None]:
-    """A failed allocation in the block becomes a :class:`MemoryExhaustedError` naming the settings that size a
-    training step; other errors pass unchanged."""
+def _explain_out_of_memory(stage: str, device: torch.device, settings: tuple[str, ...] = ()) -> Iterator[None]:
+    """A failed allocation in the block becomes a :class:`MemoryExhaustedError` naming ``settings``, the params
+    that size a training step (none: the data and networks did not fit); other errors pass unchanged."""
     try:
         yield
-    except RuntimeError as err:  # torch.OutOfMemoryError on a GPU; the CPU allocator raises a plain RuntimeError
-        if not (isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)):
+    except RuntimeError as err:  # torch.OutOfMemoryError on CUDA; the CPU allocator, MPS, cuBLAS raise RuntimeError
+        if not (isinstance(err, torch.OutOfMemoryError) or any(sign in str(err) for sign in ALLOCATION_FAILURES)):
             raise
-        settings = trainer.memory_settings
-        lower = f"lower {', '.join(settings)} (they size each step), or " if settings else ""
-        raise MemoryExhaustedError(f"train_{trainer.name}: out of memory on {device}; {lower}free memory") from None
+        lower = f"lower {', '.join(settings)} (they size each step)" if settings else "use a smaller dataset"
+        raise MemoryExhaustedError(f"{stage}: out of memory on {device}; {lower}, or free memory") from None
+
+
+def _unchanged(files: dict[Path, int]) -> list[Path]:
+    """Those of ``files`` (path -> inode) still in place as they were: an atomic rewrite gives a file a new inode."""
+    return [path for path, inode in files.items() if path.exists() and path.stat().st_ino == inode]
 
 
 def fit(
@@ -428,7 +436,7 @@ def fit(
     trainer is refused."""
     with contextlib.ExitStack() as stack:
         _claim_outputs(outputs, ctx, stack)
-        stack.enter_context(_explain_out_of_memory(trainer, ctx.device))
+        stack.enter_context(_explain_out_of_memory(f"train_{trainer.name}", ctx.device, trainer.memory_settings))
         began = time.perf_counter()
         start, best, history = 0, {"epoch": 0, "value": -math.inf, "metrics": {}}, []
         trained_seconds, stopped = 0.0, None
@@ -436,7 +444,7 @@ def fit(
         run |= {"device_type": ctx.device.type, "world_size": ctx.world_size}
         if resume and outputs.last_path.exists():
             key = f"{trainer.name}.resume"
-            saved = load_checkpoint(outputs.last_path, f"set {key}: false (or delete it) to start afresh")
+            saved = load_checkpoint(outputs.last_path, f"set {key}: false (or delete last.pt) to start afresh")
             _check_same_training(saved, params, trainer, outputs.last_path)
             check_resumable(saved["params"], params, trainer.name, trainer.resumable)
             _check_same_run(saved, run, trainer)
@@ -448,6 +456,7 @@ def fit(
             trainer.restore_rank(saved["training"]["ranks"][ctx.rank])
             # judged again under this run's patience and budget: raising either continues a stopped training
             stopped = _stop_reason(trainer, start, best["epoch"], trained_seconds)
+        earlier_figures = {path: path.stat().st_ino for path in outputs.figures()} if start == 0 else {}
         live = LiveLog(outputs.live_dir, ctx.is_writer, history)
         epochs = range(start, start if stopped else trainer.epochs)
         bar = tqdm(epochs, desc=trainer.name, disable=not (progress and ctx.is_writer))
@@ -474,7 +483,7 @@ def fit(
                 if epoch == start:  # the checkpoints change: an earlier card and metrics no longer describe them
                     stale = [outputs.card_path, outputs.metrics_path]
                     if start == 0:  # a fresh run's best.pt (written below when it improves) and figures are its own
-                        stale += [outputs.best_path, *outputs.figures()]
+                        stale += [outputs.best_path, *_unchanged(earlier_figures)]
                     for path in stale:
                         if path is not None:
                             path.unlink(missing_ok=True)
@@ -522,7 +531,8 @@ def train(
     ctx = init_distributed(config.device)
     try:
         seed_everything(config.seed)
-        trainer = make_trainer(ctx)
+        with _explain_out_of_memory(f"train_{outputs.checkpoint_dir.name}", ctx.device):  # the data, the networks
+            trainer = make_trainer(ctx)
         params = config.select(param_keys)
         return fit(
             trainer,

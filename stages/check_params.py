@@ -3,7 +3,8 @@
 dvc removes a stage's outputs before it runs the stage's command, so a bad value caught inside `train_vae` would
 cost the last good run's metrics, cards and plots. This stage depends on every parameter and comes first (the
 `download` stage depends on its output), so a bad value stops `dvc repro` and `dvc exp run -S` here, with the
-other stages' outputs untouched. Its output never changes, so passing the check reruns nothing downstream.
+other stages' outputs untouched (`dvc repro -s STAGE` skips the stages upstream of STAGE, this one too). Its output
+never changes, so passing the check reruns nothing downstream.
 """
 
 from __future__ import annotations

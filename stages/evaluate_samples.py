@@ -63,11 +63,14 @@ def main(
             f"{vae_metrics_path}: no such file; run python -m stages evaluate_vae first (dvc repro runs it)"
         )
     vae_own = read_json(vae_metrics_path)
-    if not isinstance(vae_own, dict) or not {"ais", "log_px"} <= vae_own.keys():
+    missing = [key for key in ("ais", "log_px") if not isinstance(vae_own, dict) or key not in vae_own]
+    if missing:
         fix = "re-run python -m stages evaluate_vae"
-        if Path(vae_metrics_path) != Path(VAE_METRICS_PATH):
+        if Path(vae_metrics_path).resolve() != Path(VAE_METRICS_PATH).resolve():
             fix = f"pass --vae-metrics {VAE_METRICS_PATH}, which python -m stages evaluate_vae writes"
-        raise click.ClickException(f"{vae_metrics_path}: lacks ais, log_px, so it is not evaluate_vae's metrics; {fix}")
+        raise click.ClickException(
+            f"{vae_metrics_path}: lacks {', '.join(missing)}, so it is not evaluate_vae's metrics; {fix}"
+        )
     classifier = load_model(classifier_path, "model", device, Classifier)
     generator = load_model(gan_path, "generator_ema", device, Generator)
     vae = load_model(vae_path, "model", device, VAE)

@@ -232,6 +232,19 @@ def test_binarized_amat_is_recorded_as_static(tmp_path: Path) -> None:
     assert set(np.unique(processed.x["test"])) == {0.0, 1.0}
 
 
+@pytest.mark.parametrize("other", [np.bool_, np.float32])
+def test_npz_integer_0_1_split_beside_a_unit_scale_split_is_black_and_white(tmp_path: Path, other: type) -> None:
+    """Bool and float splits are on the scale of [0, 1], so a 0/1 integer split beside them is binary images there,
+    not the two darkest grey levels."""
+    directory = fake_raw(tmp_path / "raw", "npz")
+    eye = np.eye(8, dtype=np.uint8)[None]
+    np.savez(directory / "data.npz", x_train=eye.repeat(4, 0), x_test=eye.repeat(2, 0).astype(other))
+    preprocess(tmp_path / "raw", tmp_path / "out", dataset="npz")
+    processed = load_processed(tmp_path / "out")
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(processed.x[split][0, 0], np.eye(8))
+
+
 def test_npz_of_channels_last_floats_is_stored_as_uint8_when_exact(tmp_path: Path) -> None:
     directory = fake_raw(tmp_path / "raw", "npz")
     levels = np.random.default_rng(0).integers(0, 256, (30, 6, 5, 3))
@@ -270,7 +283,7 @@ def test_npz_with_inexact_floats_stays_float32(tmp_path: Path) -> None:
         ({"x_train": np.zeros((4, 8, 8)), "x_test": np.zeros((2, 9, 9))}, "different image shapes"),
         (
             {"x_train": np.eye(8, dtype=np.uint8)[None].repeat(4, 0), "x_test": np.full((2, 8, 8), 200, np.uint8)},
-            r"only the integers 0 and 1 \(binary images\) in x_train but other values in x_test; store every split",
+            r"only the integers 0 and 1 \(binary images\) in x_train but grey levels in x_test; store every integer",
         ),
         ({"x_train": np.zeros((4, 8, 8)), "x_test": np.zeros((2, 8, 8)), "y_train": [0, 1, 2, 3]}, "not y_test"),
         (

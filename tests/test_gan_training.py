@@ -109,6 +109,18 @@ def test_without_a_classifier_best_is_the_last_epoch(digits: ProcessedData, tmp_
     assert all(torch.equal(best[k], v) for k, v in last.items())
 
 
+def test_a_fresh_run_replaces_the_earlier_runs_figures_and_keeps_its_own_first_grid(
+    digits: ProcessedData, tmp_path: Path
+) -> None:
+    image_dir = outputs(tmp_path).image_dir
+    image_dir.mkdir(parents=True)
+    for name in ("samples_epoch0001.png", "code_category.png"):  # an earlier run's, one of them by the same name
+        (image_dir / name).write_bytes(b"an earlier run's figure")
+    train_gan(tiny_config(epochs=1, sample_every_epochs=1), digits, outputs(tmp_path), progress=False)
+    assert sorted(path.name for path in image_dir.iterdir()) == ["samples.png", "samples_epoch0001.png"]
+    assert (image_dir / "samples_epoch0001.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_budget_that_ends_before_a_sample_epoch_still_scores_and_saves_best(
     digits: ProcessedData, classifier: Classifier, tmp_path: Path
 ) -> None:

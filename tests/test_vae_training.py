@@ -543,6 +543,14 @@ def test_running_out_of_memory_names_the_settings_that_size_a_step(
                 "train_vae: out of memory on cpu; lower vae.batch_size, vae.iwae_k, vae.mc_samples, vae.hidden_sizes, "
                 "vae.valid_samples (they size each step), or free memory"
             )
+    monkeypatch.undo()
+
+    def data_too_large(self: VaeTrainer, *args: object) -> None:  # the trainer puts the splits on the device
+        raise RuntimeError("MPS backend out of memory (MPS allocated: 9.00 GB)")
+
+    monkeypatch.setattr(VaeTrainer, "__init__", data_too_large)
+    with pytest.raises(MemoryExhaustedError, match=r"^train_vae: out of memory on cpu; use a smaller dataset, or free"):
+        train_vae(_config(), data, _outputs(tmp_path / "building"), progress=False)
     assert MemoryExhaustedError in TRAINING_ERRORS
 
 

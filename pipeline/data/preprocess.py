@@ -146,17 +146,21 @@ def load_npz(path: Path) -> RawDataset:
     x = {split: to_nchw(images, f"{path}: x_{split}") for split, images in x.items()}
     # integer images holding only 0 and 1 are binary images, not the two darkest of 256 grey levels
     zero_one = [split for split, images in x.items() if _zero_one(images)]
-    grey = [f"x_{split}" for split in x if split not in zero_one]
-    binary = [f"x_{split}" for split in zero_one if x[split].max() == 1]  # all-zero images fit either scale
-    x = {split: to_unit_storage(images, f"{path}: x_{split}") for split, images in x.items()}
-    if binary and grey:
-        raise DatasetError(
-            f"{path}: only the integers 0 and 1 (binary images) in {', '.join(binary)} but other values in "
-            f"{', '.join(grey)}; store every split on one scale: all 0/1, or all grey levels (uint8 0..255 or float "
-            "in [0, 1])"
-        )
-    if zero_one and not grey:
+    if len(zero_one) == len(x):
+        x = {split: images.astype(np.uint8) for split, images in x.items()}
         return _with_labels(RawDataset(x, None, binary=True), arrays, labelled, path)
+    binary = [f"x_{split}" for split in zero_one if x[split].max() == 1]  # all-zero images fit either scale
+    levels = [f"x_{split}" for split in x if split not in zero_one and np.issubdtype(x[split].dtype, np.integer)]
+    if binary and levels:
+        raise DatasetError(
+            f"{path}: only the integers 0 and 1 (binary images) in {', '.join(binary)} but grey levels in "
+            f"{', '.join(levels)}; store every integer split on one scale: all 0/1, or all grey levels 0..255"
+        )
+    # beside float or bool splits, the scale of [0, 1], a 0/1 split is read as black and white on it
+    x = {
+        split: images.astype(np.uint8) * 255 if split in zero_one else to_unit_storage(images, f"{path}: x_{split}")
+        for split, images in x.items()
+    }
     if len({images.shape[1:] for images in x.values()}) == 1 and len({images.dtype for images in x.values()}) != 1:
         x = {split: unit_float(images, binary=False) for split, images in x.items()}
     return _with_labels(RawDataset(x, None), arrays, labelled, path)
