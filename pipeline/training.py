@@ -488,9 +488,8 @@ def fit(
                         if path is not None:
                             path.unlink(missing_ok=True)
                 training = {"state": trainer.state(), "ranks": ranks, "epoch": epoch + 1, "best": best}
-                training |= {"history": live.history, "device_type": ctx.device.type, "world_size": ctx.world_size}
-                training |= {"data_fingerprint": data_fingerprint}
-                training |= {"seconds": trained_seconds, "stopped": stopped}
+                training |= {"history": live.history, "seconds": trained_seconds, "stopped": stopped}
+                training |= {key: value for key, value in run.items() if key != "data"}  # compared on resume
                 state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
                 save_checkpoint(outputs.last_path, state)
                 if improved:
