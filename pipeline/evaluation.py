@@ -420,10 +420,15 @@ def evaluate_gaussian_likelihood(
     return {"log_px": summary["log_px"], "bits_per_dim": summary["bits_per_dim"]}, card
 
 
+def fewest_images_for_sample_metrics(k: int) -> int:
+    """Fewest images precision/recall with ``k`` nearest neighbours (and a Fréchet covariance) can use."""
+    return max(k + 1, 2)
+
+
 def check_enough_real_images(counts: dict[str, int], k: int = 3) -> None:
     """A ValueError naming the first split of ``counts`` (split -> its number of images) with too few images for the
     sample metrics (precision/recall compare each image with its ``k`` nearest neighbours) and what to do."""
-    need = max(k + 1, 2)
+    need = fewest_images_for_sample_metrics(k)
     for split, count in counts.items():
         if count < need:
             fix = "use a dataset with more images"
@@ -455,8 +460,8 @@ def sample_quality_report(
     """
     check_enough_real_images({split: len(real_test), "train": len(real_train)}, k)
     count = min(n, len(real_test), len(real_train))
-    if count < max(k + 1, 2):
-        raise ValueError(f"sample metrics need at least {max(k + 1, 2)} generated images, got n = {n}")
+    if count < (need := fewest_images_for_sample_metrics(k)):
+        raise ValueError(f"sample metrics need at least {need} generated images, got n = {n}")
     pick = torch_generator("cpu", seed, "real images")
     test = real_test[torch.randperm(len(real_test), generator=pick)[:count]]
     train = real_train[torch.randperm(len(real_train), generator=pick)[:count]]

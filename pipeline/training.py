@@ -451,11 +451,12 @@ def fit(
             start, best = saved["training"]["epoch"], saved["training"]["best"]
             history = saved["training"]["history"]
             trained_seconds = saved["training"].get("seconds", 0.0)
+            clock = saved["training"].get("clock", trained_seconds)  # what the last epoch's validate and stop saw
             _load_weights(trainer.networks(), saved)
-            trainer.restore(saved["training"]["state"], run_progress(trainer, start, trained_seconds))
+            trainer.restore(saved["training"]["state"], run_progress(trainer, start, clock))
             trainer.restore_rank(saved["training"]["ranks"][ctx.rank])
             # judged again under this run's patience and budget: raising either continues a stopped training
-            stopped = _stop_reason(trainer, start, best["epoch"], trained_seconds)
+            stopped = _stop_reason(trainer, start, best["epoch"], clock)
         earlier_figures = {path: path.stat().st_ino for path in outputs.figures()} if start == 0 else {}
         live = LiveLog(outputs.live_dir, ctx.is_writer, history)
         epochs = range(start, start if stopped else trainer.epochs)
@@ -488,7 +489,8 @@ def fit(
                         if path is not None:
                             path.unlink(missing_ok=True)
                 training = {"state": trainer.state(), "ranks": ranks, "epoch": epoch + 1, "best": best}
-                training |= {"history": live.history, "seconds": trained_seconds, "stopped": stopped}
+                training |= {"history": live.history, "seconds": trained_seconds, "clock": seconds_so_far}
+                training |= {"stopped": stopped}
                 training |= {key: value for key, value in run.items() if key != "data"}  # compared on resume
                 state = checkpoint_state(trainer.networks(), data=data, params=params, training=training)
                 save_checkpoint(outputs.last_path, state)

@@ -498,6 +498,27 @@ def test_a_resumed_cosine_schedule_follows_the_run_s_new_length(digits_processed
     assert lrs == pytest.approx([3e-3, 3e-3 / 2, 3e-3 / 2, 3e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4))], rel=1e-12)
 
 
+def test_a_resume_judges_the_budget_on_the_clock_the_last_epoch_was_judged_on(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """The time budget and a budgeted cosine read the training time up to the end of each epoch's training (the
+    clock validate sees); last.pt's total, which adds that epoch's validation, could stop a resume where the
+    uninterrupted run goes on. With a last.pt whose total alone is past the budget, a resume trains on at the rate
+    its clock gives."""
+    outputs = _outputs(tmp_path)
+    data = load_processed(digits_processed_dir)
+    train_vae(_config(epochs=2, lr_schedule="cosine", max_minutes=1.0), data, outputs, progress=False)
+    state = load_checkpoint(outputs.last_path)
+    training = state["training"]
+    assert 0 < training["clock"] <= training["seconds"] and training["epoch"] == 2
+    training |= {"epoch": 1, "stopped": None, "history": training["history"][:1], "seconds": 61.0, "clock": 30.0}
+    save_checkpoint(outputs.last_path, state)
+    train_vae(_config(epochs=4, lr_schedule="cosine", max_minutes=1.0, resume=True), data, outputs, progress=False)
+    resumed = load_checkpoint(outputs.last_path)["training"]
+    assert resumed["epoch"] >= 2 and resumed["seconds"] > 61.0
+    assert resumed["history"][1][1]["valid/lr"] == pytest.approx(3e-3 / 2, rel=1e-12)  # 30 s of 60: half way
+
+
 def test_resume_refuses_a_last_pt_of_another_model_and_a_damaged_one_says_how_to_start_afresh(
     digits_processed_dir: Path, tmp_path: Path
 ) -> None:
