@@ -6,7 +6,9 @@ single process, so the one training code path serves both.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,13 @@ import torch
 import torch.distributed as dist
 
 from pipeline.device import select_device
+
+# how Gloo and NCCL say a collective failed because another rank's process is gone (plain RuntimeErrors)
+PEER_FAILURES = ("closed by peer", "reset by peer", "remote process exited", "communicator was aborted")
+
+
+class PeerLostError(RuntimeError):
+    """Another rank of this torchrun run stopped (with its own message) while this one waited in a collective."""
 
 
 @dataclass(frozen=True)
@@ -81,3 +90,19 @@ def barrier(ctx: DistContext) -> None:
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def peer_loss_explained(what: str, ctx: DistContext) -> Iterator[None]:
+    """Under torchrun, a collective in the block that fails because another rank stopped becomes a
+    :class:`PeerLostError` (one line pointing at that rank's own message) instead of a transport traceback."""
+    try:
+        yield
+    except RuntimeError as err:
+        lost = isinstance(err, dist.DistError) or any(sign in str(err) for sign in PEER_FAILURES)
+        if not (ctx.distributed and lost):
+            raise
+        raise PeerLostError(
+            f"{what}: another process of this torchrun run stopped (its own message says why), so rank {ctx.rank} "
+            "stops too; fix that and rerun"
+        ) from None

@@ -26,7 +26,15 @@ from tqdm.auto import tqdm
 from pipeline.checkpoint import CheckpointError, checkpoint_state, load_checkpoint, save_checkpoint
 from pipeline.config import Config, ConfigError, check_compatible
 from pipeline.data.processed import ProcessedData
-from pipeline.distributed import DistContext, barrier, gather_objects, init_distributed, shutdown
+from pipeline.distributed import (
+    DistContext,
+    PeerLostError,
+    barrier,
+    gather_objects,
+    init_distributed,
+    peer_loss_explained,
+    shutdown,
+)
 from pipeline.io import OutputLockedError, check_writable, exclusive_lock, write_json
 from pipeline.models.base import LabelError
 from pipeline.seeds import seed_everything, stream_seed
@@ -47,13 +55,14 @@ ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "ALLOC_FAILED")
 
 
 # what a training stage reports as one line: bad params for the data, unreadable checkpoints or data, a diverged run,
-# a step too large for the device's memory
+# a step too large for the device's memory, another torchrun rank that stopped
 TRAINING_ERRORS = (
     ConfigError,
     CheckpointError,
     LabelError,
     NonFiniteLossError,
     MemoryExhaustedError,
+    PeerLostError,
     OutputLockedError,
     ValueError,
     OSError,
@@ -435,6 +444,7 @@ def fit(
     the summary ({} on other ranks). The writer rank holds the checkpoint directory's lock throughout: a second
     trainer is refused."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(peer_loss_explained(f"train_{trainer.name}", ctx))
         _claim_outputs(outputs, ctx, stack)
         stack.enter_context(_explain_out_of_memory(f"train_{trainer.name}", ctx.device, trainer.memory_settings))
         began = time.perf_counter()

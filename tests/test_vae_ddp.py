@@ -109,3 +109,38 @@ def test_every_rank_gets_the_writer_s_one_line_when_an_output_cannot_be_written(
     for rank in (0, 1):
         assert f"rank {rank}: cards: cannot write there" in done.stdout
     assert not (tmp_path / "checkpoints/vae/last.pt").exists()
+
+
+FAILING_SCRIPT = """
+import os, sys
+import pipeline.vae_trainer as vae_trainer
+from pipeline.config import Config
+from pipeline.data.processed import load_processed
+from pipeline.training import TRAINING_ERRORS
+
+
+class FailsOnRank1(vae_trainer.VaeTrainer):
+    def train_epoch(self, epoch):
+        if epoch == 1 and self.ctx.rank == 1:  # what torch's CPU allocator raises
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 GB")
+        return super().train_epoch(epoch)
+
+
+vae_trainer.VaeTrainer = FailsOnRank1
+try:
+    vae_trainer.train_vae(Config(latent_dim=4, device="cpu"), load_processed(sys.argv[1]), progress=False)
+except TRAINING_ERRORS as err:
+    print(f"rank {os.environ['RANK']}: {err}")
+"""
+
+
+def test_a_rank_that_stops_mid_training_leaves_the_other_one_line_not_a_transport_traceback(
+    digits_processed_dir: Path, tmp_path: Path
+) -> None:
+    """Rank 1 runs out of memory in epoch 2 and says so; rank 0, waiting for it in a collective, says that another
+    process stopped instead of Gloo's "Connection closed by peer" traceback. Epoch 1's last.pt stays."""
+    done = run_two_ranks(FAILING_SCRIPT, tmp_path, str(digits_processed_dir))
+    assert "rank 1: train_vae: out of memory on cpu; lower vae.batch_size" in done.stdout
+    assert "rank 0: train_vae: another process of this torchrun run stopped (its own message says why)" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert load_checkpoint(tmp_path / "checkpoints/vae/last.pt")["training"]["epoch"] == 1
