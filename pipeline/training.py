@@ -36,6 +36,7 @@ from pipeline.distributed import (
     shutdown,
 )
 from pipeline.io import OutputLockedError, check_writable, exclusive_lock, write_json
+from pipeline.models import FAMILIES
 from pipeline.models.base import LabelError
 from pipeline.seeds import seed_everything, stream_seed
 
@@ -313,10 +314,18 @@ def check_resumable(saved: dict[str, Any], params: dict[str, Any], section: str,
         )
 
 
-def _check_same_training(saved: dict[str, Any], params: dict[str, Any], trainer: Trainer, path: Path) -> None:
-    """Refuse to resume from a checkpoint another training wrote (its params are of other sections: a GAN's
-    last.pt in the VAE's folder), naming the networks it holds."""
-    if set(saved["params"]) != set(params):
+def _check_same_training(saved: dict[str, Any], trainer: Trainer, path: Path) -> None:
+    """Refuse to resume from a checkpoint another kind of training wrote (a GAN's or classifier's last.pt in the
+    VAE's folder), naming the networks it holds. Another family of the same kind (an hvae's last.pt for a vae) is
+    left to :func:`check_resumable`, which names the parameter that changed."""
+    networks = trainer.networks()
+
+    def same_kind(name: str) -> bool:
+        held = FAMILIES.get(str(saved["models"][name].get("family")))
+        wanted = type(networks[name])
+        return held is not None and (issubclass(held, wanted) or issubclass(wanted, held))
+
+    if set(saved["models"]) != set(networks) or not all(same_kind(name) for name in networks):
         key = f"{trainer.name}.resume"
         families = sorted({str(entry.get("family")) for entry in saved["models"].values()})
         raise CheckpointError(
@@ -455,7 +464,7 @@ def fit(
         if resume and outputs.last_path.exists():
             key = f"{trainer.name}.resume"
             saved = load_checkpoint(outputs.last_path, f"set {key}: false (or delete last.pt) to start afresh")
-            _check_same_training(saved, params, trainer, outputs.last_path)
+            _check_same_training(saved, trainer, outputs.last_path)
             check_resumable(saved["params"], params, trainer.name, trainer.resumable)
             _check_same_run(saved, run, trainer)
             start, best = saved["training"]["epoch"], saved["training"]["best"]

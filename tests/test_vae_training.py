@@ -535,6 +535,17 @@ def test_resume_refuses_a_last_pt_of_another_model_and_a_damaged_one_says_how_to
     outputs.last_path.write_bytes(outputs.last_path.read_bytes()[:2000])
     with pytest.raises(CheckpointError, match=r"last.pt: not a readable checkpoint \(.*\); set vae.resume: false \("):
         train_vae(_config(resume=True), data, outputs, progress=False)
+    # another family of the same kind, or a last.pt of an older version whose params had other sections: the
+    # parameters that differ are named, not the kind of checkpoint
+    outputs.last_path.unlink()
+    train_vae(_config(epochs=1, family="hvae"), data, outputs, progress=False)
+    with pytest.raises(ConfigError, match=r"vae.resume: last.pt was trained with different parameters \(vae.family"):
+        train_vae(_config(epochs=2, resume=True), data, outputs, progress=False)
+    state = load_checkpoint(outputs.last_path)
+    state["params"]["retired_section"] = {"steps": 1}
+    save_checkpoint(outputs.last_path, state)
+    with pytest.raises(ConfigError, match=r"different parameters \(retired_section\)"):
+        train_vae(_config(epochs=2, family="hvae", resume=True), data, outputs, progress=False)
 
 
 def test_running_out_of_memory_names_the_settings_that_size_a_step(
