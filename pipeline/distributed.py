@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from pipeline.device import select_device
 
-# how Gloo and NCCL say a collective failed because another rank's process is gone (plain RuntimeErrors)
+# how Gloo and NCCL say a collective failed because another rank's process is gone
 PEER_FAILURES = ("closed by peer", "reset by peer", "remote process exited", "communicator was aborted")
 
 
@@ -95,14 +95,16 @@ def shutdown(ctx: DistContext) -> None:
 @contextlib.contextmanager
 def peer_loss_explained(what: str, ctx: DistContext) -> Iterator[None]:
     """Under torchrun, a collective in the block that fails because another rank stopped becomes a
-    :class:`PeerLostError` (one line pointing at that rank's own message) instead of a transport traceback."""
+    :class:`PeerLostError` (one line pointing at that rank's own message, with the transport's first line) instead
+    of a transport traceback. Usually: torchrun may stop the waiting ranks before they get there, and NCCL may
+    report a lost peer as a watchdog timeout instead."""
     try:
         yield
     except RuntimeError as err:
-        lost = isinstance(err, dist.DistError) or any(sign in str(err) for sign in PEER_FAILURES)
-        if not (ctx.distributed and lost):
+        if not (ctx.distributed and any(sign in str(err) for sign in PEER_FAILURES)):
             raise
+        transport = str(err).splitlines()[0][:200]
         raise PeerLostError(
             f"{what}: another process of this torchrun run stopped (its own message says why), so rank {ctx.rank} "
-            "stops too; fix that and rerun"
+            f"stops too; fix that and rerun ({transport})"
         ) from None

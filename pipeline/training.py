@@ -325,7 +325,8 @@ def _check_same_training(saved: dict[str, Any], trainer: Trainer, path: Path) ->
         wanted = type(networks[name])
         return held is not None and (issubclass(held, wanted) or issubclass(wanted, held))
 
-    if set(saved["models"]) != set(networks) or not all(same_kind(name) for name in networks):
+    shared = set(saved["models"]) & set(networks)  # Polyak averaging on or off adds or drops one
+    if not shared or not all(same_kind(name) for name in shared):
         key = f"{trainer.name}.resume"
         families = sorted({str(entry.get("family")) for entry in saved["models"].values()})
         raise CheckpointError(

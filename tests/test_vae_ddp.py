@@ -142,5 +142,6 @@ def test_a_rank_that_stops_mid_training_leaves_the_other_one_line_not_a_transpor
     done = run_two_ranks(FAILING_SCRIPT, tmp_path, str(digits_processed_dir))
     assert "rank 1: train_vae: out of memory on cpu; lower vae.batch_size" in done.stdout
     assert "rank 0: train_vae: another process of this torchrun run stopped (its own message says why)" in done.stdout
+    assert "Connection closed by peer" in done.stdout
     assert "Traceback" not in done.stderr
     assert load_checkpoint(tmp_path / "checkpoints/vae/last.pt")["training"]["epoch"] == 1

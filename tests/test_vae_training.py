@@ -546,6 +546,8 @@ def test_resume_refuses_a_last_pt_of_another_model_and_a_damaged_one_says_how_to
     save_checkpoint(outputs.last_path, state)
     with pytest.raises(ConfigError, match=r"different parameters \(retired_section\)"):
         train_vae(_config(epochs=2, family="hvae", resume=True), data, outputs, progress=False)
+    with pytest.raises(ConfigError, match=r"different parameters \(retired_section, vae.ema_decay\)"):
+        train_vae(_config(epochs=2, family="hvae", ema_decay=0.9, resume=True), data, outputs, progress=False)
 
 
 def test_running_out_of_memory_names_the_settings_that_size_a_step(
